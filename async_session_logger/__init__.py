@@ -1,0 +1,53 @@
+"""async_session_logger: session-oriented JSON logging for asyncio apps and scripts.
+
+Entries belong to sessions (a start entry with metadata, log entries, a close entry), are queued
+without blocking the caller, and are written in batches by a background task to every sink:
+files, stdout, MQTT, email, or your own callables. Nothing accepted is lost silently.
+"""
+
+from ._core import AsyncSessionLogger
+from ._deadletter import read_dead_letters
+from ._entry import DEFAULT_MASK_KEYS, SCHEMA_VERSION
+from ._errors import (
+    ConfigurationError,
+    DuplicateSessionError,
+    EntryTooLargeError,
+    InvalidFieldsError,
+    InvalidLevelError,
+    InvalidSessionIdError,
+    LoggerClosedError,
+    SessionClosedError,
+    SessionLoggerError,
+    SinkError,
+    UnknownSessionError,
+    WrongThreadError,
+)
+from ._handles import AsyncSessionHandle, SessionHandle
+from ._report import DeliveryReport, SinkStats
+from ._sync import SessionLogger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MASK_KEYS",
+    "SCHEMA_VERSION",
+    "AsyncSessionHandle",
+    "AsyncSessionLogger",
+    "ConfigurationError",
+    "DeliveryReport",
+    "DuplicateSessionError",
+    "EntryTooLargeError",
+    "InvalidFieldsError",
+    "InvalidLevelError",
+    "InvalidSessionIdError",
+    "LoggerClosedError",
+    "SessionClosedError",
+    "SessionHandle",
+    "SessionLogger",
+    "SessionLoggerError",
+    "SinkError",
+    "SinkStats",
+    "UnknownSessionError",
+    "WrongThreadError",
+    "read_dead_letters",
+]

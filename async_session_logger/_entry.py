@@ -1,0 +1,176 @@
+"""Entry schema v1: the call-time record, and how the writer turns it into a dict and a line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
+
+from ._encode import describe, encode_entry
+from ._validate import level_name
+
+__all__ = [
+    "CLOSE",
+    "DEFAULT_MASK_KEYS",
+    "EVENTS",
+    "GAP",
+    "LOG",
+    "START",
+    "EntryBuilder",
+    "Formatter",
+    "Masker",
+    "Record",
+    "format_timestamp",
+]
+
+SCHEMA_VERSION: Final = 1
+
+START: Final = 0
+LOG: Final = 1
+CLOSE: Final = 2
+GAP: Final = 3
+EVENTS: Final = ("session_start", "log", "session_close", "gap")
+
+Formatter = Callable[[dict[str, Any]], dict[str, Any]]
+
+DEFAULT_MASK_KEYS: Final = ("password", "passwd", "token", "secret", "authorization", "api_key")
+MASK: Final = "***"
+
+
+class Record(NamedTuple):
+    """What a call snapshots: everything but the encoding, which the writer does later.
+
+    ``fields`` is metadata (start), custom_fields (log), the close summary (close) or the dropped
+    count (gap).
+    """
+
+    kind: int
+    session_id: str
+    seq: int
+    time_ns: int
+    levelno: int
+    message: str
+    fields: Any
+
+
+class _Clock:
+    """Format nanosecond timestamps as RFC 3339 UTC, reusing the date part within one second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, time_ns: int) -> str:
+        second, rest = divmod(time_ns, 1_000_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{rest // 1000:06d}Z"
+
+
+_default_clock = _Clock()
+
+
+def format_timestamp(time_ns: int) -> str:
+    """Return ``time_ns`` (ns since the epoch) as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    return _default_clock.format(time_ns)
+
+
+class Masker:
+    """Replace the values of secret-looking keys (substring match, case-insensitive) by ``***``."""
+
+    def __init__(self, keys: Iterable[str] | None = DEFAULT_MASK_KEYS) -> None:
+        self.patterns = tuple(k.lower() for k in keys) if keys is not None else ()
+        self._cache: dict[str, bool] = {}
+
+    def _is_secret(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        hit = self._cache.get(key)
+        if hit is None:
+            low = key.lower()
+            hit = any(p in low for p in self.patterns)
+            if len(self._cache) < 4096:  # bounded: keys are usually a small vocabulary
+                self._cache[key] = hit
+        return hit
+
+    def mask(self, value: Any, depth: int = 0) -> Any:
+        """Return ``value`` with secrets masked; unchanged objects are returned as they are."""
+        if not self.patterns or depth > 16:
+            return value
+        if isinstance(value, dict):
+            out: dict[Any, Any] | None = None
+            for key, item in value.items():
+                if self._is_secret(key):
+                    new: Any = MASK
+                elif isinstance(item, dict | list):
+                    new = self.mask(item, depth + 1)
+                else:
+                    continue
+                if new is not item:
+                    if out is None:
+                        out = dict(value)
+                    out[key] = new
+            return value if out is None else out
+        if isinstance(value, list):
+            items = [self.mask(item, depth + 1) for item in value]
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                return items
+        return value
+
+
+class EntryBuilder:
+    """Turn records into schema-v1 dicts and JSON lines: the writer's I/O-free half."""
+
+    def __init__(self, formatter: Formatter | None, masker: Masker) -> None:
+        self.formatter = formatter
+        self.masker = masker
+        self._clock = _Clock()
+
+    def build(self, record: Record) -> dict[str, Any]:
+        """Return the entry dict for ``record``, formatted by the user's formatter if any."""
+        kind, session_id, seq, time_ns, levelno, message, fields = record
+        entry: dict[str, Any] = {
+            "timestamp": self._clock.format(time_ns),
+            "session_id": session_id,
+            "seq": seq,
+            "event": EVENTS[kind],
+            "level": level_name(levelno),
+            "levelno": levelno,
+            "message": message,
+        }
+        if kind == LOG:
+            if fields is not None:
+                if type(fields) is tuple:  # (custom_fields, exception text) from .exception()
+                    fields, entry["exception"] = fields
+                if fields is not None:
+                    entry["custom_fields"] = self.masker.mask(fields)
+        elif kind == START:
+            entry["metadata"] = self.masker.mask(fields) if fields is not None else {}
+        elif kind == CLOSE:
+            entry.update(fields)
+        else:
+            entry["dropped"] = fields
+        if self.formatter is not None:
+            entry = self._format(entry)
+        return entry
+
+    def _format(self, entry: dict[str, Any]) -> dict[str, Any]:
+        try:
+            # The formatter gets a copy: if it mutates and then raises, the entry stays clean.
+            out = self.formatter(dict(entry))  # type: ignore[misc]
+        except Exception as exc:
+            entry["formatter_error"] = describe(exc)
+            return entry
+        if not isinstance(out, dict):
+            entry["formatter_error"] = f"formatter returned {type(out).__name__}, expected dict"
+            return entry
+        return out
+
+    def encode(self, entries: list[dict[str, Any]]) -> bytes:
+        """Encode entries as JSON Lines, one buffer for the batch (each line ends with LF)."""
+        lines = [encode_entry(e) for e in entries]
+        lines.append(b"")
+        return b"\n".join(lines)

@@ -1,0 +1,111 @@
+"""The bounded hand-off between callers (any thread) and the writer task.
+
+Why not ``asyncio.Queue``: it is not thread-safe, so every put from another thread would need
+``call_soon_threadsafe`` (about 6 µs, a wake-up of the loop per entry), and its ``get()`` costs a
+coroutine step per item. Here callers append to a ``deque`` (atomic under the GIL) and only wake
+the loop when the writer is asleep; the writer takes everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any
+
+__all__ = ["Intake"]
+
+
+class Intake:
+    """A bounded FIFO of records and markers with cheap cross-thread wake-ups."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._buf: deque[Any] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = -1
+        self._data = asyncio.Event()
+        self._sleeping = False
+        self._space_async = asyncio.Event()
+        self._space_sync = threading.Event()
+        self._sync_waiters = 0
+        self._async_waiters = 0
+        self._waiters_lock = threading.Lock()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop the writer runs on (called from that loop's thread)."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    @property
+    def full(self) -> bool:
+        """Whether callers should wait before adding more."""
+        return len(self._buf) >= self.maxsize
+
+    def push(self, item: Any) -> None:
+        """Append ``item`` and wake the writer if it sleeps (callable from any thread)."""
+        self._buf.append(item)
+        if self._sleeping:
+            # The flag is cleared before waking, so concurrent pushers wake the loop once; a
+            # racing extra wake-up is harmless, a missed one impossible (see take()).
+            self._sleeping = False
+            if threading.get_ident() == self._loop_thread:
+                self._data.set()
+            elif self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._data.set)
+                except RuntimeError:  # the loop is gone: close() will report the entry
+                    pass
+
+    def take(self, limit: int) -> list[Any]:
+        """Pop up to ``limit`` items (writer side)."""
+        buf = self._buf
+        count = min(len(buf), limit)
+        items = [buf.popleft() for _ in range(count)]
+        if (self._sync_waiters or self._async_waiters) and len(buf) < self.maxsize:
+            self._space_sync.set()
+            self._space_async.set()
+        return items
+
+    async def wait(self) -> None:
+        """Sleep until something is pushed (writer side)."""
+        self._data.clear()
+        self._sleeping = True
+        # Re-check after raising the flag: a push that saw the flag down has already appended.
+        if self._buf:
+            self._sleeping = False
+            return
+        await self._data.wait()
+
+    def wait_space_sync(self, timeout: float = 0.05) -> None:
+        """Block the calling thread until the intake has room (never call from the loop)."""
+        with self._waiters_lock:
+            self._sync_waiters += 1
+        try:
+            while len(self._buf) >= self.maxsize:
+                self._space_sync.clear()
+                if len(self._buf) < self.maxsize:
+                    break
+                # The timeout is a safety net against a missed set(), not the mechanism.
+                self._space_sync.wait(timeout)
+        finally:
+            with self._waiters_lock:
+                self._sync_waiters -= 1
+
+    async def wait_space(self) -> None:
+        """Wait in the loop until the intake has room."""
+        self._async_waiters += 1
+        try:
+            while len(self._buf) >= self.maxsize:
+                self._space_async.clear()
+                await self._space_async.wait()
+        finally:
+            self._async_waiters -= 1
+
+    @property
+    def in_loop_thread(self) -> bool:
+        """Whether the caller runs on the writer's loop thread."""
+        return threading.get_ident() == self._loop_thread

@@ -1,0 +1,178 @@
+"""The I/O-free half of every verb: validate, snapshot, number, hand off. Thread-safe."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Final, NoReturn
+
+from ._entry import CLOSE, LOG, START, Record
+from ._errors import (
+    ConfigurationError,
+    DuplicateSessionError,
+    EntryTooLargeError,
+    LoggerClosedError,
+    SessionClosedError,
+    UnknownSessionError,
+)
+from ._intake import Intake
+from ._validate import check_fields, check_session_id, resolve_level
+
+__all__ = ["STATUSES", "Recorder"]
+
+STATUSES: Final = ("closed", "interrupted", "error")
+_RECENTLY_CLOSED: Final = 10_000
+
+
+class _Session:
+    __slots__ = ("entries", "errors", "seq", "start_mono", "start_ns")
+
+    def __init__(self, start_ns: int) -> None:
+        self.seq = 0
+        self.entries = 0
+        self.errors = 0
+        self.start_ns = start_ns
+        self.start_mono = time.monotonic_ns()
+
+
+class Recorder:
+    """Session registry and record hand-off shared by the async core and the sync facade.
+
+    Every verb runs in the caller's thread and never blocks: it raises programmer errors at the
+    call site, builds a :class:`Record` snapshot under one lock (so a session's seqs reach the
+    intake in order, and nothing can follow its close entry), and pushes it to the intake.
+    """
+
+    def __init__(self, intake: Intake, *, max_message_chars: int | None) -> None:
+        if max_message_chars is not None and max_message_chars < 1:
+            raise ConfigurationError("max_message_chars must be >= 1 or None")
+        self.intake = intake
+        self.max_message_chars = max_message_chars or 0
+        self.accepted = 0
+        self.closed = False
+        self._lock = threading.Lock()
+        self._open: dict[str, _Session] = {}
+        self._recently_closed: OrderedDict[str, None] = OrderedDict()
+
+    # -- verbs --------------------------------------------------------------------------------
+    def start(self, session_id: object, metadata: object) -> str:
+        """Register a session and hand off its start entry; return the checked id."""
+        sid = check_session_id(session_id)
+        fields = check_fields(metadata, "metadata")
+        now = time.time_ns()
+        with self._lock:
+            self._check_open()
+            if sid in self._open:
+                raise DuplicateSessionError(
+                    f"session {sid!r} is already open; close it first", session_id=sid
+                )
+            self._open[sid] = _Session(now)
+            self._recently_closed.pop(sid, None)
+            self.accepted += 1
+            self.intake.push(Record(START, sid, 0, now, 20, "Session started", fields))
+        return sid
+
+    def log(
+        self,
+        session_id: str,
+        message: object,
+        level: object,
+        custom_fields: object,
+        exception: str | None = None,
+    ) -> None:
+        """Hand off one log entry of an open session."""
+        levelno = level if type(level) is int and level >= 0 else resolve_level(level)
+        text = message if type(message) is str else _to_str(message)
+        if self.max_message_chars and len(text) > self.max_message_chars:
+            raise EntryTooLargeError(
+                f"message is {len(text)} characters long, the limit is "
+                f"{self.max_message_chars} (max_message_chars)"
+            )
+        fields: Any = (
+            check_fields(custom_fields, "custom_fields") if custom_fields is not None else None
+        )
+        if exception is not None:
+            fields = (fields, exception)
+        with self._lock:
+            session = self._open.get(session_id)
+            if session is None:
+                self._missing(session_id)
+            session.seq += 1
+            session.entries += 1
+            if levelno >= 40:
+                session.errors += 1
+            self.accepted += 1
+            self.intake.push(
+                Record(LOG, session_id, session.seq, time.time_ns(), levelno, text, fields)
+            )
+
+    def close(self, session_id: str, status: str = "closed") -> None:
+        """Hand off the close entry of an open session and forget the session."""
+        if status not in STATUSES:
+            raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
+        with self._lock:
+            session = self._open.pop(session_id, None)
+            if session is None:
+                self._missing(session_id)
+            self._push_close(session_id, session, status)
+
+    def interrupt_all(self) -> int:
+        """Close every open session with status ``interrupted``; return how many; stop intake."""
+        with self._lock:
+            self.closed = True
+            count = len(self._open)
+            for sid, session in list(self._open.items()):
+                self._push_close(sid, session, "interrupted")
+            self._open.clear()
+        return count
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _push_close(self, session_id: str, session: _Session, status: str) -> None:
+        # Under the lock: nothing of this session can be handed off after its close entry.
+        now = time.time_ns()
+        summary = {
+            "duration_s": round((time.monotonic_ns() - session.start_mono) / 1e9, 6),
+            "entries": session.entries,
+            "status": status,
+        }
+        level = 40 if status == "error" else 30 if status == "interrupted" else 20
+        self._recently_closed[session_id] = None
+        if len(self._recently_closed) > _RECENTLY_CLOSED:
+            self._recently_closed.popitem(last=False)
+        self.accepted += 1
+        self.intake.push(
+            Record(CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary)
+        )
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LoggerClosedError("the logger is closed")
+
+    def _missing(self, session_id: object) -> NoReturn:
+        self._check_open()
+        sid = check_session_id(session_id)
+        if sid in self._recently_closed:
+            raise SessionClosedError(f"session {sid!r} is already closed", session_id=sid)
+        raise UnknownSessionError(
+            f"session {sid!r} was never started; call start_session({sid!r}) first",
+            session_id=sid,
+        )
+
+    @property
+    def open_sessions(self) -> list[str]:
+        """Ids of the sessions open now."""
+        with self._lock:
+            return list(self._open)
+
+    def has_errors(self, session_id: str) -> bool:
+        """Whether an open session logged ERROR or worse."""
+        session = self._open.get(session_id)
+        return bool(session and session.errors)
+
+
+def _to_str(message: object) -> str:
+    try:
+        return str(message)
+    except Exception as exc:
+        raise TypeError(f"message could not be converted to str: {exc!r}") from exc

@@ -1,0 +1,101 @@
+"""A daemon-thread executor for blocking I/O that keeps working during interpreter exit.
+
+``ThreadPoolExecutor`` refuses new work once ``threading._shutdown`` has run, which is before
+``atexit`` handlers: the atexit drain of a script that forgot ``close()`` would then fail to write
+its files. These threads are daemons, so a hung write can never keep the process alive either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = ["DaemonExecutor", "io_executor", "run_blocking"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_Job = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class DaemonExecutor(concurrent.futures.Executor):
+    """Run callables on up to ``max_workers`` daemon threads, started on demand."""
+
+    def __init__(self, max_workers: int = 4, name: str = "async_session_logger.io") -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)``."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("executor is shut down")
+            self._jobs.put((future, fn, args, kwargs))
+            if self._idle == 0 and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}[{len(self._threads)}]", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            if job is None:
+                return
+            future, fn, args, kwargs = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del job, future, fn, args, kwargs
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers after the queued jobs."""
+        with self._lock:
+            self._shutdown = True
+            for _ in self._threads:
+                self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+_executor: DaemonExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def io_executor() -> DaemonExecutor:
+    """Return the process-wide executor for blocking file and stream I/O."""
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = DaemonExecutor()
+    return _executor
+
+
+async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn`` on the I/O executor and await its result."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(io_executor(), lambda: fn(*args, **kwargs))

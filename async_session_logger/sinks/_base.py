@@ -1,0 +1,156 @@
+"""The sink contract: ``open()``, ``write_batch(batch)``, ``close()``; policy lives in the lane."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, overload
+
+from .._errors import ConfigurationError
+from .._validate import resolve_level
+
+__all__ = ["Batch", "PartialWriteError", "Sink"]
+
+_LIFECYCLE = frozenset(("session_start", "session_close", "gap"))
+
+
+class Batch(Sequence[dict[str, Any]]):
+    """Entries handed to a sink at once: the dicts, and their JSON Lines encoding in one buffer.
+
+    ``data`` holds one line per entry, each ending with ``\\n``; a sink that writes bytes should
+    write ``data`` as it is (one write per batch).
+    """
+
+    __slots__ = ("_lines", "data", "entries")
+
+    def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
+        self.entries = entries
+        self.data = data
+        self._lines: list[bytes] | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        return self.entries[index]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.entries)
+
+    def __repr__(self) -> str:
+        return f"<Batch of {len(self.entries)} entries, {len(self.data)} bytes>"
+
+    def lines(self) -> list[bytes]:
+        """Return the JSON line of each entry (without the newline), in order."""
+        if self._lines is None:
+            # JSON encoders escape newlines inside strings, so LF only ever ends a line.
+            self._lines = self.data.split(b"\n")[:-1]
+        return self._lines
+
+    def select(self, indices: Sequence[int]) -> Batch:
+        """Return a batch of the entries at ``indices`` (in that order)."""
+        lines = self.lines()
+        picked = [lines[i] for i in indices]
+        picked.append(b"")
+        return Batch([self.entries[i] for i in indices], b"\n".join(picked))
+
+    def at_least(self, levelno: int) -> Batch:
+        """Return the entries at or above ``levelno``, keeping every lifecycle entry."""
+        keep = [
+            i
+            for i, entry in enumerate(self.entries)
+            if entry.get("levelno", 0) >= levelno or entry.get("event") in _LIFECYCLE
+        ]
+        return self if len(keep) == len(self.entries) else self.select(keep)
+
+    @staticmethod
+    def concat(batches: Sequence[Batch]) -> Batch:
+        """Join batches into one, in order."""
+        if len(batches) == 1:
+            return batches[0]
+        entries: list[dict[str, Any]] = []
+        for batch in batches:
+            entries.extend(batch.entries)
+        return Batch(entries, b"".join(b.data for b in batches))
+
+
+class PartialWriteError(Exception):
+    """Raised by a sink when only some entries of a batch failed; the lane retries just those.
+
+    Args:
+        failed: indices (into the batch) of the entries that were not delivered.
+        cause: the first underlying error.
+    """
+
+    def __init__(self, failed: Sequence[int], cause: BaseException) -> None:
+        super().__init__(f"{len(failed)} entries failed: {type(cause).__name__}: {cause}")
+        self.failed = list(failed)
+        self.cause = cause
+
+
+Overflow = Literal["block", "dead_letter"]
+
+
+class Sink(abc.ABC):
+    """Base class of every sink: it does I/O only; filtering, retries and stats are the lane's.
+
+    Calls to one sink are never concurrent and arrive in order.
+
+    Args:
+        name: the sink's name in stats, reports and dead letters (default: the class's).
+        min_level: entries below this level are not sent to this sink (lifecycle entries are).
+        timeout: seconds one ``write_batch`` may take before it counts as failed (None: no limit).
+        retries: how many times a failed batch is retried, with exponential backoff.
+        max_pending: entries this sink may have waiting before its overflow policy applies.
+        overflow: ``"block"`` makes the logger wait for this sink (nothing is dropped, callers
+            slow down); ``"dead_letter"`` moves the oldest waiting entries to the dead-letter file.
+    """
+
+    default_name = "sink"
+    default_overflow: Overflow = "block"
+    default_timeout: float | None = 30.0
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        min_level: int | str = logging.NOTSET,
+        timeout: float | None = None,
+        retries: int = 3,
+        max_pending: int = 100_000,
+        overflow: Overflow | None = None,
+    ) -> None:
+        self.name = name or self.default_name
+        self.min_level = resolve_level(min_level)
+        self.timeout = self.default_timeout if timeout is None else timeout
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError(f"timeout must be > 0, got {self.timeout}")
+        if retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {retries}")
+        self.retries = retries
+        if max_pending < 1:
+            raise ConfigurationError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_pending = max_pending
+        self.overflow: Overflow = overflow or self.default_overflow
+        if self.overflow not in ("block", "dead_letter"):
+            raise ConfigurationError(
+                f"overflow must be 'block' or 'dead_letter', got {self.overflow!r}"
+            )
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources; an exception here fails the logger's start-up in the caller."""
+
+    @abc.abstractmethod
+    async def write_batch(self, batch: Batch) -> None:
+        """Deliver every entry of ``batch`` or raise (``PartialWriteError`` for a subset)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; called once, after the last ``write_batch``."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,119 @@
+"""``CustomSink``: the seed's ``custom_handler(message: str)``, plain or async."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._errors import ConfigurationError
+from ._base import Batch, PartialWriteError, Sink
+
+__all__ = ["CustomHandler", "CustomSink"]
+
+CustomHandler = Callable[[str], Any] | Callable[[str], Awaitable[Any]]
+
+
+class CustomSink(Sink):
+    """Call ``handler(message)`` once per entry with the entry's JSON line (a str).
+
+    Async handlers are awaited in order on the loop. Plain handlers run in a dedicated daemon
+    thread, a batch per hop, so a slow handler never blocks the event loop and a hung one can
+    neither block the other sinks nor keep the process from exiting. An exception raised for one
+    entry fails only that entry (it is retried, then dead-lettered).
+    """
+
+    default_name = "custom"
+    default_overflow = "dead_letter"
+    default_timeout = 10.0
+
+    def __init__(self, handler: CustomHandler, **options: Any) -> None:
+        if not callable(handler):
+            raise ConfigurationError(f"custom_handler must be callable, got {handler!r}")
+        options.setdefault("name", getattr(handler, "__name__", None) or self.default_name)
+        if options["name"] == "<lambda>":
+            options["name"] = self.default_name
+        super().__init__(**options)
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - objects with async __call__
+        )
+        self._jobs: queue.SimpleQueue[tuple[list[bytes], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._idle: asyncio.Future[Any] | None = None
+
+    async def write_batch(self, batch: Batch) -> None:
+        """Hand each entry's line to the handler; raise for the entries it failed on."""
+        lines = batch.lines()
+        if self.is_async:
+            failed, error = await self._run_async(lines)
+        else:
+            failed, error = await self._run_in_thread(lines)
+        if error is not None:
+            raise PartialWriteError(failed, error)
+
+    async def _run_async(self, lines: list[bytes]) -> tuple[list[int], BaseException | None]:
+        failed: list[int] = []
+        error: BaseException | None = None
+        for i, line in enumerate(lines):
+            try:
+                await self.handler(line.decode("utf-8"))
+            except Exception as exc:
+                failed.append(i)
+                error = error or exc
+        return failed, error
+
+    async def _run_in_thread(self, lines: list[bytes]) -> tuple[list[int], BaseException | None]:
+        if self._idle is not None and not self._idle.done():
+            # The previous call is still running (it timed out): wait for it, under the lane's
+            # timeout, rather than queueing behind a hung handler.
+            await asyncio.shield(self._idle)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._worker, name=f"async_session_logger.custom[{self.name}]", daemon=True
+            )
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[list[int], BaseException | None]] = loop.create_future()
+        self._idle = future
+        self._jobs.put((lines, future))
+        return await asyncio.shield(future)
+
+    def _worker(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            lines, future = job
+            failed: list[int] = []
+            error: BaseException | None = None
+            for i, line in enumerate(lines):
+                try:
+                    self.handler(line.decode("utf-8"))
+                except Exception as exc:
+                    failed.append(i)
+                    error = error or exc
+            loop = future.get_loop()
+            try:
+                loop.call_soon_threadsafe(_resolve, future, (failed, error))
+            except RuntimeError:  # loop closed while the handler ran
+                return
+
+    async def close(self) -> None:
+        """Stop the worker thread (a hung handler is left behind as a daemon thread)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def __repr__(self) -> str:
+        return f"<CustomSink {self.name!r} handler={self.handler!r}>"
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
