@@ -95,7 +95,10 @@ class Recorder:
         if exception is not None:
             fields = (fields, exception)
         with self._lock:
-            session = self._open.get(session_id)
+            try:
+                session = self._open.get(session_id)
+            except TypeError:  # unhashable: certainly not a session id
+                session = None
             if session is None:
                 self._missing(session_id)
             session.seq += 1
@@ -112,7 +115,10 @@ class Recorder:
         if status not in STATUSES:
             raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
         with self._lock:
-            session = self._open.pop(session_id, None)
+            try:
+                session = self._open.pop(session_id, None)
+            except TypeError:
+                session = None
             if session is None:
                 self._missing(session_id)
             self._push_close(session_id, session, status)

@@ -102,7 +102,8 @@ def level_name(levelno: int) -> str:
     name = _LEVEL_NAMES.get(levelno)
     if name is None:
         name = logging.getLevelName(levelno)
-        _LEVEL_NAMES[levelno] = name
+        if not name.startswith("Level "):  # not cached: addLevelName() may register it later
+            _LEVEL_NAMES[levelno] = name
     return name
 
 

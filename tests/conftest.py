@@ -1,0 +1,138 @@
+"""Shared fixtures: one behaviour suite drives both the sync and the async face."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from async_session_logger import AsyncSessionLogger, DeliveryReport, SessionLogger, SinkError
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Parse every line of a JSON Lines file (each line must be valid JSON)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+class Face:
+    """Drive a logger through one API shape with awaitable verbs, whatever its face."""
+
+    kind: str
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.errors: list[SinkError] = []
+        self.options.setdefault("on_error", self.errors.append)
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def start_session(self, session_id: Any, metadata: Any = None) -> None:
+        raise NotImplementedError
+
+    async def log_entry(
+        self, session_id: Any, message: Any, level: Any = logging.INFO, custom_fields: Any = None
+    ) -> None:
+        raise NotImplementedError
+
+    async def close_session(self, session_id: Any, status: str = "closed") -> None:
+        raise NotImplementedError
+
+    async def save_logs(self) -> DeliveryReport:
+        raise NotImplementedError
+
+    async def close(self) -> DeliveryReport:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SyncFace(Face):
+    kind = "sync"
+
+    async def open(self) -> None:
+        # The facade starts its loop thread in the constructor: keep it off the test's loop.
+        self.logger = await asyncio.to_thread(lambda: SessionLogger(**self.options))
+
+    async def start_session(self, session_id: Any, metadata: Any = None) -> None:
+        self.logger.start_session(session_id, metadata)
+
+    async def log_entry(
+        self, session_id: Any, message: Any, level: Any = logging.INFO, custom_fields: Any = None
+    ) -> None:
+        self.logger.log_entry(session_id, message, level, custom_fields)
+
+    async def close_session(self, session_id: Any, status: str = "closed") -> None:
+        self.logger.close_session(session_id, status)
+
+    async def save_logs(self) -> DeliveryReport:
+        return await asyncio.to_thread(self.logger.save_logs)
+
+    async def close(self) -> DeliveryReport:
+        return await asyncio.to_thread(self.logger.close)
+
+    def stats(self) -> dict[str, Any]:
+        return self.logger.stats()
+
+
+class AsyncFace(Face):
+    kind = "async"
+
+    async def open(self) -> None:
+        self.logger = AsyncSessionLogger(**self.options)
+        await self.logger.start()
+
+    async def start_session(self, session_id: Any, metadata: Any = None) -> None:
+        await self.logger.start_session(session_id, metadata)
+
+    async def log_entry(
+        self, session_id: Any, message: Any, level: Any = logging.INFO, custom_fields: Any = None
+    ) -> None:
+        await self.logger.log_entry(session_id, message, level, custom_fields)
+
+    async def close_session(self, session_id: Any, status: str = "closed") -> None:
+        await self.logger.close_session(session_id, status)
+
+    async def save_logs(self) -> DeliveryReport:
+        return await self.logger.save_logs()
+
+    async def close(self) -> DeliveryReport:
+        return await self.logger.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return self.logger.stats()
+
+
+class FaceFactory:
+    """Build faces of one kind; every face built is closed at teardown."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.built: list[Face] = []
+
+    async def __call__(self, **options: Any) -> Face:
+        options.setdefault("dead_letter_path", self.tmp_path / "dead.jsonl")
+        if "sinks" not in options and "method" not in options:
+            options["method"] = "file"
+            options.setdefault("path", self.tmp_path / "log.jsonl")
+        face: Face = SyncFace(**options) if self.kind == "sync" else AsyncFace(**options)
+        await face.open()
+        self.built.append(face)
+        return face
+
+
+@pytest.fixture(params=["sync", "async"])
+async def make_logger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FaceFactory]:
+    """Yield a factory of loggers of the parametrized face (sync facade or async core)."""
+    factory = FaceFactory(request.param, tmp_path)
+    yield factory
+    for face in factory.built:
+        await face.close()

@@ -1,0 +1,146 @@
+"""FileSink on a real filesystem: paths, templates, and a disk that fills up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from async_session_logger import ConfigurationError, SessionLogger, read_dead_letters
+from async_session_logger.sinks import FileSink
+
+from ..conftest import read_lines
+
+
+def test_default_path_is_daily_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """method='file' with no path writes log_YYYY-MM-DD.jsonl (UTC date) in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    with SessionLogger(method="file") as logger:
+        logger.start_session("001")
+        logger.close_session("001")
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [f"log_{today}.jsonl"]
+    assert [e["event"] for e in read_lines(tmp_path / files[0])] == [
+        "session_start",
+        "session_close",
+    ]
+
+
+def test_session_and_date_placeholders(tmp_path: Path) -> None:
+    """{session_id} and {date} split entries into one file per session and day; dirs are made."""
+    template = str(tmp_path / "logs" / "{date}" / "{session_id}.jsonl")
+    with SessionLogger(method="file", path=template, dead_letter_path=None) as logger:
+        for sid in ("a", "b"):
+            logger.start_session(sid)
+        for i in range(10):
+            logger.log_entry("a" if i % 2 else "b", f"m{i}")
+        for sid in ("a", "b"):
+            logger.close_session(sid)
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    day = tmp_path / "logs" / today
+    assert sorted(p.name for p in day.iterdir()) == ["a.jsonl", "b.jsonl"]
+    for sid in ("a", "b"):
+        lines = read_lines(day / f"{sid}.jsonl")
+        assert {e["session_id"] for e in lines} == {sid}
+        assert [e["seq"] for e in lines] == list(range(7))
+
+
+def test_unknown_placeholder_is_a_configuration_error(tmp_path: Path) -> None:
+    """A path with another {placeholder} is refused at construction."""
+    with pytest.raises(ConfigurationError, match="placeholders"):
+        FileSink(tmp_path / "{user}.jsonl")
+
+
+def test_appends_to_existing_file(tmp_path: Path) -> None:
+    """Two runs append to the same file (the seed's daily file keeps earlier sessions)."""
+    path = tmp_path / "log.jsonl"
+    for run in range(2):
+        with SessionLogger(method="file", path=path, dead_letter_path=None) as logger:
+            logger.start_session("001", {"run": run})
+            logger.close_session("001")
+    assert [e["metadata"]["run"] for e in read_lines(path) if e["event"] == "session_start"] == [
+        0,
+        1,
+    ]
+
+
+def test_write_errors_are_dead_lettered_not_raised(tmp_path: Path) -> None:
+    """/dev/full: every write fails with ENOSPC; entries go to the dead-letter file, counted."""
+    errors: list[Exception] = []
+    dead = tmp_path / "dead.jsonl"
+    with SessionLogger(
+        sinks=[FileSink("/dev/full", retries=2)],
+        dead_letter_path=dead,
+        on_error=errors.append,
+    ) as logger:
+        logger.start_session("full")
+        logger.log_entry("full", "cannot be written")
+        logger.close_session("full")
+        report = logger.save_logs()
+        assert logger.health()["ok"] is False
+    assert not report.ok
+    assert (report["file"].delivered, report["file"].dead_lettered) == (0, 3)
+    assert report["file"].retried == 6
+    assert "No space left on device" in (report["file"].last_error or "")
+    letters = list(read_dead_letters(dead))
+    assert [d["entry"]["event"] for d in letters] == ["session_start", "log", "session_close"]
+    assert all(d["sink"] == "file" and "No space left" in d["reason"] for d in letters)
+    assert "No space left" in str(errors[0].__cause__)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """Mount a real 256 KiB tmpfs (needs root, as CI and the dev machines are)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_then_freed_accounts_for_every_entry(tmp_path: Path, small_disk: Path) -> None:
+    """A disk filling up mid-run: each entry is a whole line in the file or a dead letter."""
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * 150_000)
+    path = small_disk / "log.jsonl"
+    dead = tmp_path / "dead.jsonl"
+    logger = SessionLogger(
+        sinks=[FileSink(path, retries=1)],
+        dead_letter_path=dead,
+        on_error=lambda e: None,
+        batch_size=100,
+    )
+    logger.start_session("disk")
+    for i in range(3000):
+        logger.log_entry("disk", f"entry {i:05d} " + "x" * 40)
+    full = logger.save_logs()
+    os.unlink(ballast)  # space comes back: the sink must recover
+    for i in range(3000, 3100):
+        logger.log_entry("disk", f"entry {i:05d} " + "x" * 40)
+    logger.close_session("disk")
+    report = logger.close()
+    assert full["file"].dead_lettered > 0
+    assert report["file"].delivered + report["file"].dead_lettered == 3102
+    written: dict[int, dict[str, object]] = {}
+    torn = 0
+    for raw in path.read_bytes().splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            torn += 1  # the fragment of the write the disk cut short, ended by the next write
+            continue
+        written[entry["seq"]] = entry
+    assert torn <= 1
+    dead_seqs = {d["entry"]["seq"] for d in read_dead_letters(dead)}
+    assert len(written) == report["file"].delivered
+    assert len(dead_seqs) == report["file"].dead_lettered
+    assert set(written) | dead_seqs == set(range(3102))
+    assert 3101 in written  # the close entry, written after space came back

@@ -1,0 +1,113 @@
+"""The encoder: every entry becomes one valid JSON line, whatever it holds."""
+
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import uuid
+from pathlib import PurePosixPath
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_session_logger._encode import describe, encode_entry, sanitize
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text()
+    | st.floats(allow_nan=False),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_json_values_round_trip(value: Any) -> None:
+    """JSON-native values encode to a line that decodes back to the same value."""
+    line = encode_entry({"v": value})
+    assert b"\n" not in line
+    decoded = json.loads(line)["v"]
+    if isinstance(value, float) and math.isinf(value):
+        assert decoded is None  # orjson writes infinities as null: still valid JSON
+    else:
+        assert decoded == value or _has_inf(value)
+
+
+def _has_inf(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isinf(value)
+    if isinstance(value, list):
+        return any(_has_inf(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_inf(v) for v in value.values())
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.dictionaries(st.text() | st.integers(), st.text() | st.binary()))
+def test_arbitrary_text_and_bytes_always_encode(message: str, fields: dict[Any, Any]) -> None:
+    """Any str (lone surrogates included) and any bytes give one valid line."""
+    line = encode_entry({"message": message, "custom_fields": fields})
+    assert b"\n" not in line
+    decoded = json.loads(line)
+    assert len(decoded["custom_fields"]) <= len(fields)
+
+
+def test_special_types() -> None:
+    """Decimals, UUIDs, paths, tuples and exceptions have readable encodings."""
+    ident = uuid.UUID(int=1)
+    line = encode_entry(
+        {
+            "d": decimal.Decimal("1.10"),
+            "u": ident,
+            "p": PurePosixPath("/a/b"),
+            "t": (1, 2),
+            "e": ValueError("bad"),
+            "c": 1 + 2j,
+        }
+    )
+    assert json.loads(line) == {
+        "d": "1.10",
+        "u": str(ident),
+        "p": "/a/b",
+        "t": [1, 2],
+        "e": "ValueError: bad",
+        "c": "(1+2j)",
+    }
+
+
+def test_deep_nesting_is_cut_not_crashed() -> None:
+    """A structure nested deeper than the encoder allows is cut with a marker."""
+    deep: list[Any] = []
+    cursor = deep
+    for _ in range(500):
+        nxt: list[Any] = []
+        cursor.append(nxt)
+        cursor = nxt
+    decoded = json.loads(encode_entry({"deep": deep, "message": "kept"}))
+    assert decoded["message"] == "kept"
+    assert "<too deep>" in json.dumps(decoded)
+
+
+def test_sanitize_breaks_cycles_in_lists() -> None:
+    """A list that contains itself is encoded with a cycle marker."""
+    loop: list[Any] = [1]
+    loop.append(loop)
+    assert sanitize(loop) == [1, "<cycle>"]
+
+
+def test_describe_survives_a_raising_str() -> None:
+    """describe() names an exception even when its __str__ raises."""
+
+    class Nasty(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert describe(Nasty()) == "Nasty: Nasty()"  # falls back to repr()

@@ -1,0 +1,66 @@
+"""The public surface: curated exports, typed package, optional dependencies kept optional."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import async_session_logger
+import async_session_logger.sinks
+
+
+def test_all_is_sorted_and_importable() -> None:
+    """__all__ of the package and of sinks is sorted and every name exists."""
+    for module in (async_session_logger, async_session_logger.sinks):
+        names = list(module.__all__)
+        assert names == sorted(names, key=lambda n: (not n.isupper(), n))
+        for name in names:
+            assert hasattr(module, name), name
+
+
+def test_error_tree() -> None:
+    """Every public error derives from SessionLoggerError and a fitting stdlib class."""
+    from async_session_logger import (
+        ConfigurationError,
+        InvalidFieldsError,
+        InvalidSessionIdError,
+        LoggerClosedError,
+        SessionLoggerError,
+        UnknownSessionError,
+    )
+
+    assert issubclass(InvalidSessionIdError, SessionLoggerError | ValueError)
+    assert issubclass(UnknownSessionError, KeyError)
+    assert issubclass(InvalidFieldsError, TypeError)
+    assert issubclass(LoggerClosedError, RuntimeError)
+    assert issubclass(ConfigurationError, ValueError)
+
+
+def test_py_typed_marker_ships() -> None:
+    """The package is marked as typed."""
+    assert (Path(async_session_logger.__file__).parent / "py.typed").is_file()
+
+
+def test_core_import_does_not_pull_optional_clients() -> None:
+    """Importing the package and its sinks loads neither aiomqtt nor aiosmtplib."""
+    code = (
+        "import sys, async_session_logger, async_session_logger.sinks\n"
+        "print(sorted(m for m in ('aiomqtt', 'aiosmtplib', 'paho') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_method_and_option_are_configuration_errors() -> None:
+    """A misspelt method or keyword raises ConfigurationError naming the valid ones."""
+    import pytest
+
+    from async_session_logger import AsyncSessionLogger, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="unknown method 'fiel'"):
+        AsyncSessionLogger(method="fiel")
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        AsyncSessionLogger(method="file", pth="x.jsonl")
+    with pytest.raises(ConfigurationError, match="custom_handler"):
+        AsyncSessionLogger(method="custom")
