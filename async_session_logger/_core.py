@@ -173,8 +173,7 @@ class AsyncSessionLogger:
         """Log one entry in an open session; waits only when the queue is full."""
         if self._state != "running":
             await self._ensure_started()
-        self._recorder.log(session_id, message, level, custom_fields)
-        if self._intake.full:
+        if self._recorder.log(session_id, message, level, custom_fields):
             await self._intake.wait_space()
 
     async def close_session(self, session_id: str, status: str = "closed") -> None:
@@ -324,7 +323,7 @@ class AsyncSessionLogger:
             return
         builder = self._builder
         try:
-            entries = [builder.build(r) for r in records]
+            entries = builder.build_all(records)
         except Exception:  # defensive: one bad record must not take the batch down
             entries = [self._build_safely(r) for r in records]
         batch = Batch(entries, builder.encode(entries))

@@ -91,10 +91,10 @@ class SessionHandle:
 
     def exception(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
         """Log at ERROR with the traceback being handled in the entry's ``exception`` key."""
-        self.logger.recorder.log(
+        if self.logger.recorder.log(
             self.session_id, message, logging.ERROR, custom_fields, _exception_text()
-        )
-        self.logger.wait_for_space()
+        ):
+            self.logger.wait_for_space()
 
 
 class AsyncSessionHandle:
@@ -158,8 +158,7 @@ class AsyncSessionHandle:
 
     async def exception(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
         """Log at ERROR with the traceback being handled in the entry's ``exception`` key."""
-        self.logger.recorder.log(
+        if self.logger.recorder.log(
             self.session_id, message, logging.ERROR, custom_fields, _exception_text()
-        )
-        if self.logger.intake.full:
+        ):
             await self.logger.intake.wait_space()

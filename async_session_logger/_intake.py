@@ -45,9 +45,13 @@ class Intake:
         """Whether callers should wait before adding more."""
         return len(self._buf) >= self.maxsize
 
-    def push(self, item: Any) -> None:
-        """Append ``item`` and wake the writer if it sleeps (callable from any thread)."""
-        self._buf.append(item)
+    def push(self, item: Any) -> bool:
+        """Append ``item``, wake the writer if it sleeps; return whether the intake is full.
+
+        Callable from any thread.
+        """
+        buf = self._buf
+        buf.append(item)
         if self._sleeping:
             # The flag is cleared before waking, so concurrent pushers wake the loop once; a
             # racing extra wake-up is harmless, a missed one impossible (see take()).
@@ -59,6 +63,7 @@ class Intake:
                     self._loop.call_soon_threadsafe(self._data.set)
                 except RuntimeError:  # the loop is gone: close() will report the entry
                     pass
+        return len(buf) >= self.maxsize
 
     def take(self, limit: int) -> list[Any]:
         """Pop up to ``limit`` items (writer side)."""

@@ -80,8 +80,8 @@ class Recorder:
         level: object,
         custom_fields: object,
         exception: str | None = None,
-    ) -> None:
-        """Hand off one log entry of an open session."""
+    ) -> bool:
+        """Hand off one log entry of an open session; return whether the intake is now full."""
         levelno = level if type(level) is int and level >= 0 else resolve_level(level)
         text = message if type(message) is str else _to_str(message)
         if self.max_message_chars and len(text) > self.max_message_chars:
@@ -106,7 +106,7 @@ class Recorder:
             if levelno >= 40:
                 session.errors += 1
             self.accepted += 1
-            self.intake.push(
+            return self.intake.push(
                 Record(LOG, session_id, session.seq, time.time_ns(), levelno, text, fields)
             )
 

@@ -135,8 +135,7 @@ class SessionLogger:
         custom_fields: dict[str, Any] | None = None,
     ) -> None:
         """Log one entry in an open session."""
-        self._recorder.log(session_id, message, level, custom_fields)
-        if self._intake.full:
+        if self._recorder.log(session_id, message, level, custom_fields):
             self.wait_for_space()
 
     def close_session(self, session_id: str, status: str = "closed") -> None:

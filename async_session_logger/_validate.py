@@ -59,7 +59,7 @@ _NAME_TO_LEVEL: dict[str, int] = {
     "DEBUG": logging.DEBUG,
     "NOTSET": logging.NOTSET,
 }
-_LEVEL_NAMES: dict[int, str] = {
+_LEVEL_NAMES: dict[int, str] = {  # shared with _entry: the writer reads it directly
     logging.CRITICAL: "CRITICAL",
     logging.ERROR: "ERROR",
     logging.WARNING: "WARNING",
