@@ -23,6 +23,7 @@ from ._errors import (
     WrongThreadError,
 )
 from ._handles import AsyncSessionHandle, SessionHandle
+from ._reader import CorruptLogError, ReaderWarning, Session, read_entries, read_sessions
 from ._report import DeliveryReport, SinkStats
 from ._sync import SessionLogger
 
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncSessionHandle",
     "AsyncSessionLogger",
     "ConfigurationError",
+    "CorruptLogError",
     "DeliveryReport",
     "DuplicateSessionError",
     "EntryTooLargeError",
@@ -41,6 +43,8 @@ __all__ = [
     "InvalidLevelError",
     "InvalidSessionIdError",
     "LoggerClosedError",
+    "ReaderWarning",
+    "Session",
     "SessionClosedError",
     "SessionHandle",
     "SessionLogger",
@@ -50,4 +54,6 @@ __all__ = [
     "UnknownSessionError",
     "WrongThreadError",
     "read_dead_letters",
+    "read_entries",
+    "read_sessions",
 ]
