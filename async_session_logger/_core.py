@@ -54,7 +54,8 @@ class AsyncSessionLogger:
         custom_formatter: ``fmt(entry: dict) -> dict`` applied to every entry before encoding.
         sinks: sink objects, in addition to those named by ``method``.
         max_queue: entries waiting for the writer before callers wait (backpressure).
-        batch_size: most entries the writer encodes and hands to the sinks at once.
+        batch_size: most entries the writer encodes before it yields to the loop (1,000 keeps
+            the event-loop lag around a millisecond; a slow sink still gets merged batches).
         mask_keys: key substrings whose values are masked in metadata and custom fields
             (``None`` turns masking off).
         on_error: called with a :class:`SinkError` once per sink incident (default: stderr).
@@ -72,7 +73,7 @@ class AsyncSessionLogger:
         *,
         sinks: Sequence[Sink] | None = None,
         max_queue: int = 100_000,
-        batch_size: int = 10_000,
+        batch_size: int = 1_000,
         mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
         on_error: ErrorHandler | None = None,
         dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
@@ -292,6 +293,26 @@ class AsyncSessionLogger:
 
     # -- the writer ---------------------------------------------------------------------------
     async def _write_loop(self) -> None:
+        try:
+            await self._drain_intake()
+        except asyncio.CancelledError:
+            if self._state == "running":
+                # The app's loop is shutting down without aclose(): say what is lost.
+                self._report_abandoned()
+            raise
+
+    def _report_abandoned(self) -> None:
+        pending = len(self._intake) + sum(lane.stats.pending for lane in self._lanes)
+        if pending:
+            self._on_error(
+                SinkError(
+                    f"AsyncSessionLogger was cancelled without aclose(): {pending} entries were "
+                    "not delivered (use `async with AsyncSessionLogger(...)` or await aclose())",
+                    sink_name="*",
+                )
+            )
+
+    async def _drain_intake(self) -> None:
         intake = self._intake
         while True:
             items = intake.take(self._batch_size)
