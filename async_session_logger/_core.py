@@ -72,7 +72,7 @@ class AsyncSessionLogger:
         custom_formatter: Formatter | None = None,
         *,
         sinks: Sequence[Sink] | None = None,
-        max_queue: int = 100_000,
+        max_queue: int = 10_000,
         batch_size: int = 1_000,
         mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
         on_error: ErrorHandler | None = None,
@@ -321,7 +321,7 @@ class AsyncSessionLogger:
                 continue
             records: list[Record] = []
             for item in items:
-                if type(item) is Record:
+                if type(item) is tuple:  # a Record; markers are objects
                     records.append(item)
                     continue
                 if records:
@@ -355,7 +355,7 @@ class AsyncSessionLogger:
         try:
             return self._builder.build(record)
         except Exception:
-            entry = self._builder.build(record._replace(fields=None))
+            entry = self._builder.build((*record[:6], None))
             entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             return entry
 
@@ -364,7 +364,7 @@ class AsyncSessionLogger:
         for item in items:
             if isinstance(item, _Flush) and not item.future.done():
                 item.future.set_result(self._report())
-        return [item for item in items if type(item) is Record]
+        return [item for item in items if type(item) is tuple]
 
     def _barrier(self, flush: _Flush) -> None:
         futures = [lane.put_barrier() for lane in self._lanes]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 
@@ -39,20 +39,11 @@ DEFAULT_MASK_KEYS: Final = ("password", "passwd", "token", "secret", "authorizat
 MASK: Final = "***"
 
 
-class Record(NamedTuple):
-    """What a call snapshots: everything but the encoding, which the writer does later.
-
-    ``fields`` is metadata (start), custom_fields (log), the close summary (close) or the dropped
-    count (gap).
-    """
-
-    kind: int
-    session_id: str
-    seq: int
-    time_ns: int
-    levelno: int
-    message: str
-    fields: Any
+# What a call snapshots: everything but the encoding, which the writer does later:
+# (kind, session_id, seq, time_ns, levelno, message, fields), where fields is the metadata
+# (start), custom_fields (log), the close summary (close) or the dropped count (gap).
+# A plain tuple on purpose: a NamedTuple's Python-level __new__ costs ~0.3 us per entry.
+Record = tuple[int, str, int, int, int, str, Any]
 
 
 class _Clock:

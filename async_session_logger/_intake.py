@@ -22,6 +22,7 @@ class Intake:
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._buf: deque[Any] = deque()
+        self.buf = self._buf  # the Recorder appends directly on its hot path
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
         self._data = asyncio.Event()
@@ -53,17 +54,26 @@ class Intake:
         buf = self._buf
         buf.append(item)
         if self._sleeping:
-            # The flag is cleared before waking, so concurrent pushers wake the loop once; a
-            # racing extra wake-up is harmless, a missed one impossible (see take()).
-            self._sleeping = False
-            if threading.get_ident() == self._loop_thread:
-                self._data.set()
-            elif self._loop is not None:
-                try:
-                    self._loop.call_soon_threadsafe(self._data.set)
-                except RuntimeError:  # the loop is gone: close() will report the entry
-                    pass
+            self.wake()
         return len(buf) >= self.maxsize
+
+    def wake(self) -> None:
+        """Wake the sleeping writer; call right after appending to ``buf`` (any thread)."""
+        # The flag is cleared before waking, so concurrent pushers wake the loop once; a racing
+        # extra wake-up is harmless, a missed one impossible (see wait()).
+        self._sleeping = False
+        if threading.get_ident() == self._loop_thread:
+            self._data.set()
+        elif self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._data.set)
+            except RuntimeError:  # the loop is gone: close() will report the entry
+                pass
+
+    @property
+    def sleeping(self) -> bool:
+        """Whether the writer waits for a wake-up."""
+        return self._sleeping
 
     def take(self, limit: int) -> list[Any]:
         """Pop up to ``limit`` items (writer side)."""

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Final, NoReturn
 
-from ._entry import CLOSE, LOG, START, Record
+from ._entry import CLOSE, LOG, START
 from ._errors import (
     ConfigurationError,
     DuplicateSessionError,
@@ -26,11 +26,11 @@ _RECENTLY_CLOSED: Final = 10_000
 
 
 class _Session:
-    __slots__ = ("entries", "errors", "seq", "start_mono", "start_ns")
+    # seq counts the log entries too: the start entry is seq 0, so entries logged == seq.
+    __slots__ = ("errors", "seq", "start_mono", "start_ns")
 
     def __init__(self, start_ns: int) -> None:
         self.seq = 0
-        self.entries = 0
         self.errors = 0
         self.start_ns = start_ns
         self.start_mono = time.monotonic_ns()
@@ -70,7 +70,7 @@ class Recorder:
             self._open[sid] = _Session(now)
             self._recently_closed.pop(sid, None)
             self.accepted += 1
-            self.intake.push(Record(START, sid, 0, now, 20, "Session started", fields))
+            self.intake.push((START, sid, 0, now, 20, "Session started", fields))
         return sid
 
     def log(
@@ -89,11 +89,18 @@ class Recorder:
                 f"message is {len(text)} characters long, the limit is "
                 f"{self.max_message_chars} (max_message_chars)"
             )
-        fields: Any = (
-            check_fields(custom_fields, "custom_fields") if custom_fields is not None else None
-        )
+        fields: Any = None
+        if custom_fields is not None:
+            # The call-time snapshot; check_fields() explains anything but a dict.
+            fields = (
+                dict(custom_fields)
+                if type(custom_fields) is dict
+                else check_fields(custom_fields, "custom_fields")
+            )
         if exception is not None:
             fields = (fields, exception)
+        intake = self.intake
+        buf = intake.buf
         with self._lock:
             try:
                 session = self._open.get(session_id)
@@ -101,14 +108,14 @@ class Recorder:
                 session = None
             if session is None:
                 self._missing(session_id)
-            session.seq += 1
-            session.entries += 1
+            seq = session.seq = session.seq + 1
             if levelno >= 40:
                 session.errors += 1
             self.accepted += 1
-            return self.intake.push(
-                Record(LOG, session_id, session.seq, time.time_ns(), levelno, text, fields)
-            )
+            buf.append((LOG, session_id, seq, time.time_ns(), levelno, text, fields))
+            if intake.sleeping:
+                intake.wake()
+        return len(buf) >= intake.maxsize
 
     def close(self, session_id: str, status: str = "closed") -> None:
         """Hand off the close entry of an open session and forget the session."""
@@ -139,7 +146,7 @@ class Recorder:
         now = time.time_ns()
         summary = {
             "duration_s": round((time.monotonic_ns() - session.start_mono) / 1e9, 6),
-            "entries": session.entries,
+            "entries": session.seq,
             "status": status,
         }
         level = 40 if status == "error" else 30 if status == "interrupted" else 20
@@ -148,7 +155,7 @@ class Recorder:
             self._recently_closed.popitem(last=False)
         self.accepted += 1
         self.intake.push(
-            Record(CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary)
+            (CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary)
         )
 
     def _check_open(self) -> None:

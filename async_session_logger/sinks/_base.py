@@ -122,7 +122,7 @@ class Sink(abc.ABC):
         min_level: int | str = logging.NOTSET,
         timeout: float | None = None,
         retries: int = 3,
-        max_pending: int = 100_000,
+        max_pending: int = 50_000,
         overflow: Overflow | None = None,
     ) -> None:
         self.name = name or self.default_name
