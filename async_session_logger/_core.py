@@ -263,6 +263,10 @@ class AsyncSessionLogger:
         return report
 
     # -- introspection ------------------------------------------------------------------------
+    def is_open(self, session_id: str) -> bool:
+        """Whether a session with this id is open now (e.g. before using a client-chosen id)."""
+        return self._recorder.is_open(session_id)
+
     def stats(self) -> dict[str, Any]:
         """Return counters: accepted entries, queue depth, open sessions, and per-sink stats."""
         return {

@@ -136,5 +136,7 @@ def _valid_str(value: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """Return ``"Type: message"`` for an exception, even one whose ``__str__`` raises."""
-    return _valid_str(f"{type(exc).__name__}: {_safe_str(exc)}")
+    """Return ``"Type: message"`` (``"Type"`` when the message is empty) for an exception, even
+    one whose ``__str__`` raises."""
+    text = _safe_str(exc)
+    return _valid_str(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

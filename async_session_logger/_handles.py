@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from ._encode import describe
+
 if TYPE_CHECKING:
     from ._core import AsyncSessionLogger
+    from ._recorder import Recorder
     from ._sync import SessionLogger
 
 __all__ = ["AsyncSessionHandle", "SessionHandle"]
@@ -21,10 +25,27 @@ def _exception_text() -> str | None:
     return traceback.format_exc()
 
 
+# Exceptions that stop a block without it having failed: Ctrl-C, exit, task cancellation
+# (a request timeout, a server shutting down).
+_INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+
+
+def _log_failure(recorder: Recorder, session_id: str, exc: BaseException | None) -> None:
+    # The traceback of the exception that ends the block, as an ERROR entry before the close.
+    if exc is not None and not isinstance(exc, _INTERRUPTIONS):
+        recorder.log(
+            session_id,
+            f"Session failed: {describe(exc)}",
+            logging.ERROR,
+            None,
+            "".join(traceback.format_exception(exc)),
+        )
+
+
 def _status(exc_type: type[BaseException] | None) -> str:
     if exc_type is None:
         return "closed"
-    if issubclass(exc_type, KeyboardInterrupt | SystemExit):
+    if issubclass(exc_type, _INTERRUPTIONS):
         return "interrupted"
     return "error"
 
@@ -33,7 +54,8 @@ class SessionHandle:
     """A session of a :class:`SessionLogger`, used as ``with logger.session(id) as s:``.
 
     The start entry is written on enter, the close entry on exit with status ``closed``, or
-    ``error`` when the block raised (``interrupted`` for KeyboardInterrupt / SystemExit).
+    ``error`` when the block raised (an ERROR entry with the traceback comes first), or
+    ``interrupted`` for KeyboardInterrupt, SystemExit and task cancellation.
     """
 
     def __init__(
@@ -53,14 +75,9 @@ class SessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
-            self.logger.recorder.log(
-                self.session_id,
-                f"Session failed: {type(exc).__name__}: {exc}",
-                logging.ERROR,
-                None,
-                "".join(traceback.format_exception(exc)),
-            )
+        if not self.logger.recorder.is_open(self.session_id):
+            return  # closed inside the block (or by close()): nothing left to do
+        _log_failure(self.logger.recorder, self.session_id, exc)
         self.logger.close_session(self.session_id, status=_status(exc_type))
 
     def log(
@@ -120,14 +137,9 @@ class AsyncSessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
-            self.logger.recorder.log(
-                self.session_id,
-                f"Session failed: {type(exc).__name__}: {exc}",
-                logging.ERROR,
-                None,
-                "".join(traceback.format_exception(exc)),
-            )
+        if not self.logger.recorder.is_open(self.session_id):
+            return  # closed inside the block (or by aclose()): nothing left to do
+        _log_failure(self.logger.recorder, self.session_id, exc)
         await self.logger.close_session(self.session_id, status=_status(exc_type))
 
     async def log(

@@ -178,6 +178,13 @@ class Recorder:
         with self._lock:
             return list(self._open)
 
+    def is_open(self, session_id: str) -> bool:
+        """Whether a session with this id is open now."""
+        try:
+            return session_id in self._open
+        except TypeError:  # unhashable: not an id
+            return False
+
     def has_errors(self, session_id: str) -> bool:
         """Whether an open session logged ERROR or worse."""
         session = self._open.get(session_id)

@@ -165,7 +165,16 @@ class SessionLogger:
         return SessionHandle(self, session_id, metadata)
 
     def close(self, timeout: float | None = None) -> DeliveryReport:
-        """Close open sessions (``interrupted``), drain the sinks, stop the thread; idempotent."""
+        """Close open sessions (``interrupted``), drain the sinks, stop the thread; idempotent.
+
+        Raises:
+            WrongThreadError: called from the logger's own loop thread.
+        """
+        if self._portal.in_thread:
+            raise WrongThreadError(
+                "SessionLogger.close() was called from the logger's own event-loop thread "
+                "(e.g. from an async custom handler); it would deadlock"
+            )
         with self._close_lock:
             if self._report is not None:
                 return self._report
@@ -175,6 +184,10 @@ class SessionLogger:
             finally:
                 self._portal.stop()
             return self._report
+
+    def is_open(self, session_id: str) -> bool:
+        """Whether a session with this id is open now."""
+        return self._recorder.is_open(session_id)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the logger and of each sink (see ``AsyncSessionLogger.stats``)."""

@@ -294,3 +294,60 @@ def test_async_logger_cancelled_without_aclose_reports_loss(tmp_path: Path) -> N
     asyncio.run(app())
     assert len(errors) == 1
     assert "cancelled without aclose(): 11 entries were not delivered" in str(errors[0])
+
+
+def test_session_closed_inside_its_block_is_not_closed_twice(tmp_path: Path) -> None:
+    """Closing the session inside `with logger.session()` is fine; exit adds nothing."""
+    memory = MemorySink()
+    logger = SessionLogger(sinks=[memory], dead_letter_path=None)
+    with pytest.raises(ValueError, match="original"), logger.session("s"):
+        logger.close_session("s", status="error")
+        raise ValueError("original")  # must not be masked by a SessionClosedError
+    logger.close()
+    assert [e["event"] for e in memory.entries] == ["session_start", "session_close"]
+    assert memory.entries[-1]["status"] == "error"
+
+
+def test_close_from_the_loop_thread_raises_and_keeps_the_logger_working(tmp_path: Path) -> None:
+    """close() from an async handler raises WrongThreadError; the logger still closes later."""
+    caught: list[BaseException] = []
+    holder: dict[str, SessionLogger] = {}
+
+    async def handler(message: str) -> None:
+        try:
+            holder["logger"].close()
+        except WrongThreadError as exc:
+            caught.append(exc)
+
+    logger = SessionLogger(method="custom", custom_handler=handler, dead_letter_path=None)
+    holder["logger"] = logger
+    logger.start_session("s")
+    assert logger.save_logs().ok
+    assert caught
+    logger.log_entry("s", "still accepted")
+    report = logger.close()
+    assert report["handler"].delivered == 3
+
+
+async def test_cancelled_session_block_is_interrupted(tmp_path: Path) -> None:
+    """A task cancelled inside `async with alog.session()` closes it as interrupted."""
+    from async_session_logger import AsyncSessionLogger
+
+    memory = MemorySink()
+    async with AsyncSessionLogger(sinks=[memory], dead_letter_path=None) as alog:
+
+        async def work() -> None:
+            async with alog.session("s1"):
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(0.05)
+        assert alog.is_open("s1")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert not alog.is_open("s1")
+    assert [(e["event"], e["level"]) for e in memory.entries] == [
+        ("session_start", "INFO"),
+        ("session_close", "WARNING"),
+    ]
+    assert memory.entries[-1]["status"] == "interrupted"

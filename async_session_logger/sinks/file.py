@@ -111,8 +111,7 @@ class FileSink(Sink):
         else:
             self._direct[path] = self.write_mode == "direct"
         if len(self._files) > _MAX_OPEN:
-            _, oldest = self._files.popitem(last=False)
-            await oldest.close()
+            await self._forget(next(iter(self._files)))
         return fh
 
     async def write_batch(self, batch: Batch) -> None:
