@@ -274,13 +274,13 @@ class AsyncSessionLogger:
             "queued": len(self._intake),
             "open_sessions": len(self._recorder.open_sessions),
             "state": self._state,
-            "sinks": {lane.name: lane.stats.as_dict() for lane in self._lanes},
+            "sinks": {lane.name: _copy_stats(lane).as_dict() for lane in self._lanes},
         }
 
     def health(self) -> dict[str, Any]:
-        """Return ``{"ok": bool, "sinks": {name: healthy}}``: whether the last attempt of every
-        sink succeeded."""
-        sinks = {lane.name: lane.stats.healthy for lane in self._lanes}
+        """Return ``{"ok": bool, "sinks": {name: healthy}}``: whether every sink's last attempt
+        succeeded (and, for network sinks, whether they are connected)."""
+        sinks = {lane.name: lane.stats.healthy and lane.sink.healthy for lane in self._lanes}
         return {"ok": self._state == "running" and all(sinks.values()), "sinks": sinks}
 
     @property
@@ -401,7 +401,9 @@ class AsyncSessionLogger:
 
 
 def _copy_stats(lane: Lane) -> SinkStats:
-    return dataclasses.replace(lane.stats)
+    return dataclasses.replace(
+        lane.stats, healthy=lane.stats.healthy and lane.sink.healthy, details=lane.sink.stats()
+    )
 
 
 def print_error_summary(report: DeliveryReport, on_error: ErrorHandler) -> None:

@@ -10,7 +10,7 @@ from typing import Final
 from ._deadletter import DeadLetters
 from ._errors import SinkError
 from ._report import ErrorHandler, SinkStats
-from .sinks._base import Batch, PartialWriteError, Sink
+from .sinks._base import _LIFECYCLE, Batch, PartialWriteError, Sink
 
 __all__ = ["Lane"]
 
@@ -44,6 +44,7 @@ class Lane:
         self._incident_failures = 0
         self._incident_dead = 0
         self._inflight: Batch | None = None
+        sink.attach(self._report)
 
     # -- feeding (writer side) --------------------------------------------------------------
     def put(self, batch: Batch) -> None:
@@ -85,20 +86,30 @@ class Lane:
         return not self._space.is_set()
 
     def _shed(self) -> None:
-        # dead_letter overflow: move the oldest batches out until the lane is within its bound.
+        # dead_letter overflow: move the oldest log entries out until the lane is within its
+        # bound. Start and close entries stay queued (DESIGN §4: never dropped by overflow).
         shed: list[Batch] = []
-        while self.stats.pending > self.sink.max_pending:
-            for i, item in enumerate(self._queue):
-                if isinstance(item, Batch):
-                    del self._queue[i]
-                    shed.append(item)
-                    self.stats.pending -= len(item)
-                    break
-            else:
+        kept: list[Batch] = []
+        while self.stats.pending > self.sink.max_pending and self._queue:
+            head = self._queue[0]
+            if not isinstance(head, Batch):
                 break
+            self._queue.popleft()
+            lifecycle = [i for i, e in enumerate(head.entries) if e.get("event") in _LIFECYCLE]
+            if lifecycle:
+                kept.append(head.select(lifecycle))
+                keep = set(lifecycle)
+                head = head.select([i for i in range(len(head)) if i not in keep])
+            shed.append(head)
+            self.stats.pending -= len(head)
+        if kept:
+            self._queue.appendleft(Batch.concat(kept))
         if shed:
             batch = Batch.concat(shed)
-            self._spawn_dead_letter(batch, f"overflow: more than {self.sink.max_pending} pending")
+            if len(batch):
+                self._spawn_dead_letter(
+                    batch, f"overflow: more than {self.sink.max_pending} entries pending"
+                )
 
     def _spawn_dead_letter(self, batch: Batch, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(

@@ -31,6 +31,7 @@ class SinkStats:
     incidents: int = 0
     last_error: str | None = None
     healthy: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:

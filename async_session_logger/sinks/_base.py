@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, SinkError
 from .._validate import resolve_level
 
 __all__ = ["Batch", "PartialWriteError", "Sink"]
@@ -141,6 +141,28 @@ class Sink(abc.ABC):
             raise ConfigurationError(
                 f"overflow must be 'block' or 'dead_letter', got {self.overflow!r}"
             )
+
+    def attach(self, report: Callable[[SinkError], None]) -> None:
+        """Receive the logger's incident reporter (called by the lane before ``open()``)."""
+        self._reporter = report
+
+    def report(self, error: SinkError) -> None:
+        """Report an incident the sink noticed by itself (e.g. a lost connection).
+
+        Reported once per incident by the sink; it reaches ``on_error`` (default: stderr).
+        """
+        reporter = getattr(self, "_reporter", None)
+        if reporter is not None:
+            reporter(error)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the sink can deliver now (connected, for network sinks)."""
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Sink-specific counters, added to the logger's stats (default: none)."""
+        return {}
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources; an exception here fails the logger's start-up in the caller."""
