@@ -1,7 +1,10 @@
 """Sinks: where entries go. Each does I/O only; the logger's lanes own policy and stats.
 
-``MqttSink`` and ``SmtpSink`` import their client libraries in their own modules only.
+``MqttSink`` and ``SmtpSink`` are imported on first use, so that their client libraries
+(aiomqtt, aiosmtplib: the ``[mqtt]`` and ``[smtp]`` extras) load only when used.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._base import Batch, PartialWriteError, Sink
 from .custom import CustomHandler, CustomSink
@@ -9,13 +12,28 @@ from .file import FileSink
 from .memory import MemorySink
 from .stdout import StdoutSink
 
+if TYPE_CHECKING:
+    from .mqtt import MqttSink
+
 __all__ = [
     "Batch",
     "CustomHandler",
     "CustomSink",
     "FileSink",
     "MemorySink",
+    "MqttSink",
     "PartialWriteError",
     "Sink",
     "StdoutSink",
 ]
+
+_LAZY = {"MqttSink": "mqtt"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
