@@ -14,9 +14,8 @@ from .sinks._base import _LIFECYCLE, Batch, PartialWriteError, Sink
 
 __all__ = ["Lane"]
 
-# A lane hands its sink everything pending at once (up to this many entries): a sink that is
-# slower per call than the producers gets larger batches instead of a growing backlog.
-MAX_MERGE: Final = 50_000
+# A lane hands its sink everything pending at once (up to the sink's max_batch entries): a sink
+# that is slower per call than the producers gets larger batches instead of a growing backlog.
 BACKOFF_INITIAL: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 
@@ -153,7 +152,7 @@ class Lane:
     def _take(self) -> Batch:
         batches: list[Batch] = []
         size = 0
-        while self._queue and size < MAX_MERGE:
+        while self._queue and size < self.sink.max_batch:
             head = self._queue[0]
             if not isinstance(head, Batch):
                 break

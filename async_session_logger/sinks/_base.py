@@ -109,11 +109,14 @@ class Sink(abc.ABC):
         max_pending: entries this sink may have waiting before its overflow policy applies.
         overflow: ``"block"`` makes the logger wait for this sink (nothing is dropped, callers
             slow down); ``"dead_letter"`` moves the oldest waiting entries to the dead-letter file.
+        max_batch: most entries handed to one ``write_batch`` when several batches wait (the
+            lane merges them); a failed call is retried whole, so network sinks keep it small.
     """
 
     default_name = "sink"
     default_overflow: Overflow = "block"
     default_timeout: float | None = 30.0
+    default_max_batch = 50_000
 
     def __init__(
         self,
@@ -124,6 +127,7 @@ class Sink(abc.ABC):
         retries: int = 3,
         max_pending: int = 50_000,
         overflow: Overflow | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.name = name or self.default_name
         self.min_level = resolve_level(min_level)
@@ -136,6 +140,9 @@ class Sink(abc.ABC):
         if max_pending < 1:
             raise ConfigurationError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = max_pending
+        self.max_batch = max_batch or self.default_max_batch
+        if self.max_batch < 1:
+            raise ConfigurationError(f"max_batch must be >= 1, got {self.max_batch}")
         self.overflow: Overflow = overflow or self.default_overflow
         if self.overflow not in ("block", "dead_letter"):
             raise ConfigurationError(

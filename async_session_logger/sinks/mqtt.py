@@ -1,9 +1,10 @@
 """``MqttSink``: session logs to an MQTT broker with aiomqtt, through disconnects, without loss.
 
-Delivery is at-least-once: a batch is re-sent whole after a failure, and after the broker lost
-its state (a restart without persistence, noticed from CONNACK's session-present flag) the
-most recently acknowledged messages are re-sent too. Consumers deduplicate on
-``(session_id, seq)``.
+Delivery is at-least-once: a batch is re-sent whole after a failure, and after every lost
+connection the most recently acknowledged messages are re-sent too, because a broker that
+crashed may have acknowledged messages it never forwarded (a SIGKILLed mosquitto loses them,
+and one restarted from an older save even reports our session as present). Consumers
+deduplicate on ``(session_id, seq)``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, Final
 
 import aiomqtt
 import orjson
-import paho.mqtt.client as paho
 
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
@@ -48,23 +48,6 @@ _client_logger = logging.getLogger("async_session_logger.mqtt")
 _client_logger.addFilter(_DropPendingWarnings())
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, remembering CONNACK's session-present flag (aiomqtt drops it)."""
-
-    session_present: bool | None = None
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: Any,
-        properties: Any = None,
-    ) -> None:
-        self.session_present = bool(flags.session_present)
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-
 class MqttSink(Sink):
     """Publish entries to ``topic`` (``{session_id}`` is replaced) on an MQTT broker.
 
@@ -74,8 +57,7 @@ class MqttSink(Sink):
             hold ``+``, ``#``, ``/`` or control characters (the logger refuses them).
         qos: 0 or 1 (1: the broker acknowledges every message; 2 is not needed for at-least-once
             with deduplication and costs a round trip more).
-        client_id: stable MQTT client id (default ``asl-HOST-PID-RANDOM``); with it the sink uses
-            a persistent session, so it can tell when the broker lost its state.
+        client_id: MQTT client id (default ``asl-HOST-PID-RANDOM``), also in the logger topic.
         username, password: broker credentials (never shown in repr, stats or errors).
         tls_context: TLS with this context; ``tls=True`` uses the system's trusted CAs. Hostnames
             and certificates are always verified.
@@ -85,9 +67,11 @@ class MqttSink(Sink):
         status: publish a retained ``{topic}/status`` message when a session starts (``open``)
             and closes (its status), for subscribers that connect later.
         logger_topic: retained ``online`` / ``offline`` status of this process, with a last will
-            so the broker marks it ``offline`` if the process dies.
+            so the broker marks it ``offline`` if the process dies (default
+            ``session_loggers/{client_id}``: outside the session topics, so a ``logs/#`` consumer
+            sees only entries and session statuses; None: off).
         replay_window, replay_bytes: how many recently acknowledged messages (and bytes) are
-            kept to re-send when the broker comes back without its state.
+            re-sent after a lost connection (0 turns the replay off).
         connect_timeout, publish_timeout: seconds for a connection attempt and for the broker
             to acknowledge a chunk of messages before the connection counts as dead.
         reconnect_max: the longest pause between reconnection attempts (exponential backoff
@@ -102,6 +86,8 @@ class MqttSink(Sink):
     default_overflow = "dead_letter"
     # write_batch waits for the broker to come back; the lane's bound is the buffer instead.
     default_timeout = None
+    # A batch interrupted by a lost connection is re-sent whole: keep that bounded.
+    default_max_batch = 2_000
 
     def __init__(
         self,
@@ -118,7 +104,7 @@ class MqttSink(Sink):
         keepalive: int = 60,
         entries_per_message: int = 1,
         status: bool = True,
-        logger_topic: str | None = "logs/_logger/{client_id}",
+        logger_topic: str | None = "session_loggers/{client_id}",
         replay_window: int = 10_000,
         replay_bytes: int = 16 * 1024 * 1024,
         connect_timeout: float = 10.0,
@@ -156,7 +142,7 @@ class MqttSink(Sink):
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self.reconnect_max = reconnect_max
-        self._client: _Client | None = None
+        self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._closing = False
@@ -232,13 +218,13 @@ class MqttSink(Sink):
     async def _maintain(self) -> None:
         attempt = 0
         while not self._closing:
-            client = _Client(
+            client = aiomqtt.Client(
                 self.host,
                 self.port,
                 identifier=self.client_id,
                 username=self.username,
                 password=self._password,
-                clean_session=False,
+                clean_session=True,
                 keepalive=self.keepalive,
                 tls_context=self.tls_context,
                 timeout=self.connect_timeout,
@@ -259,9 +245,9 @@ class MqttSink(Sink):
                 continue
             attempt = 0
             self.counters["connects"] += 1
-            if client.session_present is False and self.counters["connects"] > 1:
-                # The broker forgot our session: what it acknowledged but had not yet forwarded
-                # may be gone with it, so the recent messages are sent again.
+            if self.counters["connects"] > 1 and len(self._replay):
+                # What the broker acknowledged just before the connection died may never have
+                # reached a subscriber (a crashed broker loses it): send the recent window again.
                 self._replay_pending = True
             self._client = client
             self._lost.clear()
@@ -284,7 +270,7 @@ class MqttSink(Sink):
                 self._fail(f"lost the connection to {self.host}:{self.port}", None)
                 await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
 
-    async def _watch(self, client: _Client) -> None:
+    async def _watch(self, client: aiomqtt.Client) -> None:
         # Iterating messages is aiomqtt's way to learn of a disconnect within milliseconds.
         try:
             async for _ in client.messages:
@@ -330,7 +316,7 @@ class MqttSink(Sink):
                 return
             self.counters["resent_messages"] += len(messages)
 
-    async def _publish_all(self, client: _Client, messages: list[Message]) -> bool:
+    async def _publish_all(self, client: aiomqtt.Client, messages: list[Message]) -> bool:
         """Publish in order; return False when the connection died before every ack."""
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             chunk = messages[start : start + _PUBLISH_CHUNK]
@@ -369,7 +355,7 @@ class MqttSink(Sink):
         return True
 
 
-def _force_disconnect(client: _Client) -> None:
+def _force_disconnect(client: aiomqtt.Client) -> None:
     # Closing paho's socket makes the watchdog's iteration end, which starts a reconnect.
     try:
         client._client.disconnect()
