@@ -16,6 +16,7 @@ from ._errors import LoggerClosedError, WrongThreadError
 from ._handles import SessionHandle
 from ._recorder import Recorder
 from ._report import DeliveryReport
+from ._threads import DaemonExecutor
 
 __all__ = ["SessionLogger"]
 
@@ -36,6 +37,8 @@ class _LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        # Daemon threads for run_in_executor(None, ...): usable during interpreter exit.
+        self.loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
         self.loop.call_soon(self._started.set)
         try:
             self.loop.run_forever()

@@ -22,17 +22,23 @@ T = TypeVar("T")
 _Job = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-class DaemonExecutor(concurrent.futures.Executor):
-    """Run callables on up to ``max_workers`` daemon threads, started on demand."""
+class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Run callables on up to ``max_workers`` daemon threads, started on demand.
+
+    A ``ThreadPoolExecutor`` subclass only because ``loop.set_default_executor`` accepts
+    nothing else (the sync facade's loop uses one, so that aiomqtt's connect and getaddrinfo
+    keep working during the exit drain); none of the parent's machinery is used.
+    """
 
     def __init__(self, max_workers: int = 4, name: str = "async_session_logger.io") -> None:
+        super().__init__(max_workers=1)  # sets the parent's attributes; no thread is started
         self._max_workers = max_workers
         self._name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._daemons: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
-        self._shutdown = False
+        self._closed = False
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
@@ -40,14 +46,14 @@ class DaemonExecutor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)``."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
-            if self._shutdown:
+            if self._closed:
                 raise RuntimeError("executor is shut down")
             self._jobs.put((future, fn, args, kwargs))
-            if self._idle == 0 and len(self._threads) < self._max_workers:
+            if self._idle == 0 and len(self._daemons) < self._max_workers:
                 thread = threading.Thread(
-                    target=self._work, name=f"{self._name}[{len(self._threads)}]", daemon=True
+                    target=self._work, name=f"{self._name}[{len(self._daemons)}]", daemon=True
                 )
-                self._threads.append(thread)
+                self._daemons.append(thread)
                 thread.start()
         return future
 
@@ -73,11 +79,11 @@ class DaemonExecutor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers after the queued jobs."""
         with self._lock:
-            self._shutdown = True
-            for _ in self._threads:
+            self._closed = True
+            for _ in self._daemons:
                 self._jobs.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in self._daemons:
                 thread.join()
 
 

@@ -404,3 +404,49 @@ async def test_mqtt_sink_configuration_errors() -> None:
     sink = MqttSink(username="u", password="pw-never-shown")
     assert "pw-never-shown" not in repr(sink)
     await asyncio.sleep(0)
+
+
+def test_exit_drain_reconnects_and_delivers(tmp_path: Path) -> None:
+    """A script exiting without close() while the broker is down delivers once it is up."""
+    import subprocess
+    import sys
+
+    broker = Broker(persistence=True, workdir=tmp_path / "broker")
+    broker.start()
+    sub = _sub(broker, clean=False, client_id="verifier-exit")
+    sub.stop()
+    broker.stop()
+    code = (
+        "import sys\n"
+        "from async_session_logger import SessionLogger\n"
+        "logger = SessionLogger(method='mqtt', mqtt={'host': '127.0.0.1', 'port': int(sys.argv[1]),"
+        " 'reconnect_max': 0.2}, close_timeout=15, dead_letter_path=None)\n"
+        "logger.start_session('bye')\n"
+        "for i in range(10):\n"
+        "    logger.log_entry('bye', f'm{i}')\n"
+        "print('logged', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(broker.port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "logged"
+        time.sleep(0.5)  # the script is in its exit drain, retrying the connection
+        broker.start()  # aiomqtt connects through the loop's executor: it must work at exit
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "reconnected" in err
+        assert "dead-lettered" not in err
+        sub.resubscribe()
+        sub.wait_for_sync(lambda s: len([e for e in s.entries("logs/bye") if "event" in e]) >= 12)
+        got = [e for e in sub.entries("logs/bye") if "event" in e]
+        assert [e["seq"] for e in got] == list(range(12))
+        assert got[-1]["status"] == "interrupted"
+    finally:
+        proc.kill()
+        sub.close()
+        broker.close()
