@@ -148,7 +148,7 @@ class FileSink(Sink):
         try:
             while done < len(data):
                 if direct:
-                    done += os.write(fd, data[done : done + _CHUNK])
+                    done += os.write(fd, data[done : _chunk_end(data, done)])
                     if done < len(data):
                         await asyncio.sleep(0)
                 else:
@@ -183,3 +183,19 @@ class FileSink(Sink):
 
     def __repr__(self) -> str:
         return f"<FileSink {self.name!r} path={self.path!r}>"
+
+
+def _chunk_end(data: memoryview, start: int) -> int:
+    """Return where the chunk from ``start`` ends: after the last whole line within _CHUNK.
+
+    Each O_APPEND write lands whole, so cutting only between lines keeps another process's
+    writes from landing inside one of ours. A single line longer than _CHUNK goes whole.
+    """
+    end = start + _CHUNK
+    if end >= len(data):
+        return len(data)
+    cut = bytes(data[start:end]).rfind(b"\n")
+    if cut >= 0:
+        return start + cut + 1
+    nxt = bytes(data[end:]).find(b"\n")
+    return len(data) if nxt < 0 else end + nxt + 1

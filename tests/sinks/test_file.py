@@ -144,3 +144,47 @@ def test_disk_full_then_freed_accounts_for_every_entry(tmp_path: Path, small_dis
     assert len(dead_seqs) == report["file"].dead_lettered
     assert set(written) | dead_seqs == set(range(3102))
     assert 3101 in written  # the close entry, written after space came back
+
+
+def test_direct_writes_cut_only_between_lines() -> None:
+    """Chunks of a large batch end on line boundaries, so concurrent appenders never split one."""
+    from async_session_logger.sinks.file import _CHUNK, _chunk_end
+
+    line = b"x" * 999 + b"\n"
+    data = memoryview(line * 1000)  # ~1 MB: four chunks or so
+    start, cuts = 0, []
+    while start < len(data):
+        end = _chunk_end(data, start)
+        assert end - start <= _CHUNK
+        assert data[end - 1 : end] == b"\n"
+        cuts.append(end)
+        start = end
+    assert cuts[-1] == len(data) and len(cuts) == 4
+    huge = memoryview(b"y" * (_CHUNK * 2) + b"\n" + b"z\n")
+    assert _chunk_end(huge, 0) == _CHUNK * 2 + 1  # one long line is written whole
+
+
+def test_four_processes_append_to_one_file(tmp_path: Path) -> None:
+    """4 processes x 50,000 entries into one file: 200,000 valid lines, none interleaved."""
+    import sys
+
+    path = tmp_path / "shared.jsonl"
+    code = (
+        "import sys\n"
+        "from async_session_logger import SessionLogger\n"
+        "n = sys.argv[2]\n"
+        "with SessionLogger(method='file', path=sys.argv[1], dead_letter_path=None) as logger:\n"
+        "    logger.start_session('proc-' + n)\n"
+        "    for i in range(50_000):\n"
+        "        logger.log_entry('proc-' + n, 'entry %d from process %s' % (i, n), 20,"
+        " {'i': i, 'pad': 'p' * 80})\n"
+        "    logger.close_session('proc-' + n)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(n)]) for n in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    lines = read_lines(path)  # every line must parse: an interleaved write would break one
+    assert len(lines) == 4 * 50_002
+    for n in range(4):
+        seqs = [e["seq"] for e in lines if e["session_id"] == f"proc-{n}"]
+        assert seqs == list(range(50_002))
