@@ -86,7 +86,7 @@ class MqttSink(Sink):
     default_overflow = "dead_letter"
     # write_batch waits for the broker to come back; the lane's bound is the buffer instead.
     default_timeout = None
-    # A batch interrupted by a lost connection is re-sent whole: keep that bounded.
+    # A batch interrupted by a lost connection is re-sent whole: keep it to ~2,000 messages.
     default_max_batch = 2_000
 
     def __init__(
@@ -114,6 +114,8 @@ class MqttSink(Sink):
         **options: Any,
     ) -> None:
         options.setdefault("max_pending", buffer_size)
+        # Bound a batch in messages (what a lost connection makes us re-send): 2,000 of them.
+        options.setdefault("max_batch", 2_000 * max(1, entries_per_message))
         super().__init__(**options)
         if qos not in (0, 1, 2):
             raise ConfigurationError(f"qos must be 0, 1 or 2, got {qos}")
