@@ -43,7 +43,7 @@ class Lane:
         self._incident_failures = 0
         self._incident_dead = 0
         self._inflight: Batch | None = None
-        sink.attach(self._report)
+        sink.attach(self._report, self._given_up)
 
     # -- feeding (writer side) --------------------------------------------------------------
     def put(self, batch: Batch) -> None:
@@ -229,6 +229,13 @@ class Lane:
             sink_name=self.name,
         )
         self._report(report)
+
+    async def _given_up(self, batch: Batch, reason: str) -> bool:
+        # Sink.dead_letter: entries accepted by an earlier write_batch (counted delivered then).
+        self.stats.delivered -= len(batch)
+        before = self.stats.dead_lettered
+        await self._dead_letter(batch, reason)
+        return self.stats.dead_lettered > before
 
     def _report(self, error: SinkError) -> None:
         try:

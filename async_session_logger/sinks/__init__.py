@@ -14,6 +14,7 @@ from .stdout import StdoutSink
 
 if TYPE_CHECKING:
     from .mqtt import MqttSink
+    from .smtp import SmtpSink
 
 __all__ = [
     "Batch",
@@ -24,10 +25,11 @@ __all__ = [
     "MqttSink",
     "PartialWriteError",
     "Sink",
+    "SmtpSink",
     "StdoutSink",
 ]
 
-_LAZY = {"MqttSink": "mqtt"}
+_LAZY = {"MqttSink": "mqtt", "SmtpSink": "smtp"}
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
 from .._errors import ConfigurationError, SinkError
@@ -149,9 +149,25 @@ class Sink(abc.ABC):
                 f"overflow must be 'block' or 'dead_letter', got {self.overflow!r}"
             )
 
-    def attach(self, report: Callable[[SinkError], None]) -> None:
-        """Receive the logger's incident reporter (called by the lane before ``open()``)."""
+    def attach(
+        self,
+        report: Callable[[SinkError], None],
+        dead_letter: Callable[[Batch, str], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Receive the lane's incident reporter and dead-letter writer (before ``open()``)."""
         self._reporter = report
+        self._dead_letterer = dead_letter
+
+    async def dead_letter(self, batch: Batch, reason: str) -> bool:
+        """Give up on entries this sink accepted in an earlier ``write_batch``.
+
+        For sinks that keep entries after ``write_batch`` returned (SmtpSink's digests): the
+        entries go to the dead-letter file, and the lane moves them from ``delivered`` to
+        ``dead_lettered`` (``lost`` if the file could not keep them). Returns whether it kept
+        them; False when the sink runs without a logger.
+        """
+        writer = getattr(self, "_dead_letterer", None)
+        return False if writer is None else await writer(batch, reason)
 
     def report(self, error: SinkError) -> None:
         """Report an incident the sink noticed by itself (e.g. a lost connection).
