@@ -17,7 +17,7 @@ from ._deadletter import DeadLetters
 from ._entry import DEFAULT_MASK_KEYS, EntryBuilder, Formatter, Masker, Record
 from ._errors import ConfigurationError, LoggerClosedError, SinkError
 from ._handles import AsyncSessionHandle
-from ._intake import Intake
+from ._intake import OVERFLOW_POLICIES, Intake, Overflow
 from ._lane import Lane
 from ._recorder import Recorder
 from ._report import DeliveryReport, ErrorHandler, SinkStats, print_error
@@ -53,7 +53,12 @@ class AsyncSessionLogger:
             (default ``"file"`` unless ``sinks`` is given).
         custom_formatter: ``fmt(entry: dict) -> dict`` applied to every entry before encoding.
         sinks: sink objects, in addition to those named by ``method``.
-        max_queue: entries waiting for the writer before callers wait (backpressure).
+        max_queue: entries waiting for the writer before the ``overflow`` policy applies.
+        overflow: what a full queue does to a new log entry: ``"block"`` (default) makes the
+            caller wait (``await`` in async code), so nothing is lost; ``"drop_newest"`` drops
+            it; ``"drop_oldest"`` drops the oldest queued log entry to make room. Drops are
+            counted (``stats()["dropped"]``, the report) and a ``gap`` entry in the session's
+            stream says how many and which seqs. Start and close entries are never dropped.
         batch_size: most entries the writer encodes before it yields to the loop (1,000 keeps
             the event-loop lag around a millisecond; a slow sink still gets merged batches).
         mask_keys: key substrings whose values are masked in metadata and custom fields
@@ -73,6 +78,7 @@ class AsyncSessionLogger:
         *,
         sinks: Sequence[Sink] | None = None,
         max_queue: int = 10_000,
+        overflow: Overflow = "block",
         batch_size: int = 1_000,
         mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
         on_error: ErrorHandler | None = None,
@@ -87,10 +93,14 @@ class AsyncSessionLogger:
             raise ConfigurationError("max_queue and batch_size must be >= 1")
         if close_timeout <= 0:
             raise ConfigurationError("close_timeout must be > 0")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ConfigurationError(
+                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}"
+            )
         self.sinks: list[Sink] = build_sinks(method, sinks, options)
         self.close_timeout = close_timeout
         self._builder = EntryBuilder(custom_formatter, Masker(mask_keys))
-        self._intake = Intake(max_queue)
+        self._intake = Intake(max_queue, overflow)
         self._recorder = Recorder(self._intake, max_message_chars=max_message_chars)
         self._batch_size = batch_size
         self._dead_letters = DeadLetters(dead_letter_path)
@@ -269,8 +279,12 @@ class AsyncSessionLogger:
 
     def stats(self) -> dict[str, Any]:
         """Return counters: accepted entries, queue depth, open sessions, and per-sink stats."""
+        gaps = self._intake.gaps
         return {
             "accepted": self._recorder.accepted,
+            "dropped": gaps.dropped,
+            "gap_entries": gaps.reported,
+            "overflow": self._intake.overflow,
             "queued": len(self._intake),
             "open_sessions": len(self._recorder.open_sessions),
             "state": self._state,
@@ -291,6 +305,7 @@ class AsyncSessionLogger:
     def _report(self) -> DeliveryReport:
         return DeliveryReport(
             accepted=self._recorder.accepted,
+            dropped=self._intake.gaps.dropped,
             sinks={lane.name: _copy_stats(lane) for lane in self._lanes},
             dead_letter_path=self._dead_letters.path,
         )

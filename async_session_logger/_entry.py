@@ -170,10 +170,8 @@ class EntryBuilder:
                     entry["custom_fields"] = fields
             elif kind == START:
                 entry["metadata"] = (mask(fields) if mask else fields) if fields else {}
-            elif kind == CLOSE:
+            else:  # CLOSE: duration_s, entries, status; GAP: dropped, dropped_seqs, overflow
                 entry.update(fields)
-            else:
-                entry["dropped"] = fields
             if formatter is not None:
                 entry = self._format(entry)
             append(entry)

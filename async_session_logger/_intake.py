@@ -11,18 +11,39 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Final, Literal
 
-__all__ = ["Intake"]
+from ._gaps import Gaps
+
+__all__ = ["OVERFLOW_POLICIES", "Intake", "Overflow"]
+
+Overflow = Literal["block", "drop_newest", "drop_oldest"]
+OVERFLOW_POLICIES: Final = ("block", "drop_newest", "drop_oldest")
+_LOG: Final = 1  # _entry.LOG (not imported: _entry imports orjson, this module stays light)
 
 
 class Intake:
-    """A bounded FIFO of records and markers with cheap cross-thread wake-ups."""
+    """A bounded FIFO of records and markers with cheap cross-thread wake-ups.
 
-    def __init__(self, maxsize: int) -> None:
+    With ``overflow="block"`` callers wait while ``maxsize`` items are queued. With a drop
+    policy a full intake drops log entries instead (the newest or the oldest one) and notes
+    them in :attr:`gaps`; ``take()`` hands the writer a ``gap`` record before the next record
+    of the session. Lifecycle records are never dropped: they may take the intake one item
+    past ``maxsize`` when nothing droppable is queued, and then their callers wait.
+    """
+
+    def __init__(self, maxsize: int, overflow: Overflow = "block") -> None:
         self.maxsize = maxsize
+        self.overflow = overflow
+        self.drops = overflow != "block"
+        # Callers wait while len >= limit.
+        self.limit = maxsize + 1 if self.drops else maxsize
         self._buf: deque[Any] = deque()
         self.buf = self._buf  # the Recorder appends directly on its hot path
+        # Guards take() against drops (which delete from the middle) and marker pushes;
+        # the Recorder's appends run under its own lock, which drops also hold.
+        self.lock = threading.Lock()
+        self.gaps = Gaps(overflow)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
         self._data = asyncio.Event()
@@ -44,18 +65,48 @@ class Intake:
     @property
     def full(self) -> bool:
         """Whether callers should wait before adding more."""
-        return len(self._buf) >= self.maxsize
+        return len(self._buf) >= self.limit
 
     def push(self, item: Any) -> bool:
         """Append ``item``, wake the writer if it sleeps; return whether the intake is full.
 
-        Callable from any thread.
+        Callable from any thread. Lifecycle records come here under the Recorder's lock: with
+        a drop policy and a full intake, a queued log entry makes room for them first.
         """
         buf = self._buf
-        buf.append(item)
+        with self.lock:
+            if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
+                self._drop_queued(newest=self.overflow == "drop_newest")
+            buf.append(item)
         if self._sleeping:
             self.wake()
-        return len(buf) >= self.maxsize
+        return len(buf) >= self.limit
+
+    def overflow_log(self, record: tuple[Any, ...]) -> None:
+        """Apply the drop policy to a log ``record`` arriving at a full intake.
+
+        Call with the Recorder's lock held. ``drop_newest`` drops ``record``; ``drop_oldest``
+        drops the oldest queued log entry and queues ``record`` (or drops ``record`` when no
+        log entry is queued).
+        """
+        with self.lock:
+            if self.overflow == "drop_oldest" and self._drop_queued(newest=False):
+                self._buf.append(record)
+            else:
+                self.gaps.note(record[1], record[2], record[3])
+
+    def _drop_queued(self, newest: bool) -> bool:
+        # Under self.lock and the Recorder's lock: nothing else mutates the deque now.
+        buf = self._buf
+        size = len(buf)
+        indexes = range(size - 1, -1, -1) if newest else range(size)
+        for index in indexes:
+            item = buf[index]
+            if type(item) is tuple and item[0] == _LOG:
+                del buf[index]
+                self.gaps.note(item[1], item[2], item[3])
+                return True
+        return False
 
     def wake(self) -> None:
         """Wake the sleeping writer; call right after appending to ``buf`` (any thread)."""
@@ -76,11 +127,14 @@ class Intake:
         return self._sleeping
 
     def take(self, limit: int) -> list[Any]:
-        """Pop up to ``limit`` items (writer side)."""
+        """Pop up to ``limit`` items (writer side), with ``gap`` records where due."""
         buf = self._buf
-        count = min(len(buf), limit)
-        items = [buf.popleft() for _ in range(count)]
-        if (self._sync_waiters or self._async_waiters) and len(buf) < self.maxsize:
+        with self.lock:
+            count = min(len(buf), limit)
+            items = [buf.popleft() for _ in range(count)]
+            if self.gaps:
+                items = self.gaps.insert(items)
+        if (self._sync_waiters or self._async_waiters) and len(buf) < self.limit:
             self._space_sync.set()
             self._space_async.set()
         return items
@@ -100,9 +154,9 @@ class Intake:
         with self._waiters_lock:
             self._sync_waiters += 1
         try:
-            while len(self._buf) >= self.maxsize:
+            while len(self._buf) >= self.limit:
                 self._space_sync.clear()
-                if len(self._buf) < self.maxsize:
+                if len(self._buf) < self.limit:
                     break
                 # The timeout is a safety net against a missed set(), not the mechanism.
                 self._space_sync.wait(timeout)
@@ -114,7 +168,7 @@ class Intake:
         """Wait in the loop until the intake has room."""
         self._async_waiters += 1
         try:
-            while len(self._buf) >= self.maxsize:
+            while len(self._buf) >= self.limit:
                 self._space_async.clear()
                 await self._space_async.wait()
         finally:

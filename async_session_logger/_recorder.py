@@ -112,10 +112,14 @@ class Recorder:
             if levelno >= 40:
                 session.errors += 1
             self.accepted += 1
-            buf.append((LOG, session_id, seq, time.time_ns(), levelno, text, fields))
+            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields)
+            if intake.drops and len(buf) >= intake.maxsize:
+                intake.overflow_log(record)  # a drop policy: never wait
+                return False
+            buf.append(record)
             if intake.sleeping:
                 intake.wake()
-        return len(buf) >= intake.maxsize
+        return len(buf) >= intake.limit
 
     def close(self, session_id: str, status: str = "closed") -> None:
         """Hand off the close entry of an open session and forget the session."""

@@ -49,10 +49,14 @@ class SinkStats:
 class DeliveryReport:
     """What ``save_logs()`` returns: per-sink counters at the flush barrier.
 
-    ``ok`` is true when no sink has given up on any entry and nothing is pending.
+    ``ok`` is true when no sink has given up on any entry, nothing is pending and the
+    overflow policy dropped nothing. ``accepted`` counts the entries the logger took in;
+    ``dropped`` those of them a drop policy discarded (``gap`` entries, which each sink gets
+    in their place, count in the sinks' ``delivered``).
     """
 
     accepted: int
+    dropped: int = 0
     sinks: dict[str, SinkStats] = field(default_factory=dict)
     dead_letter_path: str | None = None
     interrupted_sessions: int = 0
@@ -60,7 +64,9 @@ class DeliveryReport:
     @property
     def ok(self) -> bool:
         """Whether every accepted entry reached every sink."""
-        return all(s.failed == 0 and s.pending == 0 for s in self.sinks.values())
+        return not self.dropped and all(
+            s.failed == 0 and s.pending == 0 for s in self.sinks.values()
+        )
 
     @property
     def failed(self) -> int:
@@ -75,6 +81,7 @@ class DeliveryReport:
         return {
             "ok": self.ok,
             "accepted": self.accepted,
+            "dropped": self.dropped,
             "dead_letter_path": self.dead_letter_path,
             "interrupted_sessions": self.interrupted_sessions,
             "sinks": {name: s.as_dict() for name, s in self.sinks.items()},
@@ -88,7 +95,9 @@ class DeliveryReport:
             + (f", {s.pending} pending" if s.pending else "")
             for s in self.sinks.values()
         ]
-        return f"{'ok' if self.ok else 'NOT OK'}: {self.accepted} accepted; " + "; ".join(parts)
+        dropped = f", {self.dropped} dropped by the overflow policy" if self.dropped else ""
+        head = f"{'ok' if self.ok else 'NOT OK'}: {self.accepted} accepted{dropped}; "
+        return head + "; ".join(parts)
 
 
 ErrorHandler = Callable[[SinkError], None]
