@@ -110,13 +110,16 @@ class Sink(abc.ABC):
         overflow: ``"block"`` makes the logger wait for this sink (nothing is dropped, callers
             slow down); ``"dead_letter"`` moves the oldest waiting entries to the dead-letter file.
         max_batch: most entries handed to one ``write_batch`` when several batches wait (the
-            lane merges them); a failed call is retried whole, so network sinks keep it small.
+            lane merges them); a failed call is retried whole, so network sinks keep it small,
+            and ``timeout`` applies to the whole call: a sink that takes 1 ms per entry needs
+            ``max_batch * 0.001 < timeout`` (default 10,000 entries, 30 s).
     """
 
     default_name = "sink"
     default_overflow: Overflow = "block"
     default_timeout: float | None = 30.0
-    default_max_batch = 50_000
+    # 10,000: a sink doing 1,000 entries/s still finishes a merged batch within the timeout.
+    default_max_batch = 10_000
 
     def __init__(
         self,
