@@ -157,6 +157,17 @@ class Session:
         return [seq for seq in range(max(seen) + 1) if seq not in seen]
 
     @property
+    def dropped(self) -> int:
+        """Return how many entries the ``gap`` entries say an overflow policy dropped."""
+        total = 0
+        for entry in self.entries:
+            if entry.get("event") == "gap":
+                count = entry.get("dropped")
+                if isinstance(count, int) and not isinstance(count, bool):
+                    total += count
+        return total
+
+    @property
     def duplicates(self) -> int:
         """Return how many repeated ``(session_id, seq)`` entries were skipped."""
         return self._duplicates

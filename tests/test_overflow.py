@@ -41,6 +41,7 @@ def check_stream(path: Path) -> tuple[int, int]:
     """Assert every session's seqs are covered exactly once; return (gap entries, dropped)."""
     gaps = dropped = 0
     for session in read_sessions(path):
+        session_dropped = dropped
         assert session.start is not None
         assert session.close is not None, f"{session.session_id} lost its close entry"
         covered = [session.start["seq"], session.close["seq"]]
@@ -55,6 +56,7 @@ def check_stream(path: Path) -> tuple[int, int]:
                 assert entry["level"] == "WARNING"
                 covered.extend(seq for lo, hi in runs for seq in range(lo + 1, hi + 1))
         assert sorted(covered) == list(range(session.close["seq"] + 1)), session.session_id
+        assert session.dropped == dropped - session_dropped
         assert session.close["entries"] == session.close["seq"] - 1
     return gaps, dropped
 
