@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._handles import AsyncSessionHandle, SessionHandle
 from ._reader import CorruptLogError, ReaderWarning, Session, read_entries, read_sessions
+from ._replay import ReplayReport, replay_dead_letters
 from ._report import DeliveryReport, SinkStats
 from ._sync import SessionLogger
 
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidSessionIdError",
     "LoggerClosedError",
     "ReaderWarning",
+    "ReplayReport",
     "Session",
     "SessionClosedError",
     "SessionHandle",
@@ -56,4 +58,5 @@ __all__ = [
     "read_dead_letters",
     "read_entries",
     "read_sessions",
+    "replay_dead_letters",
 ]

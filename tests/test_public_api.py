@@ -64,3 +64,15 @@ def test_unknown_method_and_option_are_configuration_errors() -> None:
         AsyncSessionLogger(method="file", pth="x.jsonl")
     with pytest.raises(ConfigurationError, match="custom_handler"):
         AsyncSessionLogger(method="custom")
+
+
+def test_replay_and_the_command_line_are_public_and_light() -> None:
+    """replay_dead_letters/ReplayReport are exported; the CLI imports no network client."""
+    assert {"ReplayReport", "replay_dead_letters"} <= set(async_session_logger.__all__)
+    code = (
+        "import sys, async_session_logger.cli\n"
+        "async_session_logger.cli.build_parser()\n"
+        "print(sorted(m for m in ('aiomqtt', 'aiosmtplib', 'paho') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

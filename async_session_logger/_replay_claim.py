@@ -1,0 +1,146 @@
+"""Claim a dead-letter file for one replay: lock, move aside, put back what was not re-sent.
+
+The file is renamed aside and copied into ``FILE.replaying``, a working copy locked with
+``flock`` for the duration of the replay. A logger that keeps running meanwhile appends its new
+dead letters to a fresh ``FILE`` (its writer opens the path for every append), so nothing written
+concurrently is lost or replayed twice. At the end the letters that were not re-sent are appended
+to ``FILE`` and the working copy is removed: the file is never truncated before that point. A
+replay that is interrupted leaves ``FILE.replaying`` behind, and the next replay of ``FILE``
+takes it up again (re-sending what was already delivered: at-least-once).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Final
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["WORK_SUFFIX", "Claim"]
+
+WORK_SUFFIX: Final = ".replaying"
+_INCOMING_SUFFIX: Final = ".replaying.in"
+_BLOCK: Final = 1 << 20
+
+
+class Claim:
+    """Exclusive ownership of a dead-letter file's content for one replay."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.work = path + WORK_SUFFIX
+        self.incoming = path + _INCOMING_SUFFIX
+        self.fd = -1
+        self.copied = 0
+        self.resumed = False
+
+    def acquire(self) -> None:
+        """Lock the working copy and move the file's content into it."""
+        self._lock()
+        try:
+            self.resumed = os.fstat(self.fd).st_size > 0 or os.path.exists(self.incoming)
+            if os.path.exists(self.incoming):
+                # An interrupted replay renamed the file but did not finish copying it.
+                self._copy(self.incoming)
+                os.unlink(self.incoming)
+            try:
+                # New dead letters of a running logger now go to a fresh file at `path`.
+                os.rename(self.path, self.incoming)
+            except FileNotFoundError:
+                if not self.resumed:
+                    raise FileNotFoundError(
+                        errno.ENOENT, os.strerror(errno.ENOENT), self.path
+                    ) from None
+            else:
+                self.copied = self._copy(self.incoming)
+        except BaseException:
+            self._unlock(remove=not self.resumed and os.fstat(self.fd).st_size == 0)
+            raise
+
+    def _lock(self) -> None:
+        while True:
+            fd = os.open(self.work, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            if sys.platform != "win32":
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise BlockingIOError(
+                        errno.EWOULDBLOCK,
+                        f"another replay of {self.path} is running ({self.work} is locked)",
+                    ) from None
+            try:
+                # A replay that just finished may have removed the name we opened: retry.
+                if os.path.samestat(os.fstat(fd), os.stat(self.work)):
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _copy(self, source: str) -> int:
+        """Append ``source`` to the working copy, ending it with a newline; return its size."""
+        size = 0
+        with open(source, "rb") as fh:
+            last = b"\n"
+            while block := fh.read(_BLOCK):
+                _write_all(self.fd, block)
+                size += len(block)
+                last = block[-1:]
+        if last != b"\n":
+            _write_all(self.fd, b"\n")
+        os.fsync(self.fd)
+        return size
+
+    def _late(self) -> bytes:
+        """Return what a logger appended to the renamed file after it was copied."""
+        try:
+            with open(self.incoming, "rb") as fh:
+                # Written by a logger that opened the file just before it was renamed.
+                fh.seek(self.copied)
+                late = fh.read()
+        except FileNotFoundError:
+            return b""
+        return late + b"\n" if late and not late.endswith(b"\n") else late
+
+    def release(self, leftovers: list[bytes]) -> None:
+        """Put what was not re-sent back into the file, then drop the working copy."""
+        data = b"".join(leftovers) + self._late()
+        if data:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if os.path.exists(self.incoming):
+            os.unlink(self.incoming)
+        self._unlock(remove=True)
+
+    def abandon(self) -> None:
+        """Keep everything in the working copy for the next replay, and unlock it."""
+        late = self._late()
+        if late:
+            _write_all(self.fd, late)
+            os.fsync(self.fd)
+        if os.path.exists(self.incoming):
+            os.unlink(self.incoming)
+        self._unlock(remove=False)
+
+    def _unlock(self, *, remove: bool) -> None:
+        if remove:
+            try:
+                os.unlink(self.work)
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)  # releases the flock
+        self.fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,54 @@
+"""The ``async-session-logger`` command: read, follow, collect and replay session logs.
+
+Each command lives in its own module (``sessions``, ``show``, ``tail``, ``collect``,
+``replay``) with ``add_parser()`` and ``run(args) -> int``. User errors are one line on stderr
+and a non-zero exit status, never a traceback. See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import collect, replay, sessions, show, tail
+from ._common import PROG, CliError
+
+__all__ = ["build_parser", "main"]
+
+# Exit status after the output was cut short by a closed pipe (`... | head`), as for SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Read, follow, collect and replay async_session_logger session logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for module in (sessions, show, tail, collect, replay):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python would complain again when flushing stdout at exit: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status

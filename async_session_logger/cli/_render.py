@@ -1,0 +1,209 @@
+"""Human-readable output: entry lines coloured by level, indented fields, aligned tables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TextIO
+
+import orjson
+
+from .._validate import level_name
+
+__all__ = [
+    "Style",
+    "choose_colour",
+    "clean",
+    "entry_lines",
+    "format_duration",
+    "format_time",
+    "format_value",
+    "plural",
+    "table",
+]
+
+# Keys rendered on the entry's own line (or in the header of `show`); any other key of an
+# entry (a formatter's addition, `exception`, `formatter_error`) is shown indented below it.
+_HEADLINE_KEYS: Final = frozenset(
+    (
+        "timestamp",
+        "session_id",
+        "seq",
+        "event",
+        "level",
+        "levelno",
+        "message",
+        "custom_fields",
+        "metadata",
+        "duration_s",
+        "entries",
+        "status",
+        "dropped",
+    )
+)
+_RESET: Final = "\x1b[0m"
+_LEVEL_COLOURS: Final = ((50, "\x1b[1;31m"), (40, "\x1b[31m"), (30, "\x1b[33m"), (20, ""))
+_DIM: Final = "\x1b[2m"
+_BOLD: Final = "\x1b[1m"
+# Terminal control characters (ESC above all) in logged text must never reach the terminal
+# raw: a hostile log line could otherwise rewrite the screen. Tabs and newlines are handled.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def choose_colour(mode: str, stream: TextIO) -> bool:
+    """Decide on colour: ``always``, ``never``, or ``auto`` (a terminal, and no ``NO_COLOR``)."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Style:
+    """ANSI colour by level, or plain text."""
+
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def level(self, levelno: int, text: str) -> str:
+        """Colour ``text`` for ``levelno``: dim debug, plain info, yellow, red, bold red."""
+        if not self.colour:
+            return text
+        code = _DIM
+        for floor, colour in _LEVEL_COLOURS:
+            if levelno >= floor:
+                code = colour
+                break
+        return f"{code}{text}{_RESET}" if code else text
+
+    def dim(self, text: str) -> str:
+        """Render secondary text (field names)."""
+        return f"{_DIM}{text}{_RESET}" if self.colour else text
+
+    def bold(self, text: str) -> str:
+        """Render a heading."""
+        return f"{_BOLD}{text}{_RESET}" if self.colour else text
+
+
+def clean(text: str) -> str:
+    """Escape terminal control characters (``\\x1b`` becomes the four characters ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def format_value(value: Any) -> str:
+    """Render a field value: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return clean(value)
+    try:
+        return clean(orjson.dumps(value).decode())
+    except TypeError:
+        return clean(repr(value))
+
+
+def format_time(moment: datetime | None) -> str:
+    """Render a UTC time to the second, or ``-``."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Render a duration compactly: ``0.042s``, ``12.3s``, ``4m05s``, ``2h03m``."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.3f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """Return ``1 entry``, ``2 entries``."""
+    return f"{count} {one if count == 1 else many}"
+
+
+def _levelno(entry: dict[str, Any]) -> int:
+    value = entry.get("levelno")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 20
+
+
+def _indented(name: str, value: Any, style: Style, indent: str = "    ") -> list[str]:
+    text = format_value(value).split("\n")
+    first = f"{indent}{style.dim(clean(str(name)) + ':')} {text[0]}"
+    return [first, *(f"{indent}  {more}" for more in text[1:])]
+
+
+def entry_lines(
+    entry: dict[str, Any],
+    style: Style,
+    *,
+    with_session: bool = False,
+    with_metadata: bool = False,
+) -> list[str]:
+    """Render one entry: a headline coloured by level, then its fields indented below."""
+    levelno = _levelno(entry)
+    level = entry.get("level")
+    level_text = level if isinstance(level, str) else level_name(levelno)
+    message = format_value(entry.get("message", ""))
+    event = entry.get("event")
+    if event == "session_close":
+        details = [str(entry.get("status", "closed"))]
+        duration = entry.get("duration_s")
+        if isinstance(duration, int | float) and not isinstance(duration, bool):
+            details.append(format_duration(float(duration)))
+        if isinstance(entry.get("entries"), int):
+            details.append(plural(entry["entries"], "entry", "entries"))
+        message += f" ({', '.join(details)})"
+    elif event == "gap":
+        message += f" ({entry.get('dropped', '?')} entries dropped)"
+    lines = message.split("\n")
+    session = f"{clean(str(entry.get('session_id')))}  " if with_session else ""
+    head = (
+        f"{clean(str(entry.get('timestamp', '-')))}  {session}#{entry.get('seq', '?'):<4} "
+        f"{level_text:<8} {lines[0]}"
+    )
+    out = [style.level(levelno, head)]
+    out += [style.level(levelno, f"    {more}") for more in lines[1:]]
+    if with_metadata and event == "session_start":
+        metadata = entry.get("metadata")
+        if isinstance(metadata, dict):
+            for key, value in metadata.items():
+                out += _indented(f"metadata.{key}", value, style)
+    fields = entry.get("custom_fields")
+    if isinstance(fields, dict):
+        for key, value in fields.items():
+            out += _indented(key, value, style)
+    for key, value in entry.items():
+        if key not in _HEADLINE_KEYS:
+            out += _indented(key, value, style)
+    return out
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int]) -> list[str]:
+    """Return aligned rows (numeric columns right-aligned) under a header."""
+    body = [list(row) for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), *(line(row) for row in body)]

@@ -1,0 +1,125 @@
+"""Where ``collect`` writes: ``DIR/{session_id}.jsonl`` or ``DIR/{YYYY-MM-DD}.jsonl``.
+
+Lines are kept as received (the publisher's exact JSON) and appended in batches, one write per
+file, by the collector's own loop: local appends to the page cache take microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+
+from ._common import warn
+
+__all__ = ["Store"]
+
+_MAX_OPEN: Final = 64
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Past this much unwritten data (the disk refuses writes), the collector stops with an error.
+MAX_UNWRITTEN: Final = 256 * 1024 * 1024
+
+
+class Store:
+    """Append lines to per-session or per-day files under ``out``."""
+
+    def __init__(self, out: str, per: str) -> None:
+        self.out = out
+        self.per = per
+        self.pending: dict[str, list[bytes]] = {}
+        self.pending_bytes = 0
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._failing = False
+
+    def path_for(self, session_id: str, entry: dict[str, Any]) -> str:
+        """Return the file for an entry (its session's, or its UTC day's)."""
+        if self.per == "session":
+            return os.path.join(self.out, f"{session_id}.jsonl")
+        stamp = entry.get("timestamp")
+        day = stamp[:10] if isinstance(stamp, str) else ""
+        if not _DATE.fullmatch(day):
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+        return os.path.join(self.out, f"{day}.jsonl")
+
+    def add(self, path: str, line: bytes) -> None:
+        """Queue a line (without its newline) for ``path``."""
+        self.pending.setdefault(path, []).append(line + b"\n")
+        self.pending_bytes += len(line) + 1
+
+    def flush(self) -> None:
+        """Write what is queued, one write per file; keep what the disk refused for later."""
+        for path in list(self.pending):
+            data = b"".join(self.pending[path])
+            try:
+                written = self._write(path, data)
+            except OSError as exc:
+                if not self._failing:
+                    warn(f"cannot write {path}: {exc.strerror or exc}; keeping entries in memory")
+                self._failing = True
+                self._close(path)
+                return
+            del self.pending[path]
+            self.pending_bytes -= written
+        if self._failing:
+            warn("writing works again")
+            self._failing = False
+
+    def _write(self, path: str, data: bytes) -> int:
+        fd = self._fd(path)
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except OSError:
+            # The rest of a half-written line completes it on the next attempt: only this
+            # collector writes to its files.
+            self.pending[path] = [data[done:]]
+            self.pending_bytes -= done
+            raise
+        return done
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A torn last line (a collector killed mid-write): end it, so ours stays whole.
+            os.write(fd, b"\n")
+        self._fds[path] = fd
+        if len(self._fds) > _MAX_OPEN:
+            self._close(next(iter(self._fds)))
+        return fd
+
+    def _close(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close every file."""
+        for path in list(self._fds):
+            self._close(path)
+
+    def seqs(self, path: str) -> Iterator[tuple[str, int]]:
+        """Yield ``(session_id, seq)`` of every entry already in ``path`` (none if absent)."""
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict):
+                    sid, seq = entry.get("session_id"), entry.get("seq")
+                    if isinstance(sid, str) and isinstance(seq, int):
+                        yield sid, seq

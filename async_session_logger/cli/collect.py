@@ -1,0 +1,339 @@
+"""``collect``: subscribe to a broker and keep what many publishers send, each entry once.
+
+The subscriber uses QoS 1 and a persistent session (``clean_session=False`` under a fixed client
+id), so the broker queues messages while the collector is away or reconnecting. It reconnects
+with backoff using a fresh client per attempt and subscribes again every time (a broker restarted
+without persistence forgot the subscription). Entries are deduplicated on ``(session_id, seq)``
+(publishers re-send after reconnects: at-least-once), see :mod:`._dedup` for the memory bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .._errors import InvalidSessionIdError
+from .._validate import check_session_id
+from ._common import CliError, note, warn
+from ._dedup import SeqRanges, Tracker
+from ._input import check_entry
+from ._mqtt import add_auth_options, password, tls_context
+from ._render import plural
+from ._store import MAX_UNWRITTEN, Store
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+__all__ = ["add_parser", "run"]
+
+_FLUSH_EVERY = 0.2
+_BACKOFF_INITIAL = 0.2
+_WARN_LIMIT = 10
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the command."""
+    parser = commands.add_parser(
+        "collect",
+        help="subscribe to an MQTT broker and write the session logs it carries",
+        description="Subscribe to MQTT topics where MqttSink publishes, and append every "
+        "entry once to JSON Lines files under DIR, one per session or per day. Survives "
+        "broker restarts (persistent session, reconnect with backoff). Stop with Ctrl-C or "
+        "SIGTERM: what was received is written, exit status 0.",
+    )
+    parser.add_argument("--host", default="localhost", help="broker host (default localhost)")
+    parser.add_argument("--port", type=int, default=None, help="broker port (1883, TLS 8883)")
+    parser.add_argument(
+        "--topic",
+        action="append",
+        metavar="FILTER",
+        help="topic filter to subscribe to (repeat for several; default logs/#)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    parser.add_argument(
+        "--per",
+        choices=("session", "day"),
+        default="session",
+        help="one file per session (DIR/ID.jsonl, default) or per UTC day (DIR/YYYY-MM-DD.jsonl)",
+    )
+    parser.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="MQTT client id; the broker keeps the session under it (default: from the host "
+        "name and DIR, the same on every run)",
+    )
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="default 1")
+    parser.add_argument("--keepalive", type=int, default=30, metavar="SECONDS")
+    parser.add_argument(
+        "--reconnect-max",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest pause between reconnection attempts (default 30)",
+    )
+    parser.add_argument(
+        "--forget-after",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="forget the seqs of a session idle this long (default 3600; reloaded from its "
+        "file if it comes back)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="most sessions whose seqs are kept in memory (default 100000)",
+    )
+    add_auth_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect until SIGINT or SIGTERM."""
+    if args.reconnect_max <= 0 or args.forget_after <= 0 or args.max_sessions < 1:
+        raise CliError("--reconnect-max, --forget-after and --max-sessions must be positive", 2)
+    try:
+        import aiomqtt  # noqa: F401 - checked here for a clear message
+    except ImportError:
+        raise CliError("collect needs aiomqtt: pip install 'async-session-logger[mqtt]'") from None
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+    collector = Collector(args)
+    return asyncio.run(collector.run())
+
+
+class Collector:
+    """The subscription loop, the message handler and the counters."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.topics: list[str] = args.topic or ["logs/#"]
+        self.tls = tls_context(args)
+        self.port: int = args.port or (8883 if self.tls else 1883)
+        self.password = password(args)
+        self.client_id: str = args.client_id or _default_client_id(args.out)
+        self.store = Store(args.out, args.per)
+        self.tracker = Tracker(
+            self._load,
+            max_sessions=args.max_sessions,
+            forget_after=args.forget_after,
+        )
+        self.scanned: set[str] = set()
+        self.counts = dict.fromkeys(
+            ("messages", "written", "duplicates", "statuses", "other", "rejected"), 0
+        )
+        self.stop = asyncio.Event()
+        # aiomqtt's client logs on its own logger; the collector reports for itself.
+        self.mqtt_logger = logging.getLogger("async_session_logger.collect.mqtt")
+        self.mqtt_logger.propagate = False
+        if not self.mqtt_logger.handlers:
+            self.mqtt_logger.addHandler(logging.NullHandler())
+
+    # -- loop -------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        flusher = loop.create_task(self._flush_often(), name="async_session_logger.collect.flush")
+        try:
+            await self._connect_loop()
+        finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            self.store.flush()
+            self.store.close()
+        c = self.counts
+        note(
+            f"stopped: {plural(c['written'], 'entry', 'entries')} written to {self.args.out} "
+            f"({plural(c['duplicates'], 'duplicate', 'duplicates')} dropped, "
+            f"{c['statuses']} status and {c['other']} other messages ignored, "
+            f"{plural(c['rejected'], 'line', 'lines')} rejected)"
+        )
+        if self.store.pending_bytes:
+            raise CliError(f"{self.store.pending_bytes} bytes could not be written")
+        return 0
+
+    async def _connect_loop(self) -> None:
+        import aiomqtt
+
+        where = f"{self.args.host}:{self.port}"
+        attempt = 0
+        incident = False
+        connected_before = False
+        while not self.stop.is_set():
+            client = aiomqtt.Client(
+                self.args.host,
+                self.port,
+                identifier=self.client_id,
+                clean_session=False,
+                username=self.args.username,
+                password=self.password,
+                tls_context=self.tls,
+                keepalive=self.args.keepalive,
+                timeout=10,
+                logger=self.mqtt_logger,
+            )
+            try:
+                await client.__aenter__()
+                for topic in self.topics:
+                    await client.subscribe(topic, qos=self.args.qos)
+            except aiomqtt.MqttError as exc:
+                await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
+                fatal = _fatal(exc)
+                if fatal is not None:
+                    raise CliError(f"{where}: {fatal}") from None
+                if not incident:
+                    warn(f"cannot reach {where} ({exc}); retrying with backoff")
+                    incident = True
+                attempt += 1
+                await self._pause(attempt)
+                continue
+            again = " again" if connected_before else ""
+            note(f"subscribed{again} to {', '.join(self.topics)} on {where} as {self.client_id}")
+            connected_before, incident, attempt = True, False, 0
+            lost = await self._consume(client)
+            if lost is not None and not self.stop.is_set():
+                warn(f"lost the connection to {where} ({lost}); reconnecting")
+                incident = True
+                attempt = 1
+                await self._pause(attempt)
+
+    async def _consume(self, client: aiomqtt.Client) -> str | None:
+        """Handle messages until the connection drops (return why) or a stop (return None)."""
+        import aiomqtt
+
+        async def read() -> None:
+            # After a disconnect the iterator still yields what is queued, then raises: so a
+            # stop that disconnects first loses none of the messages already acknowledged.
+            async for message in client.messages:
+                self.handle(message.topic.value, message.payload)
+
+        reader = asyncio.ensure_future(read())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not reader.done():
+            await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
+        try:
+            await reader
+        except aiomqtt.MqttError as exc:
+            return None if self.stop.is_set() else str(exc.__cause__ or exc)
+        finally:
+            await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
+        return None
+
+    async def _pause(self, attempt: int) -> None:
+        delay = min(self.args.reconnect_max, _BACKOFF_INITIAL * 2 ** (attempt - 1))
+        try:
+            await asyncio.wait_for(self.stop.wait(), delay * random.uniform(0.5, 1.0))
+        except TimeoutError:
+            pass
+
+    async def _flush_often(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_EVERY)
+            self.store.flush()
+            if self.store.pending_bytes > MAX_UNWRITTEN:
+                warn(f"{self.store.pending_bytes} bytes could not be written; stopping")
+                self.stop.set()
+
+    # -- messages ---------------------------------------------------------------------------
+    def handle(self, topic: str, payload: Any) -> None:
+        """Write the new entries of one message (one entry, or JSON Lines)."""
+        self.counts["messages"] += 1
+        if topic.endswith("/status"):
+            # Retained session statuses repeat what the start and close entries say.
+            self.counts["statuses"] += 1
+            return
+        if not isinstance(payload, bytes | bytearray):
+            self._reject(topic, "not a JSON entry")
+            return
+        now = time.monotonic()
+        for line in bytes(payload).split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self._reject(topic, "not valid JSON")
+                continue
+            problem = check_entry(entry)
+            if problem is not None:
+                if isinstance(entry, dict) and "seq" not in entry and "event" not in entry:
+                    self.counts["other"] += 1  # presence and foreign messages
+                else:
+                    self._reject(topic, problem)
+                continue
+            session_id: str = entry["session_id"]
+            try:
+                check_session_id(session_id)
+            except InvalidSessionIdError as exc:
+                self._reject(topic, str(exc))
+                continue
+            path = self.store.path_for(session_id, entry)
+            if self.args.per == "day" and path not in self.scanned:
+                self.scanned.add(path)
+                self.store.flush()
+                self.tracker.preload(self.store.seqs(path), now)
+            if self.tracker.is_new(session_id, entry["seq"], entry, now):
+                self.store.add(path, line)
+                self.counts["written"] += 1
+            else:
+                self.counts["duplicates"] += 1
+
+    def _load(self, session_id: str, entry: dict[str, Any]) -> SeqRanges | None:
+        """Rebuild a session's seqs from its file when it is not in memory (per-session files)."""
+        if self.args.per != "session":
+            return None
+        self.store.flush()
+        path = self.store.path_for(session_id, entry)
+        found: SeqRanges | None = None
+        for sid, seq in self.store.seqs(path):
+            if sid == session_id:
+                found = found or SeqRanges()
+                found.add(seq, self.tracker.max_ranges)
+        return found
+
+    def _reject(self, topic: str, why: str) -> None:
+        self.counts["rejected"] += 1
+        if self.counts["rejected"] <= _WARN_LIMIT:
+            warn(f"message on {topic!r}: {why}; skipped")
+        elif self.counts["rejected"] == _WARN_LIMIT + 1:
+            warn("more rejected lines are counted, not shown")
+
+
+def _default_client_id(out: str) -> str:
+    digest = hashlib.sha1(os.path.abspath(out).encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"asl-collect-{socket.gethostname()[:40]}-{digest}"
+
+
+def _fatal(exc: Exception) -> str | None:
+    """Return a message when retrying cannot help (refused credentials, bad certificate)."""
+    import aiomqtt
+
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return f"TLS certificate not trusted ({text})"
+    if "hostname" in text and "match" in text:
+        return f"TLS host name mismatch ({text})"
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        code = getattr(exc.rc, "value", exc.rc)
+        if code in (4, 5, 134, 135):
+            return f"the broker refused the connection: {text}"
+        if code in (2, 133):
+            return f"the broker refused the client id: {text}"
+    return None

@@ -1,0 +1,149 @@
+"""`show`: one session, readable, coloured only on a terminal, and its JSON form."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+from pathlib import Path
+
+from .helpers import CLI, ERROR, INFO, WARNING, cli_env, run_cli, write_sessions
+
+ESC = "\x1b["
+
+
+def _log(tmp_path: Path) -> Path:
+    log = tmp_path / "app.jsonl"
+    write_sessions(
+        log,
+        [
+            (
+                "req-42",
+                {"path": "/hello", "user": {"id": 7}},
+                [
+                    ("fetching", INFO, None),
+                    ("slow mirror", WARNING, {"mirror": "eu-2", "ms": 950}),
+                    ("bad\nthing \x1b[2J happened", ERROR, {"trace": "line1\nline2"}),
+                    ("chatter", 10, None),
+                ],
+            ),
+            ("req-43", {}, [("other", INFO, None)]),
+        ],
+    )
+    return log
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run the CLI with stdout on a pseudo-terminal and return what it printed there."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], stdout=slave, stderr=subprocess.PIPE, env=cli_env(env))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None and proc.stderr.read() == b""
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_plain_output_has_metadata_on_top_and_indented_fields(tmp_path: Path) -> None:
+    """Piped: no escape codes; header, metadata, entries in seq order, fields indented."""
+    log = _log(tmp_path)
+    done = run_cli("show", "req-42", log)
+    assert done.returncode == 0, done.stderr
+    assert ESC not in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("session req-42 · closed · started ")
+    assert "4 entries · 1 error" in lines[0]
+    assert lines[1:4] == ["metadata:", "  path: /hello", '  user: {"id":7}']
+    body = lines[4:]
+    assert [line.split()[1] for line in body if not line.startswith(" ")] == [
+        "#0",
+        "#1",
+        "#2",
+        "#3",
+        "#4",
+        "#5",
+    ]
+    assert body[0].endswith("INFO     Session started")
+    warning = body.index(next(line for line in body if "slow mirror" in line))
+    assert body[warning + 1 : warning + 3] == ["    mirror: eu-2", "    ms: 950"]
+    error = body.index(next(line for line in body if "ERROR    bad" in line))
+    # The terminal control sequence is shown escaped; continuation lines are indented.
+    assert body[error + 1] == "    thing \\x1b[2J happened"
+    assert body[error + 2 : error + 4] == ["    trace: line1", "      line2"]
+    assert body[-1].endswith("Session closed (closed, " + body[-1].split("(closed, ")[1])
+    assert "4 entries)" in body[-1]
+
+
+def test_colour_by_level_on_a_terminal_and_never_with_no_color(tmp_path: Path) -> None:
+    """On a tty warnings are yellow and errors red; NO_COLOR turns colour off."""
+    log = _log(tmp_path)
+    coloured = _on_a_terminal(["show", "req-42", str(log)], {})
+    warning = next(line for line in coloured.splitlines() if "slow mirror" in line)
+    error = next(line for line in coloured.splitlines() if "ERROR" in line)
+    assert warning.startswith("\x1b[33m") and warning.endswith("\x1b[0m")
+    assert error.startswith("\x1b[31m")
+    assert "\x1b[2J" not in coloured  # the logged escape sequence never reaches the terminal
+    plain = _on_a_terminal(["show", "req-42", str(log)], {"NO_COLOR": "1"})
+    assert ESC not in plain
+    assert (
+        plain.splitlines()[1:]
+        == coloured.replace("\x1b[0m", "")
+        .replace("\x1b[33m", "")
+        .replace("\x1b[31m", "")
+        .replace("\x1b[2m", "")
+        .replace("\x1b[1m", "")
+        .splitlines()[1:]
+    )
+    forced = run_cli("show", "req-42", log, "--color", "always", env={"NO_COLOR": "1"})
+    assert "\x1b[33m" in forced.stdout
+
+
+def test_level_filter_keeps_lifecycle_entries(tmp_path: Path) -> None:
+    """--level warning hides debug and info log entries, never start and close."""
+    log = _log(tmp_path)
+    done = run_cli("show", "req-42", log, "--level", "warning")
+    assert done.returncode == 0
+    heads = [line for line in done.stdout.splitlines() if line[:4].isdigit()]
+    assert [h.split()[1] for h in heads] == ["#0", "#2", "#3", "#5"]
+    done = run_cli("show", "req-42", log, "--level", "loud")
+    assert done.returncode == 2 and "unknown level name" in done.stderr
+
+
+def test_json_prints_the_sessions_entries_as_in_the_log(tmp_path: Path) -> None:
+    """--json: the session's entries as JSON Lines, equal to the file's, in seq order."""
+    log = _log(tmp_path)
+    done = run_cli("show", "req-42", log, "--json")
+    assert done.returncode == 0
+    shown = [json.loads(line) for line in done.stdout.splitlines()]
+    written = [json.loads(line) for line in log.read_bytes().splitlines()]
+    assert shown == [e for e in written if e["session_id"] == "req-42"]
+    assert done.stdout.encode() == b"".join(
+        line + b"\n" for line in log.read_bytes().splitlines() if b'"req-42"' in line
+    )
+
+
+def test_unknown_session_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
+    """An id that is not in the files: exit 1, one line, close matches suggested."""
+    log = _log(tmp_path)
+    done = run_cli("show", "req-44", log)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"async-session-logger: error: no session 'req-44' in {log}; "
+        "did you mean 'req-43', 'req-42'?\n"
+    )
+    done = run_cli("show", "req-42", tmp_path / "missing.jsonl")
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"async-session-logger: error: {tmp_path / 'missing.jsonl'}: no such file\n"
+    )
