@@ -46,12 +46,24 @@ class DeadLetters:
 
 
 def _append(path: str, data: bytes) -> None:
+    """Append ``data`` whole, or leave the file as it was and raise.
+
+    All or nothing because the lane counts a failed batch as lost: letters left behind by a
+    write that ran out of space part-way would be counted lost and yet be in the file.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        start = os.fstat(fd).st_size
         view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, view[done:])
+        except OSError:
+            # Undo only our own bytes: if another writer appended since, leave the file alone.
+            if done and os.fstat(fd).st_size == start + done:
+                os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
 

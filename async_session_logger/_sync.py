@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Coroutine
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from types import FrameType, TracebackType
+from typing import Any, Final, Self, TypeVar
 
 from ._core import AsyncSessionLogger
 from ._entry import Formatter
-from ._errors import LoggerClosedError, WrongThreadError
+from ._errors import ConfigurationError, LoggerClosedError, SinkError, WrongThreadError
 from ._handles import SessionHandle
 from ._recorder import Recorder
 from ._report import DeliveryReport
@@ -21,6 +25,11 @@ from ._threads import DaemonExecutor
 __all__ = ["SessionLogger"]
 
 T = TypeVar("T")
+
+# How long close() waits past its budget for the loop thread before it stops waiting: the
+# core's aclose() keeps close_timeout itself, so this only ends a loop that is blocked (a sink
+# or an async handler making a blocking call on the loop thread) or gone.
+CLOSE_GRACE: Final = 2.0
 
 
 class _LoopThread:
@@ -58,15 +67,43 @@ class _LoopThread:
         return threading.get_ident() == self._thread.ident
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result in the calling thread."""
+        """Run ``coro`` on the loop and wait for its result in the calling thread.
+
+        Raises:
+            WrongThreadError: called from the loop thread itself.
+            LoggerClosedError: the loop thread has stopped (e.g. killed by a ``SystemExit``
+                raised in an async handler), before or while waiting.
+            TimeoutError: ``timeout`` expired (the coroutine keeps running).
+        """
         if self.in_thread:
             coro.close()
             raise WrongThreadError(
                 "a blocking SessionLogger verb was called from the logger's own event-loop "
                 "thread (e.g. from an async custom handler); it would deadlock"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout)
+        if not self._thread.is_alive() and self._started.is_set():
+            coro.close()
+            raise LoggerClosedError("the logger's event-loop thread has stopped")
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError as exc:  # the loop closed since the check above
+            coro.close()
+            raise LoggerClosedError("the logger's event-loop thread has stopped") from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # In slices, so that a loop thread that dies without resolving the future (its
+            # last callbacks never run) cannot leave the caller waiting forever.
+            left = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+            try:
+                return future.result(left)
+            except concurrent.futures.CancelledError as exc:  # the dying loop cancelled it
+                raise LoggerClosedError("the logger's event-loop thread has stopped") from exc
+            except TimeoutError:
+                if not self._thread.is_alive():
+                    future.cancel()
+                    raise LoggerClosedError("the logger's event-loop thread has stopped") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.loop.is_closed():
@@ -79,23 +116,48 @@ class _LoopThread:
             self._thread.join(timeout)
 
 
+_RECORDER_CODE: Final = frozenset(
+    f.__code__ for f in vars(Recorder).values() if hasattr(f, "__code__")
+)
+
+
+def _inside_recorder(frame: FrameType | None) -> bool:
+    """Whether a method of Recorder is on the stack of ``frame`` (its short critical section)."""
+    while frame is not None:
+        if frame.f_code in _RECORDER_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class SessionLogger:
     """The seed's API for scripts and threads: plain calls, delivered in the background.
 
     Every verb delegates to one :class:`AsyncSessionLogger` running on a daemon event-loop
     thread that this object owns. ``log_entry`` and friends return as soon as the entry is queued
-    (they wait only when ``max_queue`` entries are pending); ``save_logs()`` is a flush barrier.
+    (with the default ``overflow="block"`` they wait only when ``max_queue`` entries are
+    pending; a drop policy never waits); ``save_logs()`` is a flush barrier.
     Safe to call from any number of threads. A script that never calls ``close()`` loses
     nothing: an atexit hook drains the logger (within ``close_timeout``).
 
     Args:
         method: ``"file"`` (default), ``"stdout"``, ``"custom"``, ``"mqtt"``, ``"smtp"``, or a list.
         custom_formatter: ``fmt(entry: dict) -> dict`` applied to each entry before encoding.
+        handle_sigterm: make SIGTERM drain the logger like a normal exit. Python's default
+            SIGTERM action kills the process at once, without the exit hook, so whatever was
+            still queued is lost and open sessions get no close entry. With ``True`` the
+            logger installs a SIGTERM handler (main thread only) that calls the handler that
+            was installed before it, if any; if there was none it raises
+            ``SystemExit(128 + SIGTERM)`` (exit status 143), so ``finally`` blocks and the
+            exit hook run: open sessions are closed ``interrupted`` and the sinks drained
+            within ``close_timeout``. A second SIGTERM during the drain kills at once. A
+            SIGTERM the process ignores (``SIG_IGN``) stays ignored. ``close()`` puts the
+            previous handler back.
         **kwargs: every keyword of :class:`AsyncSessionLogger` (``custom_handler=``, ``path=``,
             ``sinks=``, ``max_queue=``, ``on_error=``, ...).
 
     Raises:
-        ConfigurationError: invalid options.
+        ConfigurationError: invalid options (``handle_sigterm=True`` outside the main thread).
         OSError: a sink could not be opened (e.g. the log file is not writable).
     """
 
@@ -103,10 +165,17 @@ class SessionLogger:
         self,
         method: str | list[str] | None = "file",
         custom_formatter: Formatter | None = None,
+        *,
+        handle_sigterm: bool = False,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("sinks") and method == "file" and "path" not in kwargs:
             method = None  # sinks= alone means exactly those sinks
+        if handle_sigterm and threading.current_thread() is not threading.main_thread():
+            raise ConfigurationError(
+                "handle_sigterm=True needs the logger to be created in the main thread "
+                "(Python runs signal handlers there only)"
+            )
         self._core = AsyncSessionLogger(method, custom_formatter, **kwargs)
         self._recorder: Recorder = self._core.recorder
         self._intake = self._core.intake
@@ -122,6 +191,9 @@ class SessionLogger:
         # A strong reference on purpose: a logger the script dropped without close() still has
         # entries in flight on its thread, and the exit hook must drain them.
         atexit.register(self._close_at_exit)
+        self._sigterm_previous: Any = None
+        if handle_sigterm:
+            self._install_sigterm()
 
     # -- the seed's API -----------------------------------------------------------------------
     def start_session(self, session_id: str, metadata: dict[str, Any] | None = None) -> None:
@@ -170,6 +242,10 @@ class SessionLogger:
     def close(self, timeout: float | None = None) -> DeliveryReport:
         """Close open sessions (``interrupted``), drain the sinks, stop the thread; idempotent.
 
+        Returns within ``timeout`` (default ``close_timeout``) plus a grace of 2 s even when
+        the loop thread is blocked (a sink or an async handler making a blocking call) or has
+        died: the entries it could not deliver are then reported to ``on_error``.
+
         Raises:
             WrongThreadError: called from the logger's own loop thread.
         """
@@ -182,11 +258,37 @@ class SessionLogger:
             if self._report is not None:
                 return self._report
             atexit.unregister(self._close_at_exit)
+            self._restore_sigterm()
+            budget = (self._core.close_timeout if timeout is None else timeout) + CLOSE_GRACE
+            join = 5.0
             try:
-                self._report = self._portal.call(self._core.aclose(timeout))
+                self._report = self._portal.call(self._core.aclose(timeout), budget)
+            except TimeoutError:
+                join = 0.0  # the loop is stuck: its daemon thread is left behind
+                self._report = self._abandon(
+                    f"its event loop did not finish closing within {budget:g} s (a sink or an "
+                    "async handler blocks the loop thread?)"
+                )
+            except LoggerClosedError as exc:
+                self._report = self._abandon(str(exc))
             finally:
-                self._portal.stop()
+                self._portal.stop(join)
             return self._report
+
+    def _abandon(self, why: str) -> DeliveryReport:
+        """Report, without the loop, what close() could not deliver; return a final report."""
+        report = self._core._report()  # counters only: safe to read from this thread
+        pending = ", ".join(f"{s.name} {s.pending}" for s in report.sinks.values())
+        error = SinkError(
+            f"SessionLogger.close() gave up: {why}. Not delivered: {len(self._intake)} "
+            f"entries still queued for every sink, and per sink pending: {pending}",
+            sink_name="*",
+        )
+        try:
+            self._core._on_error(error)
+        except Exception:  # the error handler must not turn close() into a crash
+            pass
+        return report
 
     def is_open(self, session_id: str) -> bool:
         """Whether a session with this id is open now."""
@@ -218,6 +320,44 @@ class SessionLogger:
     def _close_at_exit(self) -> None:
         if not self.closed:
             self.close()
+
+    # -- SIGTERM (opt-in) -----------------------------------------------------------------------
+    def _install_sigterm(self) -> None:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == signal.SIG_IGN:
+            return  # the process ignores SIGTERM on purpose: keep it that way
+        self._sigterm_previous = previous
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._sigterm_previous
+        if callable(previous):
+            previous(signum, frame)  # the application's own handler decides what happens
+            return
+        if _inside_recorder(frame):
+            # The main thread is half-way through a verb (its entry's seq taken, the entry not
+            # yet queued): raising now would leave a hole. Deliver the signal again in a moment
+            # from another thread (raise_signal() would rerun this handler at once, still
+            # inside the verb); a verb takes microseconds.
+            retry = threading.Timer(0.001, os.kill, (os.getpid(), signum))
+            retry.daemon = True
+            retry.start()
+            return
+        # Python's default would kill the process now, skipping the exit hook. Exit normally
+        # instead (status 128 + signum, as shells report a death by signal); a second SIGTERM
+        # while the exit hook drains kills at once.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm_previous is None or threading.current_thread() is not (
+            threading.main_thread()
+        ):
+            return  # not installed, or not restorable from here (the handler still chains)
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._sigterm_previous)
+            self._sigterm_previous = None
+        # else another handler was installed on top of ours and may still chain to it
 
     def __enter__(self) -> Self:
         return self
