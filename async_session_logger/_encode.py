@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import decimal
 import enum
@@ -12,7 +13,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["describe", "encode_entry", "json_default", "sanitize"]
+__all__ = ["DUMPS_OPTIONS", "describe", "encode_entry", "json_default", "sanitize"]
+
+# Dates and times go through json_default (isoformat): orjson 3.13 writes a datetime.time with
+# 10,000-99,999 microseconds with five digits ("00:00:00.10000"), which reads back as 0.1 s.
+DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 _MAX_DEPTH = 64
 _INT64_MIN = -(2**63)
@@ -28,6 +33,8 @@ def _safe_repr(obj: object) -> str:
 
 def json_default(obj: Any) -> Any:
     """Encode what orjson cannot: bytes, sets, decimals, paths, timedeltas, exceptions, objects."""
+    if isinstance(obj, _dt.datetime | _dt.date | _dt.time):
+        return obj.isoformat()
     if isinstance(obj, bytes | bytearray | memoryview):
         return bytes(obj).decode("utf-8", "backslashreplace")
     if isinstance(obj, set | frozenset):
@@ -64,8 +71,14 @@ def sanitize(value: Any, _depth: int = 0, _seen: frozenset[int] = frozenset()) -
         return int(value) if _INT64_MIN <= value <= _UINT64_MAX else str(value)
     if _depth >= _MAX_DEPTH:
         return "<too deep>"
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time | enum.Enum):
-        return value.value if isinstance(value, enum.Enum) else value.isoformat()
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):  # its value may itself need sanitizing
+        return sanitize(value.value, _depth + 1, _seen)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # What orjson writes for a dataclass on the fast path: an object of its fields.
+        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+        return sanitize(fields, _depth + 1, _seen)
     if isinstance(value, dict | list | tuple | set | frozenset | Mapping):
         ident = id(value)
         if ident in _seen:
@@ -102,7 +115,7 @@ def _key_str(key: object) -> str:
 def encode_entry(entry: dict[str, Any]) -> bytes:
     """Encode one entry as a JSON line (without the newline); never raises."""
     try:
-        return orjson.dumps(entry, default=json_default)
+        return orjson.dumps(entry, default=json_default, option=DUMPS_OPTIONS)
     except Exception:
         pass
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
 
-from ._encode import describe, encode_entry, json_default
+from ._encode import DUMPS_OPTIONS, describe, encode_entry, json_default
 from ._validate import _LEVEL_NAMES, level_name
 
 __all__ = [
@@ -35,8 +36,23 @@ EVENTS: Final = ("session_start", "log", "session_close", "gap")
 
 Formatter = Callable[[dict[str, Any]], dict[str, Any]]
 
-DEFAULT_MASK_KEYS: Final = ("password", "passwd", "token", "secret", "authorization", "api_key")
+DEFAULT_MASK_KEYS: Final = (
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "authorization",
+    "api_key",
+    "apikey",
+    "api-key",
+    "credential",
+    "private_key",
+    "cookie",
+)
 MASK: Final = "***"
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_MAX_DEPTH: Final = 64
+_OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 # What a call snapshots: everything but the encoding, which the writer does later:
@@ -82,7 +98,9 @@ class Masker:
 
     def _is_secret(self, key: object) -> bool:
         if not isinstance(key, str):
-            return False
+            if not isinstance(key, bytes):
+                return False  # ints, tuples...: never a secret's name
+            key = key.decode("latin-1")
         hit = self._cache.get(key)
         if hit is None:
             low = key.lower()
@@ -93,28 +111,40 @@ class Masker:
                     self.safe_keys.add(key)
         return hit
 
-    def mask(self, value: Any, depth: int = 0) -> Any:
-        """Return ``value`` with secrets masked; unchanged objects are returned as they are."""
-        if not self.patterns or depth > 16:
+    def mask(self, value: Any, depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
+        """Return ``value`` with secrets masked; unchanged objects are returned as they are.
+
+        Looks into mappings, lists, tuples and dataclass instances (which JSON writes as
+        objects); other objects are written by ``repr`` and not looked into. A container that
+        contains itself becomes ``"<cycle>"`` there (as the encoder writes it), and one deeper
+        than 64 levels ``"<too deep>"``, rather than being written unchecked.
+        """
+        if not self.patterns or type(value) in _SCALARS:
             return value
-        if isinstance(value, dict):
-            out: dict[Any, Any] | None = None
-            for key, item in value.items():
-                if self._is_secret(key):
-                    new: Any = MASK
-                elif isinstance(item, dict | list):
-                    new = self.mask(item, depth + 1)
-                else:
-                    continue
-                if new is not item:
-                    if out is None:
-                        out = dict(value)
-                    out[key] = new
-            return value if out is None else out
-        if isinstance(value, list):
-            items = [self.mask(item, depth + 1) for item in value]
+        if depth > _MAX_DEPTH:
+            return "<too deep>"
+        if isinstance(value, Mapping | list | tuple):
+            ident = id(value)
+            if ident in _path:
+                return "<cycle>"
+            path = _path | {ident}
+            if isinstance(value, Mapping):
+                out: dict[Any, Any] | None = None
+                for key, item in value.items():
+                    new = MASK if self._is_secret(key) else self.mask(item, depth + 1, path)
+                    if new is not item:
+                        if out is None:
+                            out = dict(value)
+                        out[key] = new
+                return value if out is None else out
+            items = [self.mask(item, depth + 1, path) for item in value]
             if any(a is not b for a, b in zip(items, value, strict=True)):
                 return items
+            return value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+            masked = self.mask(fields, depth, _path)
+            return value if masked is fields else masked
         return value
 
 
@@ -160,9 +190,9 @@ class EntryBuilder:
                 if fields is not None:
                     if mask is not None:
                         if fields.keys() <= safe_keys:
-                            # Known-safe keys: only nested containers can still hide a secret.
+                            # Known-safe keys: only nested values can still hide a secret.
                             for value in fields.values():
-                                if type(value) is dict or type(value) is list:
+                                if type(value) not in _SCALARS:
                                     fields = mask(fields)
                                     break
                         else:
@@ -200,7 +230,7 @@ class EntryBuilder:
         dumps = orjson.dumps
         for entry in entries:
             try:
-                extend(dumps(entry, default=json_default, option=orjson.OPT_APPEND_NEWLINE))
+                extend(dumps(entry, default=json_default, option=_OPTIONS))
             except Exception:
                 extend(encode_entry(entry))
                 extend(b"\n")

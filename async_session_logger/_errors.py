@@ -8,6 +8,7 @@ __all__ = [
     "EntryTooLargeError",
     "InvalidFieldsError",
     "InvalidLevelError",
+    "InvalidMessageError",
     "InvalidSessionIdError",
     "LoggerClosedError",
     "SessionClosedError",
@@ -62,6 +63,10 @@ class InvalidLevelError(SessionLoggerError, ValueError):
 
 class InvalidFieldsError(SessionLoggerError, TypeError):
     """Raised when ``metadata`` or ``custom_fields`` is not a dict."""
+
+
+class InvalidMessageError(SessionLoggerError, TypeError):
+    """Raised when a message is not a str and cannot be converted to one (``str()`` raised)."""
 
 
 class EntryTooLargeError(SessionLoggerError, ValueError):

@@ -174,7 +174,8 @@ class Lane:
             except TimeoutError as exc:
                 error = TimeoutError(f"write_batch took longer than {self.sink.timeout} s")
                 error.__cause__ = exc
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                # A sink raising SystemExit has failed; uncaught it would kill the loop thread.
                 error = exc
             else:
                 self.stats.delivered += len(batch)

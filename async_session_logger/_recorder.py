@@ -7,11 +7,13 @@ import time
 from collections import OrderedDict
 from typing import Any, Final, NoReturn
 
+from ._encode import describe
 from ._entry import CLOSE, LOG, START
 from ._errors import (
     ConfigurationError,
     DuplicateSessionError,
     EntryTooLargeError,
+    InvalidMessageError,
     LoggerClosedError,
     SessionClosedError,
     UnknownSessionError,
@@ -199,4 +201,6 @@ def _to_str(message: object) -> str:
     try:
         return str(message)
     except Exception as exc:
-        raise TypeError(f"message could not be converted to str: {exc!r}") from exc
+        raise InvalidMessageError(
+            f"message could not be converted to str: {describe(exc)}"
+        ) from exc

@@ -13,9 +13,10 @@ __all__ = ["check_fields", "check_session_id", "level_name", "resolve_level"]
 
 MAX_SESSION_ID_LENGTH = 128
 
-# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators, plus the characters
-# that are special in paths and MQTT topics. Any id may reach a file name or a topic later.
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029/\\+#]")
+# Control characters (C0, DEL, C1), the Unicode line/paragraph separators and lone surrogates
+# (not encodable as UTF-8: no file name or topic can hold them), plus the characters that are
+# special in paths and MQTT topics. Any id may reach a file name or a topic later.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff/\\+#]")
 
 
 def check_session_id(session_id: object) -> str:
@@ -43,7 +44,8 @@ def check_session_id(session_id: object) -> str:
     if bad is not None:
         raise InvalidSessionIdError(
             f"session id {session_id!r} contains the forbidden character {bad.group()!r} "
-            "(control characters and / \\ + # are refused: ids reach file names and topics)",
+            "(control characters, lone surrogates and / \\ + # are refused: ids reach file "
+            "names and topics)",
             session_id=session_id,
         )
     return session_id

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from async_session_logger import (
     EntryTooLargeError,
     InvalidFieldsError,
     InvalidLevelError,
+    InvalidMessageError,
     InvalidSessionIdError,
     LoggerClosedError,
     SessionClosedError,
@@ -122,6 +125,60 @@ async def test_metadata_and_secret_masking(make_logger: FaceFactory, tmp_path: P
     assert start["metadata"] == {"user_id": "u1", "db_password": "***", "nested": {"Token": "***"}}
     assert entry["custom_fields"] == {"Authorization": "***", "ok": [{"api_key": "***"}], "n": 3}
     assert "hunter2" not in (tmp_path / "log.jsonl").read_text()
+
+
+@dataclasses.dataclass
+class _Credentials:
+    user: str
+    password: str
+
+
+async def test_masking_reaches_every_container(make_logger: FaceFactory, tmp_path: Path) -> None:
+    """Secrets are masked inside tuples, mapping subclasses (every call, not only the first),
+    dataclasses, bytes keys, header-style names, cycles and very deep nesting."""
+    log = await make_logger()
+    deep: dict[str, Any] = {"password": "deep-secret"}
+    for _ in range(80):
+        deep = {"a": deep}
+    cyclic: dict[str, Any] = {"token": "cycle-secret"}
+    cyclic["self"] = cyclic
+    fields: dict[str, Any] = {
+        "cyclic": cyclic,
+        "creds": ({"password": "tuple-secret"},),
+        "cfg": OrderedDict(token="ordered-secret"),
+        "login": _Credentials("u1", "dataclass-secret"),
+        b"api_key": "bytes-secret",
+        "X-Api-Key": "header-secret",
+        "apikey": "plain-secret",
+        "deep": deep,
+    }
+    await log.start_session("m")
+    await log.log_entry("m", "first", "INFO", fields)
+    await log.log_entry("m", "again", "INFO", fields)  # the known-safe-keys fast path
+    await log.close_session("m")
+    await log.save_logs()
+    text = (tmp_path / "log.jsonl").read_text()
+    assert "secret" not in text
+    first = read_lines(tmp_path / "log.jsonl")[1]["custom_fields"]
+    assert first["creds"] == [{"password": "***"}]
+    assert first["login"] == {"user": "u1", "password": "***"}
+    assert first["cfg"] == {"token": "***"}
+    assert first["cyclic"] == {"token": "***", "self": "<cycle>"}
+    assert first["X-Api-Key"] == first["apikey"] == first["b'api_key'"] == "***"
+
+
+async def test_message_whose_str_raises(make_logger: FaceFactory) -> None:
+    """A message that cannot become a str raises InvalidMessageError (a TypeError) at the call."""
+
+    class Bad:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    log = await make_logger()
+    await log.start_session("m")
+    with pytest.raises(InvalidMessageError, match="RuntimeError: no text") as caught:
+        await log.log_entry("m", Bad())
+    assert isinstance(caught.value, TypeError)
 
 
 async def test_masking_can_be_configured(make_logger: FaceFactory, tmp_path: Path) -> None:

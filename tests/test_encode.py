@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import decimal
+import enum
 import json
 import math
 import uuid
@@ -111,3 +114,38 @@ def test_describe_survives_a_raising_str() -> None:
             raise RuntimeError("no")
 
     assert describe(Nasty()) == "Nasty: Nasty()"  # falls back to repr()
+
+
+def test_times_keep_their_microseconds() -> None:
+    """datetime.time with 10,000-99,999 us is written with six digits (orjson 3.13 writes five)."""
+    value = {"t": datetime.time(0, 0, 0, 10_000), "d": datetime.date(2026, 11, 24)}
+    value["dt"] = datetime.datetime(2026, 11, 24, 1, 2, 3, 45_000, tzinfo=datetime.UTC)
+    decoded = json.loads(encode_entry(value))
+    assert decoded == {
+        "t": "00:00:00.010000",
+        "d": "2026-11-24",
+        "dt": "2026-11-24T01:02:03.045000+00:00",
+    }
+    assert datetime.time.fromisoformat(decoded["t"]) == value["t"]
+
+
+class Colour(enum.Enum):
+    RED = frozenset({1, 2})  # a value JSON cannot hold
+
+
+def test_enum_with_a_non_json_value_beside_a_surrogate_keeps_the_fields() -> None:
+    """The fallback path sanitizes an enum's value too: no field is lost to encode_error."""
+    decoded = json.loads(encode_entry({"c": Colour.RED, "s": "x\ud800"}))
+    assert decoded == {"c": [1, 2], "s": "x\\ud800"}
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    tags: set[str]
+
+
+def test_dataclass_in_the_fallback_is_an_object_too() -> None:
+    """A dataclass is written as an object of its fields on the fallback path too."""
+    decoded = json.loads(encode_entry({"p": _Point(1, {"a"}), "s": "\ud800"}))
+    assert decoded["p"] == {"x": 1, "tags": ["a"]}

@@ -11,10 +11,12 @@ from async_session_logger._validate import check_fields, check_session_id, level
 
 
 @pytest.mark.parametrize(
-    "bad", ["\u2028", "a\x85b", "x\x1by", "/", "\\", "#", "+", ".", "..", "", "a" * 129]
+    "bad",
+    ["\u2028", "a\x85b", "x\x1by", "/", "\\", "#", "+", ".", "..", "", "a" * 129, "\ud800x"],
 )
 def test_refused_ids(bad: str) -> None:
-    """Control characters (C0, C1, Unicode separators), path and topic specials are refused."""
+    """Control characters (C0, C1, Unicode separators), lone surrogates (no file name or topic
+    can hold one), path and topic specials are refused."""
     with pytest.raises(InvalidSessionIdError) as caught:
         check_session_id(bad)
     assert caught.value.session_id is not None

@@ -7,7 +7,7 @@ import inspect
 import queue
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from .._errors import ConfigurationError
 from ._base import Batch, PartialWriteError, Sink
@@ -63,7 +63,7 @@ class CustomSink(Sink):
         for i, line in enumerate(lines):
             try:
                 await self.handler(line.decode("utf-8"))
-            except Exception as exc:
+            except _HANDLER_ERRORS as exc:
                 failed.append(i)
                 error = error or exc
             if i % 256 == 255:
@@ -98,7 +98,7 @@ class CustomSink(Sink):
             for i, line in enumerate(lines):
                 try:
                     self.handler(line.decode("utf-8"))
-                except Exception as exc:
+                except _HANDLER_ERRORS as exc:
                     failed.append(i)
                     error = error or exc
             loop = future.get_loop()
@@ -115,6 +115,11 @@ class CustomSink(Sink):
 
     def __repr__(self) -> str:
         return f"<CustomSink {self.name!r} handler={self.handler!r}>"
+
+
+# A handler that raises SystemExit or KeyboardInterrupt has failed like any other: uncaught,
+# either would kill the logger's loop thread (and every sink with it).
+_HANDLER_ERRORS: Final = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:

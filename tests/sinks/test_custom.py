@@ -144,3 +144,36 @@ def test_hanging_handler_does_not_stop_or_slow_the_file_sink(tmp_path: Path) -> 
     assert stats.dead_lettered >= 20_000 and stats.lost == 0
     dead_entries = list(read_dead_letters(tmp_path / "dead.jsonl"))
     assert len(dead_entries) == stats.dead_lettered
+
+
+def test_handlers_raising_systemexit_do_not_kill_the_logger(tmp_path: Path) -> None:
+    """A plain or async handler raising SystemExit / KeyboardInterrupt fails like any other:
+    its entries are dead-lettered, the file sink and the logger keep working."""
+
+    def plain(message: str) -> None:
+        raise SystemExit(3)
+
+    async def coro(message: str) -> None:
+        raise KeyboardInterrupt
+
+    dead = tmp_path / "dead.jsonl"
+    errors: list[SinkError] = []
+    sinks = [
+        FileSink(tmp_path / "log.jsonl"),
+        CustomSink(plain, name="plain", retries=0),
+        CustomSink(coro, name="coro", retries=0),
+    ]
+    with SessionLogger(sinks=sinks, dead_letter_path=dead, on_error=errors.append) as logger:
+        logger.start_session("s")
+        for i in range(100):
+            logger.log_entry("s", f"m{i}")
+        first = logger.save_logs()
+        logger.log_entry("s", "after")  # the loop thread is still alive
+        logger.close_session("s")
+        report = logger.save_logs()
+    assert first["file"].delivered == 101
+    assert report["file"].delivered == 103
+    assert report["plain"].dead_lettered == report["coro"].dead_lettered == 103
+    assert len(read_lines(tmp_path / "log.jsonl")) == 103
+    reasons = {(d["sink"], d["reason"].split(":")[0]) for d in read_dead_letters(dead)}
+    assert reasons == {("plain", "SystemExit"), ("coro", "KeyboardInterrupt")}
