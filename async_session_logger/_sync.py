@@ -64,7 +64,9 @@ class _LoopThread:
 
     @property
     def in_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
+        # Identity, not get_ident(): idents are reused once a thread ends, so a worker thread
+        # started after the loop thread stopped could otherwise pass for it.
+        return threading.current_thread() is self._thread
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result in the calling thread.

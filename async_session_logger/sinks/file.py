@@ -1,27 +1,31 @@
-"""``FileSink``: JSON Lines appended with aiofiles, one write per batch and per file."""
+"""``FileSink``: JSON Lines appended per batch, with rotation, retention, gzip, fsync and reopen."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
-import stat
 import time
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final, Literal
-
-import aiofiles
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 from .._errors import ConfigurationError
-from .._threads import io_executor
+from . import _flock, _rotation
 from ._base import Batch, PartialWriteError, Sink
-
-if TYPE_CHECKING:
-    from aiofiles.threadpool.binary import AsyncFileIO
+from ._file_upkeep import (
+    FsyncMode,
+    Housekeeper,
+    RotateEvery,
+    RotationPolicy,
+    Syncer,
+    parse_fsync,
+    sink_reporter,
+)
+from ._live_files import LiveFile, LiveFiles
 
 __all__ = ["DEFAULT_PATH", "FileSink"]
 
 DEFAULT_PATH: Final = "log_{date}.jsonl"
-_MAX_OPEN: Final = 64
 # A direct write of this much to the page cache takes ~50 us; the sink yields between chunks.
 _CHUNK: Final = 256 * 1024
 
@@ -40,10 +44,25 @@ class FileSink(Sink):
             ``"direct"`` writes from the event loop in 256 KiB chunks, yielding between them;
             ``"auto"`` (default) writes regular files directly and anything else (FIFOs,
             devices) through a thread. Opening and closing always go through aiofiles.
+        rotate_bytes: before a batch would take a file past this size, rename the file to
+            ``<stem>.<UTC stamp>.<ext>`` and start a new one. A batch larger than this is cut
+            between lines; a single line larger than this still goes whole into a file.
+        rotate_every: rotate at each UTC ``"hourly"`` or ``"daily"`` boundary, or every N
+            seconds counted from the epoch (aligned to UTC too when N divides a day).
+        keep: how many rotated files of each live file to keep (the newest); None: all.
+        max_age: delete rotated files rotated longer ago than this (seconds or a timedelta).
+        compress: ``"gzip"`` compresses each rotated file to ``.gz`` on a worker thread.
+        fsync: ``"never"`` (default: the OS writes back in its own time), ``"batch"`` (each
+            batch is flushed to the disk before it counts as delivered) or N seconds (flushed
+            in the background at most every N seconds, and at close).
+        reopen: check before each batch (one ``stat``) that the path still names the open
+            file, and open the path again if the file was deleted or renamed (logrotate,
+            ``rm``). Always on while rotating.
         **options: the lane options of :class:`Sink` (``name``, ``min_level``, ``timeout`` ...).
 
     Files are opened in append mode without Python buffering: each batch becomes one ``write``
-    per file (per chunk in direct mode), appended by the OS with ``O_APPEND``.
+    per file (per chunk in direct mode), appended by the OS with ``O_APPEND``. Rotation, its
+    cross-process lock and its naming are described in ``docs/files.md``.
 
     Why direct writes: a write of a few hundred KiB to the page cache costs tens of
     microseconds, while a thread hop needs the GIL back from the loop thread; in a loop kept
@@ -60,6 +79,13 @@ class FileSink(Sink):
         *,
         mkdir: bool = True,
         write_mode: WriteMode = "auto",
+        rotate_bytes: int | None = None,
+        rotate_every: RotateEvery | None = None,
+        keep: int | None = None,
+        max_age: float | dt.timedelta | None = None,
+        compress: Literal["gzip"] | None = None,
+        fsync: FsyncMode = "never",
+        reopen: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -76,11 +102,26 @@ class FileSink(Sink):
                 f"path {self.path!r} may only use the placeholders {{date}} and {{session_id}}"
             ) from exc
         self.mkdir = mkdir
+        self.rotation = RotationPolicy(rotate_bytes, rotate_every, keep, max_age, compress)
+        self.reopen = reopen or self.rotation.enabled
+        report = sink_reporter(self.name, self.report)
+        self._syncer = Syncer(parse_fsync(fsync), report, self.name)
+        # Seconds since the epoch, for rotation times and stamps (tests set their own clock).
+        self._clock: Callable[[], float] = time.time
+        self._housekeeper = Housekeeper(self.rotation, report, lambda: self._clock())
+        self._files = LiveFiles(
+            name=self.name,
+            write_mode=write_mode,
+            mkdir=mkdir,
+            reopen=reopen,
+            policy=self.rotation,
+            housekeeper=self._housekeeper,
+            syncer=self._syncer,
+            report=report,
+            clock=lambda: self._clock(),
+        )
         self._per_date = "{date}" in self.path
         self._per_session = "{session_id}" in self.path
-        self._files: OrderedDict[str, AsyncFileIO] = OrderedDict()
-        self._direct: dict[str, bool] = {}
-        self._torn: set[str] = set()
 
     def path_for(self, entry: dict[str, Any]) -> str:
         """Return the file an entry goes to."""
@@ -90,32 +131,24 @@ class FileSink(Sink):
         date = stamp[:10] if isinstance(stamp, str) else time.strftime("%Y-%m-%d", time.gmtime())
         return self.path.format(date=date, session_id=entry.get("session_id", "_unknown"))
 
+    @staticmethod
+    def rotated_files(path: str | os.PathLike[str]) -> list[str]:
+        """Return the rotated files of the live file ``path``, oldest first (``.gz`` included).
+
+        Pass them and ``path`` itself to ``read_entries`` to read everything in order.
+        """
+        return _rotation.Siblings(os.fspath(path)).files()
+
     async def open(self) -> None:
         """Open the file now when its name does not depend on entries (errors surface early)."""
         if not self._per_session:
-            await self._file(self.path_for({}))
-
-    async def _file(self, path: str) -> AsyncFileIO:
-        fh = self._files.get(path)
-        if fh is not None:
-            self._files.move_to_end(path)
-            return fh
-        if self.mkdir:
-            parent = os.path.dirname(path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-        fh = await aiofiles.open(path, "ab", buffering=0, executor=io_executor())
-        self._files[path] = fh
-        if self.write_mode == "auto":
-            self._direct[path] = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
-        else:
-            self._direct[path] = self.write_mode == "direct"
-        if len(self._files) > _MAX_OPEN:
-            await self._forget(next(iter(self._files)))
-        return fh
+            path = self.path_for({})
+            await self._files.get(path)
+            # Apply retention and finish compressions a previous run left, in the background.
+            self._housekeeper.after_rotation(path, None, self.name)
 
     async def write_batch(self, batch: Batch) -> None:
-        """Append the batch, one write per file."""
+        """Append the batch, one write per file (rotating first if a file is due)."""
         if not (self._per_date or self._per_session):
             await self._write(self.path, batch)
             return
@@ -138,48 +171,63 @@ class FileSink(Sink):
             raise PartialWriteError(sorted(failed), first_error)
 
     async def _write(self, path: str, batch: Batch) -> None:
-        fh = await self._file(path)
-        # After a write that stopped mid-line, end that fragment so it cannot glue onto ours.
-        prefix = b"\n" if path in self._torn else b""
-        data = memoryview(prefix + batch.data if prefix else batch.data)
-        done = 0
-        direct = self._direct[path]
-        fd = fh.fileno()
+        data = batch.data
+        view = memoryview(data)
+        done = 0  # bytes of data that reached a file
+        synced = 0  # with fsync="batch": bytes of data flushed to the disk
         try:
             while done < len(data):
-                if direct:
-                    done += os.write(fd, data[done : _chunk_end(data, done)])
-                    if done < len(data):
-                        await asyncio.sleep(0)
+                end = self.rotation.piece_end(data, done)
+                live, locked = await self._files.ready(path, end - done)
+                try:
+                    if path in self._files.torn:
+                        # A write stopped mid-line: end that fragment so ours cannot glue onto it.
+                        await self._put(live, memoryview(b"\n"))
+                        self._files.torn.discard(path)
+                    piece = view[:end]
+                    while done < end:
+                        if not live.direct:  # one thread hop for the whole piece
+                            done += await self._put(live, piece[done:])
+                            continue
+                        done += os.write(live.fd, piece[done : _chunk_end(piece, done)])
+                        if done < end:
+                            await asyncio.sleep(0)
+                finally:
+                    if locked:
+                        _flock.unlock(live.fd)
+                if self._syncer.every_batch:
+                    await self._syncer.sync(live.fd)
+                    synced = done
                 else:
-                    done += await fh.write(data[done:]) or 0
+                    self._syncer.written(live.fd)
         except OSError as exc:
-            await self._forget(path)
-            written = done - len(prefix)
-            if written <= 0:
+            await self._files.forget(path)
+            if done and data[done - 1 : done] != b"\n":
+                self._files.torn.add(path)
+            # Keep the entries whose whole line reached the file (and the disk, if synced per
+            # batch); the lane retries the rest. Lines written but not flushed come twice then.
+            kept = synced if self._syncer.every_batch else done
+            if kept <= 0:
                 raise
-            # Keep the entries whose whole line reached the file; the lane retries the rest.
-            if batch.data[written - 1 : written] == b"\n":
-                self._torn.discard(path)
-            else:
-                self._torn.add(path)
-            complete = batch.data.count(b"\n", 0, written)
+            complete = data.count(b"\n", 0, kept)
             raise PartialWriteError(range(complete, len(batch)), exc) from exc
-        self._torn.discard(path)
 
-    async def _forget(self, path: str) -> None:
-        self._direct.pop(path, None)
-        fh = self._files.pop(path, None)
-        if fh is not None:
-            try:
-                await fh.close()
-            except OSError:
-                pass
+    @staticmethod
+    async def _put(live: LiveFile, data: memoryview) -> int:
+        if live.direct:
+            return os.write(live.fd, data)
+        return await live.fh.write(data) or 0
 
     async def close(self) -> None:
-        """Close every open file."""
-        for path in list(self._files):
-            await self._forget(path)
+        """Flush (per ``fsync``) and close every file; wait for compressions under way."""
+        await self._syncer.close()
+        await self._files.close()
+        await self._housekeeper.wait()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of rotations, reopens, compressed and expired files, and fsync calls."""
+        counters = {**self._files.counters, **self._housekeeper.counters}
+        return {**counters, "fsyncs": self._syncer.count}
 
     def __repr__(self) -> str:
         return f"<FileSink {self.name!r} path={self.path!r}>"

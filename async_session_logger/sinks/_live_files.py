@@ -1,0 +1,191 @@
+"""The files a FileSink has open: opened on demand, reopened when replaced, rotated when due."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import aiofiles
+
+from .._threads import io_executor, run_blocking
+from . import _flock, _rotation
+from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
+
+if TYPE_CHECKING:
+    from aiofiles.threadpool.binary import AsyncFileIO
+
+__all__ = ["LiveFile", "LiveFiles"]
+
+_MAX_OPEN: Final = 64
+_MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unless pathological
+
+
+class LiveFile:
+    """One open file: its descriptor, which inode it is, and when it is due for rotation."""
+
+    __slots__ = ("direct", "fd", "fh", "identity", "period_end", "regular", "retry_at")
+
+    def __init__(self, fh: AsyncFileIO, st: os.stat_result, direct: bool, period_end: float):
+        self.fh = fh
+        self.fd = fh.fileno()
+        self.identity = (st.st_dev, st.st_ino)
+        self.regular = stat.S_ISREG(st.st_mode)
+        self.direct = direct
+        self.period_end = period_end
+        self.retry_at = 0.0
+
+
+class LiveFiles:
+    """Open files by path (the most recently used 64), with reopen and rotation.
+
+    Args:
+        name: the sink's name (for task names).
+        write_mode: the sink's ``write_mode`` (decides ``LiveFile.direct``).
+        mkdir: create missing parent directories when opening.
+        reopen: check before each append that the path still names the open file.
+        policy: when to rotate; ``housekeeper`` then compresses and expires rotated files.
+        syncer: flushes a file before it is rotated or closed.
+        report: ``report(message, cause)`` for incidents.
+        clock: seconds since the epoch (``time.time``; tests inject their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        write_mode: str,
+        mkdir: bool,
+        reopen: bool,
+        policy: RotationPolicy,
+        housekeeper: Housekeeper,
+        syncer: Syncer,
+        report: Reporter,
+        clock: Callable[[], float],
+    ) -> None:
+        self.write_mode = write_mode
+        self.mkdir = mkdir
+        self.reopen = reopen or policy.enabled
+        self.policy = policy
+        self.housekeeper = housekeeper
+        self.syncer = syncer
+        self.report = report
+        self.clock = clock
+        self.sink_name = name
+        self._files: OrderedDict[str, LiveFile] = OrderedDict()
+        self._rotation_failing = False
+        self.torn: set[str] = set()
+        self.counters = {"rotations": 0, "reopens": 0}
+
+    async def get(self, path: str) -> LiveFile:
+        """Return the open file for ``path``, opening it (and its directories) if needed."""
+        live = self._files.get(path)
+        if live is not None:
+            self._files.move_to_end(path)
+            return live
+        if self.mkdir:
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+        fh = await aiofiles.open(path, "ab", buffering=0, executor=io_executor())
+        st = os.fstat(fh.fileno())
+        if self.write_mode == "auto":
+            direct = stat.S_ISREG(st.st_mode)
+        else:
+            direct = self.write_mode == "direct"
+        due = self.policy.first_period_end(self.clock(), st.st_size, st.st_mtime)
+        live = self._files[path] = LiveFile(fh, st, direct, due)
+        if len(self._files) > _MAX_OPEN:
+            await self.forget(next(iter(self._files)))
+        return live
+
+    async def ready(self, path: str, size: int) -> tuple[LiveFile, bool]:
+        """Return the file to append ``size`` bytes to for ``path``, and whether it is locked.
+
+        Reopens the path if it names another file now (deleted, renamed, rotated by another
+        process) and rotates the file if it is due. While rotating, the file comes back under
+        a shared lock, which the caller releases after the append: no process can rotate it
+        in between, so no append ever lands in a rotated file.
+        """
+        for attempt in range(_MAX_ATTEMPTS):
+            live = await self.get(path)
+            if not self.reopen or attempt == _MAX_ATTEMPTS - 1:
+                # Rotated and reopened, yet the path changed again (or a filesystem whose inode
+                # numbers are not stable): append to what is open rather than spin.
+                return live, False
+            locked = self.policy.enabled and live.regular
+            if locked and not _flock.try_lock_shared(live.fd):
+                await run_blocking(_flock.lock_shared, live.fd)  # a rotation holds it
+            try:
+                st: os.stat_result | None = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            except OSError:
+                if locked:
+                    _flock.unlock(live.fd)
+                raise
+            if st is None or (st.st_dev, st.st_ino) != live.identity:
+                if locked:
+                    _flock.unlock(live.fd)
+                self.counters["reopens"] += 1
+                self.torn.discard(path)  # a torn line stays behind in the old file
+                await self.forget(path)
+                continue
+            if locked and self._due(live, st.st_size, size):
+                _flock.unlock(live.fd)
+                await self._rotate(path, live)
+                continue
+            return live, locked
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _due(self, live: LiveFile, current: int, size: int) -> bool:
+        now = self.clock()
+        if not current:  # an empty file is never rotated; its period starts over
+            if now >= live.period_end:
+                live.period_end = self.policy.first_period_end(now, 0, now)
+            return False
+        if now < live.retry_at:
+            return False
+        limit = self.policy.max_bytes
+        return (limit is not None and current + size > limit) or now >= live.period_end
+
+    async def _rotate(self, path: str, live: LiveFile) -> None:
+        now = self.clock()
+        await self.syncer.release(live.fd)  # the rotated file is complete on the disk
+        try:
+            rotated = await run_blocking(
+                _rotation.rotate, path, live.fd, live.identity, int(now * 1_000_000)
+            )
+        except OSError as exc:
+            live.retry_at = now + ROTATE_RETRY_S
+            if not self._rotation_failing:
+                self._rotation_failing = True
+                self.report(
+                    f"could not rotate {path!r}; appending to it, retrying every "
+                    f"{ROTATE_RETRY_S:g} s (further failures are not printed)",
+                    exc,
+                )
+            return
+        self._rotation_failing = False
+        self.torn.discard(path)
+        await self.forget(path)  # rotated here or by another process: reopen the path
+        if rotated is not None:
+            self.counters["rotations"] += 1
+            self.housekeeper.after_rotation(path, rotated, self.sink_name)
+
+    async def forget(self, path: str) -> None:
+        """Close the file of ``path`` (flushed first if ``fsync`` asks for it)."""
+        live = self._files.pop(path, None)
+        if live is not None:
+            await self.syncer.release(live.fd)
+            try:
+                await live.fh.close()
+            except OSError:
+                pass
+
+    async def close(self) -> None:
+        """Close every file."""
+        for path in list(self._files):
+            await self.forget(path)
