@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -190,12 +191,15 @@ class LagMonitor:
 # a closure would add a Python call to every entry and distort the sub-microsecond figures.
 
 
-def pass_asl_sync(path: str, n: int, lat: array.array[int] | None) -> PassResult:
-    """``SessionLogger(sinks=[FileSink(path)])``: one session, log_entry in a loop."""
+def pass_asl_sync(
+    path: str, n: int, lat: array.array[int] | None, **file_options: Any
+) -> PassResult:
+    """``SessionLogger(sinks=[FileSink(path, **file_options)])``: one session, log_entry in a
+    loop (``file_options``: e.g. ``fsync="batch"`` for the cost of durability)."""
     from async_session_logger import SessionLogger
     from async_session_logger.sinks import FileSink
 
-    logger = SessionLogger(sinks=[FileSink(path)])
+    logger = SessionLogger(sinks=[FileSink(path, **file_options)])
     logger.start_session(SESSION_ID)
     log, sid, msg, level = logger.log_entry, SESSION_ID, MESSAGE, logging.INFO
     clock = time.perf_counter_ns
@@ -471,6 +475,13 @@ CONTENDERS: dict[str, Contender] = {
     "asl-sync": Contender(pass_asl_sync, _ASL, "async-session-logger", ours=True),
     "asl-async": Contender(pass_asl_async, _ASL, "async-session-logger", ours=True),
     "asl-async-y100": Contender(pass_asl_async_y100, _ASL, "async-session-logger", ours=True),
+    # The cost of durability: fdatasync after every batch, or at most once a second.
+    "asl-sync-fsync-batch": Contender(
+        functools.partial(pass_asl_sync, fsync="batch"), _ASL, "async-session-logger", ours=True
+    ),
+    "asl-sync-fsync-1s": Contender(
+        functools.partial(pass_asl_sync, fsync=1.0), _ASL, "async-session-logger", ours=True
+    ),
     "stdlib": Contender(pass_stdlib, (), "python"),
     "structlog": Contender(pass_structlog, ("structlog", "orjson"), "structlog"),
     "loguru": Contender(pass_loguru, ("loguru",), "loguru"),
