@@ -332,18 +332,19 @@ class SessionLogger:
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._sigterm_previous
-        if callable(previous):
-            previous(signum, frame)  # the application's own handler decides what happens
-            return
         if _inside_recorder(frame):
             # The main thread is half-way through a verb (its entry's seq taken, the entry not
-            # yet queued): raising now would leave a hole. Deliver the signal again in a moment
-            # from another thread (raise_signal() would rerun this handler at once, still
-            # inside the verb); a verb takes microseconds.
+            # yet queued): raising now, here or in the application's handler, would leave a
+            # hole. Deliver the signal again in a moment from another thread (raise_signal()
+            # would rerun this handler at once, still inside the verb); a verb takes
+            # microseconds.
             retry = threading.Timer(0.001, os.kill, (os.getpid(), signum))
             retry.daemon = True
             retry.start()
+            return
+        previous = self._sigterm_previous
+        if callable(previous):
+            previous(signum, frame)  # the application's own handler decides what happens
             return
         # Python's default would kill the process now, skipping the exit hook. Exit normally
         # instead (status 128 + signum, as shells report a death by signal); a second SIGTERM
