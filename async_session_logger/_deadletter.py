@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from ._entry import format_timestamp
+from ._oswrite import write_all
 from ._threads import run_blocking
 from .sinks._base import Batch
 
@@ -54,16 +55,12 @@ def _append(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(fd, view[done:])
-        except OSError:
+        done, error = write_all(fd, data)
+        if error is not None:
             # Undo only our own bytes: if another writer appended since, leave the file alone.
             if done and os.fstat(fd).st_size == start + done:
                 os.ftruncate(fd, start)
-            raise
+            raise error
     finally:
         os.close(fd)
 

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Final
 
+from ._oswrite import write_all
+
 if sys.platform != "win32":
     import fcntl
 
@@ -141,6 +143,6 @@ class Claim:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    _, error = write_all(fd, data)
+    if error is not None:
+        raise error

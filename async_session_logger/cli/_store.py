@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from .._oswrite import write_all
 from ._common import warn
 
 __all__ = ["Store"]
@@ -70,18 +71,13 @@ class Store:
             self._failing = False
 
     def _write(self, path: str, data: bytes) -> int:
-        fd = self._fd(path)
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(view):
-                done += os.write(fd, view[done:])
-        except OSError:
+        done, error = write_all(self._fd(path), data)
+        if error is not None:
             # The rest of a half-written line completes it on the next attempt: only this
             # collector writes to its files.
             self.pending[path] = [data[done:]]
             self.pending_bytes -= done
-            raise
+            raise error
         return done
 
     def _fd(self, path: str) -> int:
