@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ from typing import Any
 import pytest
 
 from async_session_logger import AsyncSessionLogger, DeliveryReport, SessionLogger, SinkError
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT as
+# ignored, and so would every child process: the tests that stop a child with SIGINT (Ctrl-C)
+# need Python's default handler, which exec turns back into the default action.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
