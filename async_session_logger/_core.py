@@ -288,7 +288,7 @@ class AsyncSessionLogger:
             "queued": len(self._intake),
             "open_sessions": len(self._recorder.open_sessions),
             "state": self._state,
-            "sinks": {lane.name: _copy_stats(lane).as_dict() for lane in self._lanes},
+            "sinks": {lane.name: _copy_stats(lane, gaps.dropped).as_dict() for lane in self._lanes},
         }
 
     def health(self) -> dict[str, Any]:
@@ -306,7 +306,7 @@ class AsyncSessionLogger:
         return DeliveryReport(
             accepted=self._recorder.accepted,
             dropped=self._intake.gaps.dropped,
-            sinks={lane.name: _copy_stats(lane) for lane in self._lanes},
+            sinks={lane.name: _copy_stats(lane, self._intake.gaps.dropped) for lane in self._lanes},
             dead_letter_path=self._dead_letters.path,
         )
 
@@ -415,9 +415,12 @@ class AsyncSessionLogger:
         return f"<AsyncSessionLogger [{names}] {self._state}>"
 
 
-def _copy_stats(lane: Lane) -> SinkStats:
+def _copy_stats(lane: Lane, dropped: int) -> SinkStats:
     return dataclasses.replace(
-        lane.stats, healthy=lane.stats.healthy and lane.sink.healthy, details=lane.sink.stats()
+        lane.stats,
+        dropped=dropped,
+        healthy=lane.stats.healthy and lane.sink.healthy,
+        details=lane.sink.stats(),
     )
 
 

@@ -17,11 +17,14 @@ class SinkStats:
     """Counters of one sink since the logger started (entries, not batches).
 
     Every entry given to the sink ends in exactly one of ``delivered``, ``dead_lettered`` or
-    ``lost`` (dead-lettering itself failed), or is still ``pending``.
+    ``lost`` (dead-lettering itself failed), or is still ``pending``. ``dropped`` counts the
+    entries the logger's overflow policy dropped before any sink got them (the same for every
+    sink; ``gap`` entries stand in for them).
     """
 
     name: str
     delivered: int = 0
+    dropped: int = 0
     dead_lettered: int = 0
     lost: int = 0
     retried: int = 0

@@ -89,6 +89,8 @@ async def test_drops_are_counted_and_leave_gap_entries(
     # Each sink got every entry that was not dropped, plus the gap entries.
     expected = report.accepted - report.dropped + gaps
     assert report["file"].delivered == report["valve"].delivered == expected == valve.received
+    # Every sink's stats say how many entries it never got, and the identity holds per sink.
+    assert report["file"].dropped == stats["sinks"]["valve"]["dropped"] == report.dropped
     messages = {e["message"] for e in read_entries(tmp_path / "log.jsonl")}
     if policy == "drop_newest":  # the oldest entries survive
         assert "m0" in messages and "m2999" not in messages
