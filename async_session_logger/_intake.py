@@ -98,15 +98,20 @@ class Intake:
     def _drop_queued(self, newest: bool) -> bool:
         # Under self.lock and the Recorder's lock: nothing else mutates the deque now.
         buf = self._buf
-        size = len(buf)
-        indexes = range(size - 1, -1, -1) if newest else range(size)
-        for index in indexes:
-            item = buf[index]
+        last = len(buf) - 1
+        # Iterate (O(1) a step; indexing a deque in the middle is O(n)) and stop at the first
+        # log record: the deque is not touched while the iterator is live.
+        found = -1
+        for offset, item in enumerate(reversed(buf) if newest else buf):
             if type(item) is tuple and item[0] == _LOG:
-                del buf[index]
-                self.gaps.note(item[1], item[2], item[3])
-                return True
-        return False
+                found = last - offset if newest else offset
+                break
+        if found < 0:
+            return False
+        item = buf[found]
+        del buf[found]
+        self.gaps.note(item[1], item[2], item[3])
+        return True
 
     def wake(self) -> None:
         """Wake the sleeping writer; call right after appending to ``buf`` (any thread)."""
