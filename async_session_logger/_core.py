@@ -374,7 +374,7 @@ class AsyncSessionLogger:
         try:
             return self._builder.build(record)
         except Exception:
-            entry = self._builder.build((*record[:6], None))
+            entry = self._builder.build((*record[:6], None, record[7]))
             entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             return entry
 

@@ -56,10 +56,11 @@ _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 # What a call snapshots: everything but the encoding, which the writer does later:
-# (kind, session_id, seq, time_ns, levelno, message, fields), where fields is the metadata
-# (start), custom_fields (log), the close summary (close) or the dropped count (gap).
+# (kind, session_id, seq, time_ns, levelno, message, fields, run), where fields is the
+# metadata (start), custom_fields (log), the close summary (close) or the drop report (gap),
+# and run tells apart the sessions of a reused id (not written).
 # A plain tuple on purpose: a NamedTuple's Python-level __new__ costs ~0.3 us per entry.
-Record = tuple[int, str, int, int, int, str, Any]
+Record = tuple[int, str, int, int, int, str, Any, int]
 
 
 class _Clock:
@@ -170,7 +171,7 @@ class EntryBuilder:
         clock = self._clock
         second = clock.second
         prefix = clock.prefix
-        for kind, session_id, seq, time_ns, levelno, message, fields in records:
+        for kind, session_id, seq, time_ns, levelno, message, fields, _run in records:
             sec, rest = divmod(time_ns, 1_000_000_000)
             if sec != second:
                 second = sec

@@ -43,14 +43,15 @@ class _Pending:
 class Gaps:
     """Dropped seqs per session, and the ``gap`` records that report them.
 
-    Not locked: the Intake calls it under its own lock.
+    Keyed by ``(session_id, run)``: a reused id's new session may lose entries while the old
+    one's close entry is still queued. Not locked: the Intake calls it under its own lock.
     """
 
     def __init__(self, policy: str) -> None:
         self.policy = policy
         self.dropped = 0  # entries dropped since the logger started
         self.reported = 0  # gap records handed to the writer
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[tuple[str, int], _Pending] = {}
 
     def __bool__(self) -> bool:
         return bool(self._pending)
@@ -59,12 +60,13 @@ class Gaps:
         """Sessions with drops not reported yet."""
         return len(self._pending)
 
-    def note(self, session_id: str, seq: int, time_ns: int) -> None:
-        """Record that the entry ``seq`` of ``session_id`` was dropped."""
-        pending = self._pending.get(session_id)
+    def note(self, record: tuple[Any, ...]) -> None:
+        """Count the log ``record`` as dropped; its seq becomes a hole to report."""
+        key = (record[1], record[7])
+        pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[session_id] = _Pending(time_ns)
-        pending.add(seq)
+            pending = self._pending[key] = _Pending(record[3])
+        pending.add(record[2])
         self.dropped += 1
 
     def insert(self, items: list[Any]) -> list[Any]:
@@ -73,22 +75,29 @@ class Gaps:
         pending = self._pending
         for item in items:
             if type(item) is tuple and pending:
-                gap = pending.get(item[1])
+                key = (item[1], item[7])
+                gap = pending.get(key)
                 if gap is not None and gap.ranges[0][0] < item[2]:
-                    out.append(self._record(item[1], gap, item[2]))
+                    out.append(self._record(key, gap, item[2], item[3]))
             out.append(item)
         return out
 
-    def _record(self, session_id: str, gap: _Pending, before: int) -> tuple[Any, ...]:
+    def _record(
+        self, key: tuple[str, int], gap: _Pending, before: int, before_ns: int
+    ) -> tuple[Any, ...]:
         # Report the runs below `before`; later runs (dropped after this record was queued)
         # wait for a record that follows them.
         split = bisect.bisect_left(gap.ranges, [before, before])
         runs, gap.ranges = gap.ranges[:split], gap.ranges[split:]
         time_ns = gap.time_ns
-        if not gap.ranges:
-            del self._pending[session_id]
+        if gap.ranges:
+            # The later runs were dropped after the record at `before` was logged.
+            gap.time_ns = max(time_ns, before_ns)
+        else:
+            del self._pending[key]
         count = sum(hi - lo + 1 for lo, hi in runs)
         self.reported += 1
         fields = {"dropped": count, "dropped_seqs": runs, "overflow": self.policy}
         message = f"{count} entries dropped (overflow={self.policy})"
-        return (_GAP, session_id, runs[0][0], time_ns, _WARNING, message, fields)
+        session_id, run = key
+        return (_GAP, session_id, runs[0][0], time_ns, _WARNING, message, fields, run)

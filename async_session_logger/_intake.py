@@ -93,7 +93,7 @@ class Intake:
             if self.overflow == "drop_oldest" and self._drop_queued(newest=False):
                 self._buf.append(record)
             else:
-                self.gaps.note(record[1], record[2], record[3])
+                self.gaps.note(record)
 
     def _drop_queued(self, newest: bool) -> bool:
         # Under self.lock and the Recorder's lock: nothing else mutates the deque now.
@@ -110,7 +110,7 @@ class Intake:
             return False
         item = buf[found]
         del buf[found]
-        self.gaps.note(item[1], item[2], item[3])
+        self.gaps.note(item)
         return True
 
     def wake(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -29,9 +30,11 @@ _RECENTLY_CLOSED: Final = 10_000
 
 class _Session:
     # seq counts the log entries too: the start entry is seq 0, so entries logged == seq.
-    __slots__ = ("errors", "seq", "start_mono", "start_ns")
+    __slots__ = ("errors", "run", "seq", "start_mono", "start_ns")
 
-    def __init__(self, start_ns: int) -> None:
+    def __init__(self, start_ns: int, run: int) -> None:
+        # Tells apart the runs of a reused id, whose records may be queued at the same time.
+        self.run = run
         self.seq = 0
         self.errors = 0
         self.start_ns = start_ns
@@ -55,6 +58,7 @@ class Recorder:
         self.closed = False
         self._lock = threading.Lock()
         self._open: dict[str, _Session] = {}
+        self._runs = itertools.count()
         self._recently_closed: OrderedDict[str, None] = OrderedDict()
 
     # -- verbs --------------------------------------------------------------------------------
@@ -69,10 +73,10 @@ class Recorder:
                 raise DuplicateSessionError(
                     f"session {sid!r} is already open; close it first", session_id=sid
                 )
-            self._open[sid] = _Session(now)
+            session = self._open[sid] = _Session(now, next(self._runs))
             self._recently_closed.pop(sid, None)
             self.accepted += 1
-            self.intake.push((START, sid, 0, now, 20, "Session started", fields))
+            self.intake.push((START, sid, 0, now, 20, "Session started", fields, session.run))
         return sid
 
     def log(
@@ -114,7 +118,7 @@ class Recorder:
             if levelno >= 40:
                 session.errors += 1
             self.accepted += 1
-            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields)
+            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
             if intake.drops and len(buf) >= intake.maxsize:
                 intake.overflow_log(record)  # a drop policy: never wait
                 return False
@@ -161,7 +165,7 @@ class Recorder:
             self._recently_closed.popitem(last=False)
         self.accepted += 1
         self.intake.push(
-            (CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary)
+            (CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary, session.run)
         )
 
     def _check_open(self) -> None:

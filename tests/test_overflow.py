@@ -184,6 +184,41 @@ def test_threads_never_wait_under_a_drop_policy(tmp_path: Path, policy: str) -> 
     assert report["file"].delivered == report.accepted - report.dropped + gaps
 
 
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_a_reused_id_gets_its_own_gaps(
+    make_logger: FaceFactory, tmp_path: Path, policy: str
+) -> None:
+    """An id reused while its first session's close entry is still queued: each session's
+    drops are reported in that session's stream, before its own close entry."""
+    valve = Valve(max_pending=1)
+    log = await make_logger(
+        sinks=[FileSink(tmp_path / "log.jsonl"), valve], max_queue=3, overflow=policy
+    )
+    for _ in range(2):
+        await log.start_session("a")
+        for i in range(5):
+            await log.log_entry("a", f"m{i}")
+        await log.close_session("a")
+    valve.gate.set()
+    report = await log.close()
+    assert report.dropped > 0
+    runs: list[list[dict[str, Any]]] = []
+    for entry in read_entries(tmp_path / "log.jsonl"):
+        if entry["event"] == "session_start":
+            runs.append([])
+        runs[-1].append(entry)
+    assert len(runs) == 2
+    dropped = 0
+    for entries in runs:
+        assert entries[-1]["event"] == "session_close"
+        covered = [e["seq"] for e in entries]
+        for gap in (e for e in entries if e["event"] == "gap"):
+            dropped += gap["dropped"]
+            covered += [s for lo, hi in gap["dropped_seqs"] for s in range(lo + 1, hi + 1)]
+        assert sorted(covered) == list(range(entries[-1]["seq"] + 1))
+    assert dropped == report.dropped
+
+
 def test_unknown_policy_is_refused() -> None:
     """A typo in the policy is a configuration error, not a silent default."""
     with pytest.raises(ConfigurationError, match="overflow must be one of"):
