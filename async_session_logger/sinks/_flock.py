@@ -9,11 +9,33 @@ rotated. Where ``flock`` fails (some network filesystems) the sink goes on witho
 from __future__ import annotations
 
 import sys
+import time
+from typing import Final
 
-__all__ = ["lock_exclusive", "lock_shared", "try_lock_shared", "unlock"]
+__all__ = ["LOCK_WAIT_S", "lock_exclusive", "lock_shared", "try_lock_shared", "unlock"]
+
+# The longest a worker thread waits for a lock: a peer process stopped (Ctrl-Z, a debugger)
+# while it holds one must not take the shared I/O threads with it.
+LOCK_WAIT_S: Final = 1.0
 
 if sys.platform != "win32":
     import fcntl
+
+    def _poll(fd: int, operation: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            except OSError:  # no flock on this filesystem: best effort
+                pass
+            return True
 
     def try_lock_shared(fd: int) -> bool:
         """Take the shared lock without waiting; False if a rotation holds it."""
@@ -25,19 +47,21 @@ if sys.platform != "win32":
             pass
         return True
 
-    def lock_shared(fd: int) -> None:
-        """Take the shared lock, waiting while a rotation holds it (call on a thread)."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            pass
+    def lock_shared(fd: int, timeout: float = LOCK_WAIT_S) -> bool:
+        """Take the shared lock, waiting up to ``timeout`` while a rotation holds it (call on
+        a thread); False if it did not come."""
+        return _poll(fd, fcntl.LOCK_SH, timeout)
 
-    def lock_exclusive(fd: int) -> None:
-        """Take the exclusive lock, waiting for appends under way (call on a thread)."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
+    def lock_exclusive(fd: int, timeout: float = LOCK_WAIT_S) -> None:
+        """Take the exclusive lock, waiting up to ``timeout`` for appends under way (call on a
+        thread).
+
+        Raises:
+            TimeoutError: another process held a lock all along (an OSError: the rotation
+                counts as failed and is retried later).
+        """
+        if not _poll(fd, fcntl.LOCK_EX, timeout):
+            raise TimeoutError(f"the file stayed locked by another process for {timeout:g} s")
 
     def unlock(fd: int) -> None:
         """Release the lock."""
@@ -52,10 +76,11 @@ else:  # pragma: no cover - no flock: rotation is for one process only (see docs
         """Take the shared lock without waiting (a no-op here)."""
         return True
 
-    def lock_shared(fd: int) -> None:
+    def lock_shared(fd: int, timeout: float = LOCK_WAIT_S) -> bool:
         """Take the shared lock (a no-op here)."""
+        return True
 
-    def lock_exclusive(fd: int) -> None:
+    def lock_exclusive(fd: int, timeout: float = LOCK_WAIT_S) -> None:
         """Take the exclusive lock (a no-op here)."""
 
     def unlock(fd: int) -> None:

@@ -64,8 +64,10 @@ class LiveFiles:
         syncer: Syncer,
         report: Reporter,
         clock: Callable[[], float],
+        lock_wait: float = _flock.LOCK_WAIT_S,
     ) -> None:
         self.write_mode = write_mode
+        self.lock_wait = lock_wait
         self.mkdir = mkdir
         self.reopen = reopen or policy.enabled
         self.policy = policy
@@ -117,7 +119,9 @@ class LiveFiles:
                 return live, False
             locked = self.policy.enabled and live.regular
             if locked and not _flock.try_lock_shared(live.fd):
-                await run_blocking(_flock.lock_shared, live.fd)  # a rotation holds it
+                # A rotation holds it. A peer stuck in one (stopped mid-rename) must not stall
+                # this sink: past LOCK_WAIT_S, append without the lock (the path check stays).
+                locked = await run_blocking(_flock.lock_shared, live.fd, self.lock_wait)
             try:
                 st: os.stat_result | None = os.stat(path)
             except FileNotFoundError:
@@ -153,13 +157,20 @@ class LiveFiles:
 
     async def _rotate(self, path: str, live: LiveFile) -> None:
         now = self.clock()
+        # Not before ROTATE_RETRY_S if this attempt fails or is cancelled (the lane's timeout):
+        # a success forgets this LiveFile anyway.
+        live.retry_at = now + ROTATE_RETRY_S
         await self.syncer.release(live.fd)  # the rotated file is complete on the disk
         try:
             rotated = await run_blocking(
-                _rotation.rotate, path, live.fd, live.identity, int(now * 1_000_000)
+                _rotation.rotate,
+                path,
+                live.fd,
+                live.identity,
+                int(now * 1_000_000),
+                self.lock_wait,
             )
         except OSError as exc:
-            live.retry_at = now + ROTATE_RETRY_S
             if not self._rotation_failing:
                 self._rotation_failing = True
                 self.report(

@@ -104,13 +104,18 @@ class Siblings:
         ]
 
 
-def rotate(path: str, fd: int, identity: tuple[int, int], now_us: int) -> str | None:
+def rotate(
+    path: str, fd: int, identity: tuple[int, int], now_us: int, lock_wait: float
+) -> str | None:
     """Rename the live file ``fd`` to a new rotated name; None if it is no longer at ``path``.
 
     Another process may have rotated it while this one waited for the lock: the path then names
     another inode (or nothing), and this process only has to reopen.
+
+    Raises:
+        TimeoutError: another process held a lock on the file for ``lock_wait`` seconds.
     """
-    lock_exclusive(fd)
+    lock_exclusive(fd, lock_wait)
     try:
         try:
             st = os.stat(path)

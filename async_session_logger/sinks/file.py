@@ -21,6 +21,7 @@ from ._file_upkeep import (
     parse_fsync,
     sink_reporter,
 )
+from ._flock import LOCK_WAIT_S
 from ._live_files import LiveFile, LiveFiles
 
 __all__ = ["DEFAULT_PATH", "FileSink"]
@@ -119,6 +120,9 @@ class FileSink(Sink):
             syncer=self._syncer,
             report=report,
             clock=lambda: self._clock(),
+            # Within the lane's timeout, so a peer holding a lock fails the rotation, not
+            # the batch.
+            lock_wait=min(LOCK_WAIT_S, self.timeout / 3) if self.timeout else LOCK_WAIT_S,
         )
         self._per_date = "{date}" in self.path
         self._per_session = "{session_id}" in self.path

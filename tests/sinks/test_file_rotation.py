@@ -23,6 +23,7 @@ from async_session_logger import (
     AsyncSessionLogger,
     ConfigurationError,
     DeliveryReport,
+    SessionLogger,
     SinkError,
     read_entries,
     read_sessions,
@@ -624,6 +625,44 @@ async def test_a_failed_rotation_is_reported_once_and_retried_later(
     await sink.close()
     assert len(errors) == 1
     assert [seqs_in(f) for f in all_files(path)] == [list(range(30)), list(range(30, 35))]
+
+
+def test_a_peer_holding_the_lock_fails_the_rotation_not_the_sink(tmp_path: Path) -> None:
+    """A process that holds a lock on the file and never lets go (stopped, in a debugger):
+    the rotation fails within the sink's timeout and is reported; every entry is appended,
+    and the other file sink, which shares the I/O threads, is not held up."""
+    path, other = tmp_path / "app.jsonl", tmp_path / "other.jsonl"
+    path.write_bytes(b'{"x":1}\n' * 100)
+    holder = (
+        "import fcntl, sys, time\n"
+        f"f = open({str(path)!r}, 'ab')\n"
+        "fcntl.flock(f, fcntl.LOCK_SH)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    peer = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"locked\n"
+        errors: list[SinkError] = []
+        sinks = [
+            FileSink(path, rotate_bytes=1000, timeout=0.3, retries=0, name="rot"),
+            FileSink(other, fsync="batch", timeout=0.3, retries=0, name="other"),
+        ]
+        started = time.monotonic()
+        with SessionLogger(sinks=sinks, on_error=errors.append, dead_letter_path=None) as log:
+            log.start_session("s")
+            for i in range(8):
+                log.log_entry("s", f"m{i}")
+                report = log.save_logs(timeout=5)
+                assert report["rot"].failed == report["other"].failed == 0
+        assert time.monotonic() - started < 10
+        assert report["rot"].delivered == report["other"].delivered == 9
+        assert [e["seq"] for e in read_lines(path)[100:]] == list(range(10))  # + close
+        assert any("could not rotate" in str(e) for e in errors)
+        assert isinstance(errors[0].__cause__, TimeoutError)
+    finally:
+        peer.kill()
+        peer.wait()
 
 
 @pytest.mark.parametrize(
