@@ -150,6 +150,12 @@ class Recorder:
             self._open.clear()
         return count
 
+    def refuse_more(self) -> None:
+        """Make every later verb raise LoggerClosedError (a close that gave up on the loop)."""
+        with self._lock:
+            self.closed = True
+            self._open.clear()  # verbs on them now find no session, then the closed logger
+
     # -- helpers ------------------------------------------------------------------------------
     def _push_close(self, session_id: str, session: _Session, status: str) -> None:
         # Under the lock: nothing of this session can be handed off after its close entry.

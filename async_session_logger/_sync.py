@@ -152,7 +152,8 @@ class SessionLogger:
             was installed before it, if any; if there was none it raises
             ``SystemExit(128 + SIGTERM)`` (exit status 143), so ``finally`` blocks and the
             exit hook run: open sessions are closed ``interrupted`` and the sinks drained
-            within ``close_timeout``. A second SIGTERM during the drain kills at once. A
+            within ``close_timeout``. A SIGTERM during ``close()`` waits for its drain, then
+            takes effect; a second one during a drain kills at once. A
             SIGTERM the process ignores (``SIG_IGN``) stays ignored. ``close()`` puts the
             previous handler back.
         **kwargs: every keyword of :class:`AsyncSessionLogger` (``custom_handler=``, ``path=``,
@@ -194,6 +195,8 @@ class SessionLogger:
         # entries in flight on its thread, and the exit hook must drain them.
         atexit.register(self._close_at_exit)
         self._sigterm_previous: Any = None
+        self._closing = False
+        self._term_during_close = False
         if handle_sigterm:
             self._install_sigterm()
 
@@ -230,7 +233,7 @@ class SessionLogger:
         Raises:
             WrongThreadError: called from the logger's own loop thread.
         """
-        if self._core.closed:
+        if self.closed:
             if self._report is not None:
                 return self._report
             raise LoggerClosedError("the logger is closed")
@@ -260,7 +263,9 @@ class SessionLogger:
             if self._report is not None:
                 return self._report
             atexit.unregister(self._close_at_exit)
-            self._restore_sigterm()
+            # The SIGTERM handler stays during the drain: a SIGTERM now waits for it (see
+            # _on_sigterm); a second one kills.
+            self._closing = True
             budget = (self._core.close_timeout if timeout is None else timeout) + CLOSE_GRACE
             join = 5.0
             try:
@@ -275,10 +280,15 @@ class SessionLogger:
                 self._report = self._abandon(str(exc))
             finally:
                 self._portal.stop(join)
+                self._restore_sigterm()
+            if self._term_during_close:
+                # Drained: now let the SIGTERM do what it would have done.
+                signal.raise_signal(signal.SIGTERM)
             return self._report
 
     def _abandon(self, why: str) -> DeliveryReport:
         """Report, without the loop, what close() could not deliver; return a final report."""
+        self._recorder.refuse_more()
         report = self._core._report()  # counters only: safe to read from this thread
         pending = ", ".join(f"{s.name} {s.pending}" for s in report.sinks.values())
         error = SinkError(
@@ -307,7 +317,7 @@ class SessionLogger:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` has begun."""
-        return self._core.closed
+        return self._closing or self._core.closed
 
     @property
     def recorder(self) -> Recorder:
@@ -332,6 +342,12 @@ class SessionLogger:
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self._closing:
+            # close() is draining: let it finish (it re-raises the signal after), and let a
+            # second SIGTERM kill at once.
+            self._term_during_close = True
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            return
         if _inside_recorder(frame):
             # The main thread is half-way through a verb (its entry's seq taken, the entry not
             # yet queued): raising now, here or in the application's handler, would leave a
@@ -357,7 +373,9 @@ class SessionLogger:
             threading.main_thread()
         ):
             return  # not installed, or not restorable from here (the handler still chains)
-        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+        current = signal.getsignal(signal.SIGTERM)
+        # SIG_DFL: ours stood aside for a SIGTERM during the drain, which is re-raised next.
+        if current == self._on_sigterm or (self._term_during_close and current == signal.SIG_DFL):
             signal.signal(signal.SIGTERM, self._sigterm_previous)
             self._sigterm_previous = None
         # else another handler was installed on top of ours and may still chain to it

@@ -15,6 +15,7 @@ import pytest
 
 from async_session_logger import (
     ConfigurationError,
+    LoggerClosedError,
     ReaderWarning,
     SessionLogger,
     read_dead_letters,
@@ -329,3 +330,70 @@ def test_kill_9_mid_stream_leaves_only_whole_lines(script: ScriptFactory, kill_a
         with pytest.raises(ValueError):
             json.loads(tail)
     print(f"\nkilled after {len(entries)} of 50,002 entries; torn tail: {len(tail)} bytes")
+
+
+SIGTERM_DURING_CLOSE = """
+import asyncio, os, signal, sys, threading
+from async_session_logger import SessionLogger
+from async_session_logger.sinks import Batch, Sink
+
+out = sys.argv[1]
+
+class Slow(Sink):
+    default_name = "slow"
+
+    async def write_batch(self, batch: Batch) -> None:
+        await asyncio.sleep(0.005 * len(batch))
+        with open(out, "ab") as fh:
+            fh.write(batch.data)
+
+logger = SessionLogger(sinks=[Slow(max_batch=10)], handle_sigterm=True, dead_letter_path=None)
+logger.start_session("s")
+for i in range(400):
+    logger.log_entry("s", f"m{i}")
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+logger.close()
+print("after close", flush=True)
+"""
+
+
+def test_sigterm_during_close_waits_for_the_drain(script: ScriptFactory, tmp_path: Path) -> None:
+    """handle_sigterm=True, SIGTERM while close() drains (the end of a `with` block during
+    `systemctl stop`): the drain finishes, then the SIGTERM takes effect."""
+    out = tmp_path / "out.jsonl"
+    done = script(SIGTERM_DURING_CLOSE).run(str(out), timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "after close" not in done.stdout
+    entries = [json.loads(line) for line in out.read_bytes().splitlines()]
+    assert [e["seq"] for e in entries] == list(range(402))
+
+
+def test_a_close_that_gave_up_refuses_further_verbs(tmp_path: Path) -> None:
+    """close() that gave up on a stuck loop leaves a closed logger: verbs raise
+    LoggerClosedError, save_logs() returns the final report at once."""
+    release = threading.Event()
+
+    async def stuck(message: str) -> None:
+        release.wait(30)  # blocks the loop thread, as a careless async handler would
+
+    logger = SessionLogger(
+        method="custom",
+        custom_handler=stuck,
+        close_timeout=0.5,
+        dead_letter_path=None,
+        on_error=lambda error: None,
+    )
+    try:
+        logger.start_session("s")
+        logger.log_entry("s", "blocks the loop")
+        report = logger.close()
+        assert logger.closed
+        with pytest.raises(LoggerClosedError):
+            logger.log_entry("s", "after close")
+        with pytest.raises(LoggerClosedError):
+            logger.start_session("t")
+        started = time.monotonic()
+        assert logger.save_logs() is report
+        assert time.monotonic() - started < 1
+    finally:
+        release.set()
