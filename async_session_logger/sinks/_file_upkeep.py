@@ -86,13 +86,24 @@ class RotationPolicy:
         All the rest when it fits within ``rotate_bytes``; otherwise the whole lines that fit,
         or one line alone if even that one is larger.
         """
-        limit = self.max_bytes
-        if limit is None or len(data) - start <= limit:
+        if self.max_bytes is None:
             return len(data)
-        cut = data.rfind(b"\n", start, start + limit)
-        if cut < 0:
-            cut = data.find(b"\n", start + limit)
-        return len(data) if cut < 0 else cut + 1
+        return line_cut(data, start, self.max_bytes, len(data))
+
+
+def line_cut(data: bytes, start: int, limit: int, stop: int) -> int:
+    """Return where a part of ``data[start:stop]`` of at most ``limit`` bytes ends.
+
+    ``stop`` when the rest fits; else just after the last newline within ``limit`` bytes; else
+    (one line longer than ``limit``) just after that line. Rotation cuts files with it, direct
+    writes their chunks: both only ever cut between lines.
+    """
+    if stop - start <= limit:
+        return stop
+    cut = data.rfind(b"\n", start, start + limit)
+    if cut < 0:
+        cut = data.find(b"\n", start + limit, stop)
+    return stop if cut < 0 else cut + 1
 
 
 class Housekeeper:

@@ -18,6 +18,7 @@ from ._file_upkeep import (
     RotateEvery,
     RotationPolicy,
     Syncer,
+    line_cut,
     parse_fsync,
     sink_reporter,
 )
@@ -193,7 +194,9 @@ class FileSink(Sink):
                         if not live.direct:  # one thread hop for the whole piece
                             done += await self._put(live, piece[done:])
                             continue
-                        done += os.write(live.fd, piece[done : _chunk_end(piece, done)])
+                        # Chunks end between lines: each O_APPEND write lands whole, so another
+                        # process's writes never land inside one of our lines.
+                        done += os.write(live.fd, piece[done : line_cut(data, done, _CHUNK, end)])
                         if done < end:
                             await asyncio.sleep(0)
                 finally:
@@ -235,19 +238,3 @@ class FileSink(Sink):
 
     def __repr__(self) -> str:
         return f"<FileSink {self.name!r} path={self.path!r}>"
-
-
-def _chunk_end(data: memoryview, start: int) -> int:
-    """Return where the chunk from ``start`` ends: after the last whole line within _CHUNK.
-
-    Each O_APPEND write lands whole, so cutting only between lines keeps another process's
-    writes from landing inside one of ours. A single line longer than _CHUNK goes whole.
-    """
-    end = start + _CHUNK
-    if end >= len(data):
-        return len(data)
-    cut = bytes(data[start:end]).rfind(b"\n")
-    if cut >= 0:
-        return start + cut + 1
-    nxt = bytes(data[end:]).find(b"\n")
-    return len(data) if nxt < 0 else end + nxt + 1

@@ -148,20 +148,22 @@ def test_disk_full_then_freed_accounts_for_every_entry(tmp_path: Path, small_dis
 
 def test_direct_writes_cut_only_between_lines() -> None:
     """Chunks of a large batch end on line boundaries, so concurrent appenders never split one."""
-    from async_session_logger.sinks.file import _CHUNK, _chunk_end
+    from async_session_logger.sinks._file_upkeep import line_cut
+    from async_session_logger.sinks.file import _CHUNK
 
     line = b"x" * 999 + b"\n"
-    data = memoryview(line * 1000)  # ~1 MB: four chunks or so
+    data = line * 1000  # ~1 MB: four chunks or so
     start, cuts = 0, []
     while start < len(data):
-        end = _chunk_end(data, start)
+        end = line_cut(data, start, _CHUNK, len(data))
         assert end - start <= _CHUNK
         assert data[end - 1 : end] == b"\n"
         cuts.append(end)
         start = end
     assert cuts[-1] == len(data) and len(cuts) == 4
-    huge = memoryview(b"y" * (_CHUNK * 2) + b"\n" + b"z\n")
-    assert _chunk_end(huge, 0) == _CHUNK * 2 + 1  # one long line is written whole
+    huge = b"y" * (_CHUNK * 2) + b"\n" + b"z\n"
+    assert line_cut(huge, 0, _CHUNK, len(huge)) == _CHUNK * 2 + 1  # one long line goes whole
+    assert line_cut(huge, 0, _CHUNK, _CHUNK * 2) == _CHUNK * 2  # never past the stop
 
 
 def test_four_processes_append_to_one_file(tmp_path: Path) -> None:
