@@ -7,6 +7,13 @@ concurrently is lost or replayed twice. At the end the letters that were not re-
 to ``FILE`` and the working copy is removed: the file is never truncated before that point. A
 replay that is interrupted leaves ``FILE.replaying`` behind, and the next replay of ``FILE``
 takes it up again (re-sending what was already delivered: at-least-once).
+
+The renamed file is ``FILE.replaying.in.N``, where ``N`` is the working copy's size just before
+it was renamed: the rename both moves the letters aside and records where their copy starts. It
+stays until the end of the replay, so that a logger that opened ``FILE`` just before the rename
+can still append to it (its late letters are picked up at the end). A replay killed at any point
+leaves the copy of it, whole or partial, past byte ``N`` of the working copy: the next replay
+cuts the working copy back to ``N`` and copies the file again, so no letter is held twice.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ if sys.platform != "win32":
 __all__ = ["WORK_SUFFIX", "Claim"]
 
 WORK_SUFFIX: Final = ".replaying"
-_INCOMING_SUFFIX: Final = ".replaying.in"
+_INCOMING_SUFFIX: Final = ".replaying.in"  # + "." + the working copy's size before the copy
 _BLOCK: Final = 1 << 20
 
 
@@ -34,7 +41,7 @@ class Claim:
     def __init__(self, path: str) -> None:
         self.path = path
         self.work = path + WORK_SUFFIX
-        self.incoming = path + _INCOMING_SUFFIX
+        self.incoming: str | None = None  # the file renamed aside by this replay
         self.fd = -1
         self.copied = 0
         self.resumed = False
@@ -43,24 +50,50 @@ class Claim:
         """Lock the working copy and move the file's content into it."""
         self._lock()
         try:
-            self.resumed = os.fstat(self.fd).st_size > 0 or os.path.exists(self.incoming)
-            if os.path.exists(self.incoming):
-                # An interrupted replay renamed the file but did not finish copying it.
-                self._copy(self.incoming)
-                os.unlink(self.incoming)
+            left = self._left_incoming()
+            self.resumed = os.fstat(self.fd).st_size > 0 or bool(left)
+            for name, base in left:
+                # An interrupted replay renamed this file aside and may have copied some or all
+                # of it (and a logger may have appended to it since): copy it again, whole,
+                # over what it left past `base`.
+                if base is not None and base < os.fstat(self.fd).st_size:
+                    os.ftruncate(self.fd, base)
+                self._copy(name)
+                os.unlink(name)
+            incoming = f"{self.path}{_INCOMING_SUFFIX}.{os.fstat(self.fd).st_size}"
             try:
                 # New dead letters of a running logger now go to a fresh file at `path`.
-                os.rename(self.path, self.incoming)
+                os.rename(self.path, incoming)
             except FileNotFoundError:
                 if not self.resumed:
                     raise FileNotFoundError(
                         errno.ENOENT, os.strerror(errno.ENOENT), self.path
                     ) from None
             else:
-                self.copied = self._copy(self.incoming)
+                self.incoming = incoming
+                self.copied = self._copy(incoming)
         except BaseException:
             self._unlock(remove=not self.resumed and os.fstat(self.fd).st_size == 0)
             raise
+
+    def _left_incoming(self) -> list[tuple[str, int | None]]:
+        """Return the files an interrupted replay renamed aside, with where their copy starts.
+
+        ``None``: a plain ``FILE.replaying.in`` of an older version, which does not say.
+        """
+        folder, base = os.path.split(self.path)
+        prefix = base + _INCOMING_SUFFIX
+        found: list[tuple[str, int | None]] = []
+        for name in os.listdir(folder or "."):
+            if name == prefix:
+                found.append((os.path.join(folder, name), None))
+            elif name.startswith(prefix + "."):
+                size = name[len(prefix) + 1 :]
+                if size.isascii() and size.isdigit():
+                    found.append((os.path.join(folder, name), int(size)))
+        # Only one is ever left by this version; the oldest first otherwise.
+        found.sort(key=lambda item: -1 if item[1] is None else item[1])
+        return found
 
     def _lock(self) -> None:
         while True:
@@ -99,6 +132,8 @@ class Claim:
 
     def _late(self) -> bytes:
         """Return what a logger appended to the renamed file after it was copied."""
+        if self.incoming is None:
+            return b""
         try:
             with open(self.incoming, "rb") as fh:
                 # Written by a logger that opened the file just before it was renamed.
@@ -118,8 +153,7 @@ class Claim:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if os.path.exists(self.incoming):
-            os.unlink(self.incoming)
+        self._drop_incoming()
         self._unlock(remove=True)
 
     def abandon(self) -> None:
@@ -128,9 +162,16 @@ class Claim:
         if late:
             _write_all(self.fd, late)
             os.fsync(self.fd)
-        if os.path.exists(self.incoming):
-            os.unlink(self.incoming)
+        self._drop_incoming()
         self._unlock(remove=False)
+
+    def _drop_incoming(self) -> None:
+        if self.incoming is not None:
+            try:
+                os.unlink(self.incoming)
+            except FileNotFoundError:
+                pass
+            self.incoming = None
 
     def _unlock(self, *, remove: bool) -> None:
         if remove:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from async_session_logger import (
     AsyncSessionLogger,
     ReaderWarning,
     ReplayReport,
+    _replay_claim,
     read_dead_letters,
     replay_dead_letters,
 )
@@ -231,6 +235,81 @@ def test_an_interrupted_replay_is_taken_up_by_the_next_one(tmp_path: Path) -> No
     assert report.resumed and report.resent == 11 and report.ok
     assert not work.exists() and not dead.exists()
     assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0")) + b'{"seq":1}\n'
+
+
+# A replay that hangs in its sink, to be killed with SIGKILL while it sends.
+_STUCK_REPLAY = """
+import asyncio, sys
+from async_session_logger import replay_dead_letters
+from async_session_logger.sinks import Sink
+
+class Stuck(Sink):
+    default_name = "file"
+
+    async def write_batch(self, batch):
+        print("sending", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(replay_dead_letters(sys.argv[1], Stuck(), batch_size=2))
+"""
+
+
+def test_a_replay_killed_while_sending_is_resumed_without_repeating_letters(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL mid-send: the next replay sends each letter once, late appends included."""
+    dead = _make_dead_letters(tmp_path, sessions=1, entries=8)
+    late_line = _add_letter(tmp_path / "scratch.jsonl", "file", "x", {"seq": 100})
+    # A logger that opened the file just before the replay renamed it appends after the rename.
+    with open(dead, "ab") as early_writer:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _STUCK_REPLAY, str(dead)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"sending\n", child.stderr
+            early_writer.write(late_line)
+            early_writer.flush()
+            child.kill()
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert not dead.exists() and Path(f"{dead}.replaying").exists()
+    _add_letter(dead, "file", "x", {"seq": 101})  # a new letter before the next replay
+    out = tmp_path / "out.jsonl"
+    report = _replay(dead, FileSink(out))
+    assert report.resumed and report.ok and report.resent == 12
+    assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0")) + (
+        b'{"seq":100}\n{"seq":101}\n'
+    )
+    assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "reference.jsonl", "scratch.jsonl"]
+
+
+def test_a_replay_that_failed_mid_copy_is_resumed_without_repeating_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the file is copied aside: the next replay holds each letter once."""
+    dead = _make_dead_letters(tmp_path, sessions=1, entries=8)
+    real = _replay_claim._write_all
+
+    def disk_full(fd: int, data: bytes) -> None:
+        real(fd, data[: len(data) // 2])  # half of the file, cut mid-line
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_replay_claim, "_write_all", disk_full)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(OSError, match="No space left"):
+        _replay(dead, FileSink(out))
+    monkeypatch.setattr(_replay_claim, "_write_all", real)
+    assert not dead.exists() and Path(f"{dead}.replaying").stat().st_size > 0
+    report = _replay(dead, FileSink(out))
+    assert report.resumed and report.ok and (report.resent, report.invalid) == (10, 0)
+    assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0"))
+    assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "reference.jsonl"]
 
 
 def test_missing_file_and_keep(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ class Store:
         self.pending_bytes = 0
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._failing = False
+        # Files whose last line we left half-written (the disk refused the rest and it could
+        # not be cut off): the rest is pending, and completes it.
+        self._torn: set[str] = set()
 
     def path_for(self, session_id: str, entry: dict[str, Any]) -> str:
         """Return the file for an entry (its session's, or its UTC day's)."""
@@ -71,14 +74,26 @@ class Store:
             self._failing = False
 
     def _write(self, path: str, data: bytes) -> int:
-        done, error = write_all(self._fd(path), data)
-        if error is not None:
-            # The rest of a half-written line completes it on the next attempt: only this
-            # collector writes to its files.
-            self.pending[path] = [data[done:]]
-            self.pending_bytes -= done
-            raise error
-        return done
+        fd = self._fd(path)
+        done, error = write_all(fd, data)
+        if error is None:
+            self._torn.discard(path)
+            return done
+        # The disk refused the rest, maybe mid-line. Only this collector writes to its files:
+        # cut a half-written line off again, so the file holds whole lines only (whatever
+        # happens next: a reopen, a stop) and what is kept for later starts at a line.
+        kept = data.rfind(b"\n", 0, done) + 1
+        if kept < done:
+            try:
+                os.ftruncate(fd, os.fstat(fd).st_size - (done - kept))
+            except OSError:
+                # Then the rest completes the line on the next attempt, which must not end
+                # the torn line first.
+                kept = done
+                self._torn.add(path)
+        self.pending[path] = [data[kept:]]
+        self.pending_bytes -= kept
+        raise error
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
@@ -86,10 +101,14 @@ class Store:
             self._fds.move_to_end(path)
             return fd
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # A torn last line (a collector killed mid-write): end it, so ours stays whole.
-            os.write(fd, b"\n")
+        try:
+            size = os.fstat(fd).st_size
+            if size and path not in self._torn and os.pread(fd, 1, size - 1) != b"\n":
+                # A torn last line (a collector killed mid-write): end it, so ours stays whole.
+                os.write(fd, b"\n")
+        except OSError:
+            os.close(fd)
+            raise
         self._fds[path] = fd
         if len(self._fds) > _MAX_OPEN:
             self._close(next(iter(self._fds)))
@@ -105,8 +124,8 @@ class Store:
         for path in list(self._fds):
             self._close(path)
 
-    def seqs(self, path: str) -> Iterator[tuple[str, int]]:
-        """Yield ``(session_id, seq)`` of every entry already in ``path`` (none if absent)."""
+    def seen(self, path: str) -> Iterator[tuple[str, int, object, object]]:
+        """Yield ``(session_id, seq, event, timestamp)`` of every entry already in ``path``."""
         if not os.path.exists(path):
             return
         with open(path, "rb") as fh:
@@ -118,4 +137,4 @@ class Store:
                 if isinstance(entry, dict):
                     sid, seq = entry.get("session_id"), entry.get("seq")
                     if isinstance(sid, str) and isinstance(seq, int):
-                        yield sid, seq
+                        yield sid, seq, entry.get("event"), entry.get("timestamp")

@@ -4,7 +4,8 @@ The subscriber uses QoS 1 and a persistent session (``clean_session=False`` unde
 id), so the broker queues messages while the collector is away or reconnecting. It reconnects
 with backoff using a fresh client per attempt and subscribes again every time (a broker restarted
 without persistence forgot the subscription). Entries are deduplicated on ``(session_id, seq)``
-(publishers re-send after reconnects: at-least-once), see :mod:`._dedup` for the memory bound.
+within each run of a session id (publishers re-send after reconnects: at-least-once; an id may be
+used again after its session closed), see :mod:`._dedup` for the rule and the memory bound.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,7 +27,7 @@ import orjson
 from .._errors import InvalidSessionIdError
 from .._validate import check_session_id
 from ._common import CliError, note, warn
-from ._dedup import SeqRanges, Tracker
+from ._dedup import Seen, Tracker
 from ._input import check_entry
 from ._mqtt import add_auth_options, password, tls_context
 from ._render import plural
@@ -288,25 +290,25 @@ class Collector:
             if self.args.per == "day" and path not in self.scanned:
                 self.scanned.add(path)
                 self.store.flush()
-                self.tracker.preload(self.store.seqs(path), now)
+                self.tracker.preload(self.store.seen(path), now)
             if self.tracker.is_new(session_id, entry["seq"], entry, now):
                 self.store.add(path, line)
                 self.counts["written"] += 1
             else:
                 self.counts["duplicates"] += 1
 
-    def _load(self, session_id: str, entry: dict[str, Any]) -> SeqRanges | None:
-        """Rebuild a session's seqs from its file when it is not in memory (per-session files)."""
+    def _load(self, session_id: str, entry: dict[str, Any]) -> Iterator[Seen] | None:
+        """Read a session's entries back from its file when it is not in memory (per-session
+        files): the tracker rebuilds its runs and their seqs from them."""
         if self.args.per != "session":
             return None
         self.store.flush()
         path = self.store.path_for(session_id, entry)
-        found: SeqRanges | None = None
-        for sid, seq in self.store.seqs(path):
-            if sid == session_id:
-                found = found or SeqRanges()
-                found.add(seq, self.tracker.max_ranges)
-        return found
+        return (
+            (seq, event, timestamp)
+            for sid, seq, event, timestamp in self.store.seen(path)
+            if sid == session_id
+        )
 
     def _reject(self, topic: str, why: str) -> None:
         self.counts["rejected"] += 1

@@ -253,3 +253,53 @@ def test_tls_and_password_from_the_environment_and_refusals(tmp_path: Path) -> N
         )
         no_password = run_cli(*base[:-4], "--client-id", "x")
         assert no_password.returncode == 1 and "--password-env VAR" in no_password.stderr
+
+
+def test_a_reused_session_id_keeps_every_run_across_a_restart(tmp_path: Path) -> None:
+    """An id used again after its close restarts at seq 0: each run is written, once, and a
+    restarted collector rebuilds the runs from the file and still drops re-sent copies."""
+    out = tmp_path / "runs"
+    with Broker(workdir=tmp_path / "broker") as broker:
+        args = ["collect", "--host", "127.0.0.1", "--port", str(broker.port), "--out", str(out),
+                "--client-id", "collector-reuse"]  # fmt: skip
+        err = tmp_path / "collect.err"
+
+        def publish_runs(runs: range) -> None:
+            sink = MqttSink("127.0.0.1", broker.port, qos=1)
+            with SessionLogger(sinks=[sink], dead_letter_path=None) as logger:
+                for run in runs:
+                    logger.start_session("job", metadata={"run": run})
+                    logger.log_entry("job", f"run {run}")
+                    logger.close_session("job")
+                assert logger.save_logs(timeout=20).ok
+
+        for runs, total in ((range(2), 6), (range(2, 3), 9)):
+            proc = start_cli(*args, out=tmp_path / "collect.out", err=err)
+            try:
+                wait_until(lambda: b"subscribed" in err.read_bytes(), 15, "subscription")
+                if runs.start:
+                    # Re-sent copies (a publisher's replay window) of both earlier runs' entries.
+                    for line in (out / "job.jsonl").read_bytes().splitlines()[1::2]:
+                        mosquitto_pub(broker.port, "logs/job", line)
+                publish_runs(runs)
+                wait_until(lambda n=total: len(_collected(out)) >= n, 15, f"{total} entries")
+                time.sleep(0.4)  # a late duplicate would land now
+                assert _stop(proc) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        summary = err.read_text().splitlines()[-1]
+        assert "stopped: 3 entries written" in summary and "3 duplicates dropped" in summary
+    collected = [json.loads(line) for line in _collected(out)]
+    assert [(e["seq"], e["message"]) for e in collected] == [
+        (seq, message)
+        for run in range(3)
+        for seq, message in ((0, "Session started"), (1, f"run {run}"), (2, "Session closed"))
+    ]
+    listed = run_cli("sessions", "--json", out / "job.jsonl")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["status"], r["entries"], r["duplicates"], r["metadata"]) for r in rows] == [
+        ("closed", 1, 0, {"run": run}) for run in range(3)
+    ]
