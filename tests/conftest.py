@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,26 @@ async def make_logger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield factory
     for face in factory.built:
         await face.close()
+
+
+MountFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[MountFactory]:
+    """Mount real tmpfs filesystems of a given size (we are root); unmounted at teardown."""
+    mounts: list[Path] = []
+
+    def mount(name: str = "disk", size: str = "256k") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True
+        )
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounts):
+        # chattr +i files would survive a plain rm; a lazy unmount drops the whole filesystem.
+        subprocess.run(["umount", "-l", str(point)], check=False)

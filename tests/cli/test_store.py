@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,7 @@ from async_session_logger._oswrite import write_all
 from async_session_logger.cli import _store
 from async_session_logger.cli._store import Store
 
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """Mount a real 64 KiB tmpfs (needs root, as CI and the dev machines are)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+from ..conftest import MountFactory
 
 
 def _line(seq: int) -> bytes:
@@ -53,9 +41,10 @@ def _whole_lines(path: Path) -> list[int]:
 
 
 def test_a_disk_full_mid_line_keeps_the_file_whole_and_writes_the_rest_later(
-    small_disk: Path, capsys: pytest.CaptureFixture[str]
+    tmpfs: MountFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real tmpfs fills up mid-line: no torn line, and every entry once when it frees."""
+    small_disk = tmpfs(size="64k")
     store = Store(str(small_disk), "session")
     path = store.path_for("a", {})
     for seq in range(3):

@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,27 +17,9 @@ import pytest
 
 from async_session_logger import DeliveryReport, SinkStats, read_dead_letters
 
-MountFactory = Callable[..., Path]
+from ..conftest import MountFactory
 
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[MountFactory]:
-    """Mount real tmpfs filesystems of a given size (we are root); unmounted at teardown."""
-    mounts: list[Path] = []
-
-    def mount(name: str = "disk", size: str = "256k") -> Path:
-        point = tmp_path / name
-        point.mkdir()
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True
-        )
-        mounts.append(point)
-        return point
-
-    yield mount
-    for point in reversed(mounts):
-        # chattr +i files would survive a plain rm; a lazy unmount drops the whole filesystem.
-        subprocess.run(["umount", "-l", str(point)], check=False)
+__all__ = ["MountFactory"]  # re-exported for the fault tests; the tmpfs fixture is in ../conftest
 
 
 def chattr(flag: str, path: Path) -> None:

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from async_session_logger import ConfigurationError, SessionLogger, read_dead_letters
 from async_session_logger.sinks import FileSink
 
-from ..conftest import read_lines
+from ..conftest import MountFactory, read_lines
 
 
 def test_default_path_is_daily_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,20 +93,9 @@ def test_write_errors_are_dead_lettered_not_raised(tmp_path: Path) -> None:
     assert "No space left" in str(errors[0].__cause__)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """Mount a real 256 KiB tmpfs (needs root, as CI and the dev machines are)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_disk_full_then_freed_accounts_for_every_entry(tmp_path: Path, small_disk: Path) -> None:
+def test_disk_full_then_freed_accounts_for_every_entry(tmp_path: Path, tmpfs: MountFactory) -> None:
     """A disk filling up mid-run: each entry is a whole line in the file or a dead letter."""
+    small_disk = tmpfs(size="256k")
     ballast = small_disk / "ballast"
     ballast.write_bytes(b"\0" * 150_000)
     path = small_disk / "log.jsonl"
