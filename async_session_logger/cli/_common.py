@@ -36,6 +36,17 @@ class CliError(Exception):
         self.code = code
 
 
+def open_error(path: str, exc: OSError) -> CliError:
+    """Return the one-line error for a log file that could not be opened."""
+    if isinstance(exc, FileNotFoundError):
+        return CliError(f"{path}: no such file")
+    if isinstance(exc, IsADirectoryError):
+        return CliError(f"{path}: is a directory, not a log file")
+    if isinstance(exc, PermissionError):
+        return CliError(f"{path}: permission denied")
+    return CliError(f"{path}: cannot open: {exc.strerror or exc}")
+
+
 def warn(message: str) -> None:
     """Print a warning line on stderr."""
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)

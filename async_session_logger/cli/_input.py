@@ -11,7 +11,7 @@ from typing import TextIO
 # exactly as read_sessions() does.
 from .._reader import ReaderWarning, Session, _Builder, read_entries
 from .._reader import _problem as check_entry
-from ._common import CliError, error, warn
+from ._common import CliError, error, open_error, warn
 
 __all__ = ["Loaded", "check_entry", "load_sessions"]
 
@@ -119,11 +119,5 @@ def _check_readable(path: str) -> None:
     try:
         with open(path, "rb"):
             pass
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a directory, not a log file") from None
-    except PermissionError:
-        raise CliError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise CliError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        raise open_error(path, exc) from None

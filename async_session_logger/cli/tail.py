@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import orjson
 
-from ._common import CliError, parse_level, warn
+from ._common import CliError, open_error, parse_level, warn
 from ._input import check_entry
 from ._render import Style, choose_colour, entry_lines
 from .show import add_colour_option
@@ -200,12 +200,8 @@ def run(args: argparse.Namespace) -> int:
     follower = Follower(args.path)
     try:
         follower.open()
-    except FileNotFoundError:
-        raise CliError(f"{args.path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{args.path}: is a directory, not a log file") from None
     except OSError as exc:
-        raise CliError(f"{args.path}: cannot open: {exc.strerror or exc}") from None
+        raise open_error(args.path, exc) from None
     signal.signal(signal.SIGTERM, _interrupt)
     tail = _Tail(follower, printer, args.interval)
     try:
