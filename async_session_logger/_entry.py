@@ -24,6 +24,7 @@ __all__ = [
     "Masker",
     "Record",
     "format_timestamp",
+    "schema_problem",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -149,6 +150,25 @@ class Masker:
         return value
 
 
+def schema_problem(entry: dict[str, Any]) -> str | None:
+    """Return why ``entry`` lacks what a reader needs to place it in a session, or None.
+
+    The keys ``read_entries`` requires: a str ``session_id``, a non-negative int ``seq`` and a
+    str ``event``.
+    """
+    missing = [key for key in ("session_id", "seq", "event") if key not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(entry["session_id"], str):
+        return "has a session_id that is not a string"
+    seq = entry["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:  # bool: no sequence number
+        return "has a seq that is not a non-negative integer"
+    if not isinstance(entry["event"], str):
+        return "has an event that is not a string"
+    return None
+
+
 class EntryBuilder:
     """Turn records into schema-v1 dicts and JSON lines: the writer's I/O-free half."""
 
@@ -219,6 +239,12 @@ class EntryBuilder:
             return entry
         if not isinstance(out, dict):
             entry["formatter_error"] = f"formatter returned {type(out).__name__}, expected dict"
+            return entry
+        problem = schema_problem(out)
+        if problem is not None:
+            # A line without these keys is refused by every reader: the entry would be
+            # "delivered" yet lost. Keep the unformatted entry, as for a formatter that raises.
+            entry["formatter_error"] = f"formatter output {problem}"
             return entry
         return out
 

@@ -9,13 +9,18 @@ import enum
 import json
 import math
 import uuid
-from pathlib import PurePosixPath
+import warnings
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from async_session_logger import SessionLogger, read_sessions
 from async_session_logger._encode import describe, encode_entry, sanitize
+from async_session_logger._entry import schema_problem
+
+from .cli.helpers import run_cli
 
 json_values = st.recursive(
     st.none()
@@ -149,3 +154,60 @@ def test_dataclass_in_the_fallback_is_an_object_too() -> None:
     """A dataclass is written as an object of its fields on the fallback path too."""
     decoded = json.loads(encode_entry({"p": _Point(1, {"a"}), "s": "\ud800"}))
     assert decoded["p"] == {"x": 1, "tags": ["a"]}
+
+
+def _drop_schema_keys(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the entry reshaped by a careless formatter: schema keys gone or retyped."""
+    seq = entry["seq"]
+    if seq % 4 == 1:
+        return {"msg": entry["message"]}  # keeps nothing a reader needs
+    if seq % 4 == 2:
+        return {**entry, "seq": str(seq)}
+    if seq % 4 == 3:
+        return {k: v for k, v in entry.items() if k not in ("timestamp", "level")}  # allowed
+    return {**entry, "event": None}
+
+
+def test_a_formatter_that_drops_schema_keys_is_treated_as_failing(tmp_path: Path) -> None:
+    """Output without a str session_id, an int seq or a str event: the entry is written
+    unformatted with formatter_error, so read_sessions and the CLI still read every line."""
+    path = tmp_path / "log.jsonl"
+    with SessionLogger(
+        method="file", path=path, custom_formatter=_drop_schema_keys, dead_letter_path=None
+    ) as logger:
+        logger.start_session("f")
+        for i in range(10):
+            logger.log_entry("f", f"m{i}")
+        logger.close_session("f")
+        assert logger.save_logs().ok
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no line may be skipped as corrupt
+        (session,) = read_sessions(path, strict=True)
+    assert session.status == "closed" and session.missing_seqs == []
+    entries = [session.start, *session.entries, session.close]
+    assert [e["seq"] for e in entries if e is not None] == list(range(12))
+    for entry in entries:
+        assert entry is not None
+        if entry["seq"] % 4 == 3:  # the formatter's output, kept: it still has the schema keys
+            assert "formatter_error" not in entry and "timestamp" not in entry
+        else:
+            assert entry["formatter_error"].startswith("formatter output ")
+            assert entry["timestamp"] and entry["session_id"] == "f"
+    done = run_cli("sessions", path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "f" in done.stdout
+
+
+def test_schema_problem_names_what_is_missing() -> None:
+    """schema_problem says which reader-required key is missing or of the wrong type."""
+    assert schema_problem({"session_id": "s", "seq": 0, "event": "log"}) is None
+    assert schema_problem({}) == "lacks session_id, seq, event"
+    assert schema_problem({"session_id": 1, "seq": 0, "event": "log"}) == (
+        "has a session_id that is not a string"
+    )
+    assert schema_problem({"session_id": "s", "seq": True, "event": "log"}) == (
+        "has a seq that is not a non-negative integer"
+    )
+    assert schema_problem({"session_id": "s", "seq": 0, "event": 3}) == (
+        "has an event that is not a string"
+    )
