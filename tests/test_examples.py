@@ -13,8 +13,8 @@ from typing import Any
 
 ROOT = Path(__file__).parents[1]
 EXAMPLES = ROOT / "examples"
-# The user's original document: CI checks out ../shared beside the clone.
-SEED_README = ROOT.parent / "shared" / "seed" / "README.md"
+# The user's original document, kept in the repository so that a clean clone tests itself.
+SEED_README = Path(__file__).parent / "data" / "seed_README.md"
 SEED_IMPORT = "from session_logger import SessionLogger"
 OUR_IMPORT = "from async_session_logger import SessionLogger"
 LOG_NAME = re.compile(r"log_(\d{4}-\d{2}-\d{2})\.jsonl")
@@ -44,10 +44,6 @@ def run_example(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def seed_snippets() -> dict[str, str]:
     """Return the ```python blocks of the seed README by the heading they follow."""
-    assert SEED_README.is_file(), (
-        f"the seed README is missing at {SEED_README}: these tests need the ../shared checkout "
-        "beside the repository"
-    )
     snippets: dict[str, str] = {}
     heading = ""
     block: list[str] | None = None
@@ -224,3 +220,15 @@ def test_every_seed_readme_snippet_runs(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     check_standard_output(result.stdout)
     assert list(stdout_dir.iterdir()) == []
+
+
+def test_the_suite_reads_nothing_beside_the_repository() -> None:
+    """No test reaches outside the clone (a sibling ``shared`` checkout a user does not have)."""
+    outside = re.compile(r"\.\./shared|parents?(\[\d\])?\s*/\s*[\"']shared[\"']")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if outside.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+    assert SEED_README.is_relative_to(ROOT) and SEED_README.is_file()
