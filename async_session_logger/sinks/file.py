@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidSessionIdError
+from .._validate import check_session_id
 from . import _flock, _rotation
 from ._base import Batch, PartialWriteError, Sink
 from ._file_upkeep import (
@@ -32,6 +34,7 @@ DEFAULT_PATH: Final = "log_{date}.jsonl"
 _CHUNK: Final = 256 * 1024
 
 WriteMode = Literal["auto", "direct", "thread"]
+_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}\Z", re.ASCII)
 
 
 class FileSink(Sink):
@@ -129,12 +132,31 @@ class FileSink(Sink):
         self._per_session = "{session_id}" in self.path
 
     def path_for(self, entry: dict[str, Any]) -> str:
-        """Return the file an entry goes to."""
+        """Return the file an entry goes to.
+
+        Raises:
+            InvalidSessionIdError: the path holds ``{session_id}`` and the entry's id (as a
+                formatter or a dead letter left it) is not a safe file name: ``..``, ``/``...
+        """
         if not (self._per_date or self._per_session):
             return self.path
+        # The entry as formatted: a formatter may have rewritten both keys, so neither is
+        # trusted to stay inside the directory.
         stamp = entry.get("timestamp")
-        date = stamp[:10] if isinstance(stamp, str) else time.strftime("%Y-%m-%d", time.gmtime())
-        return self.path.format(date=date, session_id=entry.get("session_id", "_unknown"))
+        date = stamp[:10] if isinstance(stamp, str) else ""
+        if not _DATE.match(date):
+            date = time.strftime("%Y-%m-%d", time.gmtime())
+        session_id = entry.get("session_id", "_unknown")
+        if self._per_session:
+            try:
+                check_session_id(session_id)
+            except InvalidSessionIdError as exc:
+                raise InvalidSessionIdError(
+                    f"sink {self.name!r} will not put this entry in a file named after its "
+                    f"session id: {exc}",
+                    session_id=exc.session_id,
+                ) from exc
+        return self.path.format(date=date, session_id=session_id)
 
     @staticmethod
     def rotated_files(path: str | os.PathLike[str]) -> list[str]:
@@ -158,12 +180,19 @@ class FileSink(Sink):
             await self._write(self.path, batch)
             return
         groups: dict[str, list[int]] = {}
-        for i, entry in enumerate(batch.entries):
-            groups.setdefault(self.path_for(entry), []).append(i)
         failed: list[int] = []
         first_error: BaseException | None = None
+        for i, entry in enumerate(batch.entries):
+            try:
+                path = self.path_for(entry)
+            except InvalidSessionIdError as exc:
+                # Only this entry fails (the lane dead-letters it); the rest is written.
+                failed.append(i)
+                first_error = first_error or exc
+                continue
+            groups.setdefault(path, []).append(i)
         for path, indices in groups.items():
-            part = batch if len(groups) == 1 else batch.select(indices)
+            part = batch if len(groups) == 1 and not failed else batch.select(indices)
             try:
                 await self._write(path, part)
             except PartialWriteError as exc:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,43 @@ def test_four_processes_append_to_one_file(tmp_path: Path) -> None:
     for n in range(4):
         seqs = [e["seq"] for e in lines if e["session_id"] == f"proc-{n}"]
         assert seqs == list(range(50_002))
+
+
+def _escape(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the entry with a path-breaking id for session "evil", a bad stamp for "stamp"."""
+    if entry["session_id"] == "evil":
+        return {**entry, "session_id": "../../outside"}
+    if entry["session_id"] == "stamp":
+        return {**entry, "timestamp": "../../../x/"}
+    return entry
+
+
+def test_ids_a_formatter_rewrote_never_leave_the_directory(tmp_path: Path) -> None:
+    """{session_id} and {date} filled from a formatted entry: an unsafe id fails just its
+    entries (dead-lettered, reported), a timestamp that is no date falls back to today."""
+    logs = tmp_path / "a" / "b" / "logs"
+    dead = tmp_path / "dead.jsonl"
+    errors: list[Exception] = []
+    with SessionLogger(
+        sinks=[FileSink(logs / "{date}" / "{session_id}.jsonl", retries=0)],
+        custom_formatter=_escape,
+        dead_letter_path=dead,
+        on_error=errors.append,
+    ) as logger:
+        for sid in ("good", "evil", "stamp"):
+            logger.start_session(sid)
+            logger.log_entry(sid, "hello")
+            logger.close_session(sid)
+        report = logger.save_logs()
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        f"a/b/logs/{today}/good.jsonl",
+        f"a/b/logs/{today}/stamp.jsonl",
+        "dead.jsonl",
+    ]
+    assert [e["seq"] for e in read_lines(logs / today / "stamp.jsonl")] == [0, 1, 2]
+    assert (report["file"].delivered, report["file"].dead_lettered) == (6, 3)
+    letters = list(read_dead_letters(dead))
+    assert [d["entry"]["session_id"] for d in letters] == ["../../outside"] * 3
+    assert all("InvalidSessionIdError" in d["reason"] and "'/'" in d["reason"] for d in letters)
+    assert errors and "InvalidSessionIdError" in repr(errors[0].__cause__)
