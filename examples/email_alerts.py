@@ -7,6 +7,9 @@ promptly (rate-limited), and each failed session gets one digest with its JSON L
     python examples/email_alerts.py --demo      # runs a local SMTP server and prints what it gets
     python examples/email_alerts.py --host smtp.example.com --port 587 --starttls \\
         --user me --password-env SMTP_PASSWORD --sender logger@example.com --to ops@example.com
+
+Needs the ``[smtp]`` extra (aiosmtplib); ``--demo`` also needs aiosmtpd. From a checkout,
+``pip install -e '.[examples]'`` installs both.
 """
 
 import argparse
@@ -54,7 +57,12 @@ class PrintMail:
 
 controller = None
 if args.demo:
-    from aiosmtpd.controller import Controller  # the [test] extra; only the demo needs it
+    try:
+        from aiosmtpd.controller import Controller  # only the demo needs a server
+    except ImportError as exc:
+        raise SystemExit(
+            f"--demo needs aiosmtpd ({exc}): pip install -e '.[examples]' in a checkout"
+        ) from exc
 
     with socket.socket() as probe:  # aiosmtpd 1.4 cannot listen on port 0: pick a free port
         probe.bind(("127.0.0.1", 0))

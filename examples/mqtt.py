@@ -7,6 +7,9 @@ Run a broker (``mosquitto -p 1883``), a consumer (``python examples/mqtt_subscri
 Each entry is published as JSON on ``logs/<session_id>`` at QoS 1; the session's status
 (``open``, then ``closed``) is retained on ``logs/<session_id>/status`` for consumers that connect
 later. If the broker is down, entries wait in a bounded buffer and are sent when it is back.
+
+Needs the ``[mqtt]`` extra (aiomqtt): ``pip install -e '.[mqtt]'`` (or ``'.[examples]'``) in a
+checkout.
 """
 
 import argparse

@@ -4,13 +4,21 @@ Delivery is at-least-once (a batch in flight when the connection drops is sent a
 consumer keeps the ``(session_id, seq)`` pairs it has seen and drops repeats.
 
     python examples/mqtt_subscriber.py --host 127.0.0.1 --port 1883 [--exit-after-close N]
+
+Needs aiomqtt, the ``[mqtt]`` extra: ``pip install -e '.[mqtt]'`` (or ``'.[examples]'``) in a
+checkout.
 """
 
 import argparse
 import asyncio
 import json
 
-import aiomqtt
+try:
+    import aiomqtt
+except ImportError as exc:
+    raise SystemExit(
+        f"examples/mqtt_subscriber.py needs aiomqtt ({exc}): pip install -e '.[mqtt]' in a checkout"
+    ) from exc
 
 
 async def consume(host: str, port: int, topic: str, exit_after_close: int | None) -> None:

@@ -11,6 +11,8 @@ or ``curl -i localhost:8080/fail``. Sessions go to ``$WEB_APP_LOG``
 (default ``web_app_sessions.jsonl``). Ctrl+C or SIGTERM stops the server cleanly: it stops
 accepting connections, lets the requests in flight finish (try ``/slow?ms=3000``), then closes
 the logger, which writes every entry still queued.
+
+Needs aiohttp, the ``[examples]`` extra: ``pip install -e '.[examples]'`` in a checkout.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ImportError as exc:
+    raise SystemExit(
+        f"examples/web_app.py needs aiohttp ({exc}): pip install -e '.[examples]' in a checkout"
+    ) from exc
 
 from async_session_logger import AsyncSessionHandle, AsyncSessionLogger
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).parents[1]
 EXAMPLES = ROOT / "examples"
@@ -232,3 +236,75 @@ def test_the_suite_reads_nothing_beside_the_repository() -> None:
     ]
     assert offenders == []
     assert SEED_README.is_relative_to(ROOT) and SEED_README.is_file()
+
+
+# What an example may need beyond the runtime dependencies: the module it imports, or the
+# client library of a sink it uses through method="...".
+SINK_CLIENTS = {"mqtt": "aiomqtt", "smtp": "aiosmtplib"}
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
+
+
+def extras() -> dict[str, set[str]]:
+    """Return pyproject's optional dependencies as {extra: {distribution name, ...}}."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    name = re.compile(r"[A-Za-z0-9_.-]+")
+
+    def names(requirements: list[str]) -> set[str]:
+        found = (name.match(r) for r in requirements)
+        return {m.group(0).lower() for m in found if m}
+
+    table = {extra: names(reqs) for extra, reqs in project["optional-dependencies"].items()}
+    table[""] = names(project["dependencies"])
+    return table
+
+
+def third_party_needs(source: str) -> set[str]:
+    """Return the third-party modules a script imports (anywhere) or needs through a sink."""
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.partition(".")[0])
+    for method, client in SINK_CLIENTS.items():
+        if re.search(rf"""method=[^\n]*["']{method}["']""", source):
+            modules.add(client)
+    return {m for m in modules if m not in sys.stdlib_module_names} - {"async_session_logger"}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_example_names_the_extras_it_needs(example: Path) -> None:
+    """The extras an example's docstring names install every third-party module it needs,
+    and the [examples] extra installs what all of them need."""
+    source = example.read_text(encoding="utf-8")
+    table = extras()
+    needs = third_party_needs(source) - table[""]
+    assert needs <= table["examples"], f"[examples] lacks {needs - table['examples']}"
+    docstring = ast.get_docstring(ast.parse(source)) or ""
+    named = {e for group in re.findall(r"\[([a-z,]+)\]", docstring) for e in group.split(",")}
+    provided = set().union(*(table.get(extra, set()) for extra in named))
+    assert needs <= provided, f"{example.name} needs {needs}, its docstring names {named}"
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "module"),
+    [
+        ("web_app.py", [], "aiohttp"),
+        ("email_alerts.py", ["--demo"], "aiosmtpd"),
+        ("mqtt_subscriber.py", [], "aiomqtt"),
+    ],
+)
+def test_example_without_its_extra_says_how_to_install_it(
+    tmp_path: Path, name: str, args: list[str], module: str
+) -> None:
+    """With the module made unimportable, the example exits 1 with the pip command to run
+    (from a checkout), not a traceback."""
+    script = str(EXAMPLES / name)
+    hide = (
+        f"import runpy, sys; sys.modules[{module!r}] = None; sys.argv = {[script, *args]!r}; "
+        f"runpy.run_path({script!r}, run_name='__main__')"
+    )
+    result = run_python(["-c", hide], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"needs {module}" in result.stderr and "pip install -e '.[" in result.stderr
