@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import collect, replay, sessions, show, tail
-from ._common import PROG, CliError
+from ._common import PROG, CliError, say
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except CliError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        say(f"error: {exc}")
         return exc.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ from typing import Final
 
 from .._errors import InvalidLevelError
 from .._validate import resolve_level
+from ._render import escape
 
 __all__ = [
     "PROG",
@@ -18,6 +19,7 @@ __all__ = [
     "parse_level",
     "parse_meta",
     "parse_when",
+    "say",
     "warn",
 ]
 
@@ -49,17 +51,22 @@ def open_error(path: str, exc: OSError) -> CliError:
 
 def warn(message: str) -> None:
     """Print a warning line on stderr."""
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    say(f"warning: {message}")
 
 
 def error(message: str) -> None:
     """Print an error line on stderr for a problem that does not stop the command at once."""
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    say(f"error: {message}")
 
 
 def note(message: str) -> None:
     """Print an informational line on stderr (stdout carries only the command's output)."""
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    say(message)
+
+
+def say(message: str) -> None:
+    """Print one line on stderr, escaped: messages quote ids, topics and paths from logs."""
+    print(f"{PROG}: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def parse_level(text: str) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from .._reader import _parse_timestamp
+from .._reader import parse_timestamp
 
 __all__ = ["Runs", "Seen", "SeqRanges", "Tracker"]
 
@@ -130,7 +130,7 @@ class Runs:
         self, seq: int, event: object, timestamp: object, max_ranges: int, max_runs: int
     ) -> bool:
         """Record an entry in its run; return False if it was seen already."""
-        stamp = _parse_timestamp(timestamp)
+        stamp = parse_timestamp(timestamp)
         run = self._run_of(seq, event, stamp, max_runs)
         if run.start is None and stamp is not None:
             run.earliest = stamp if run.earliest is None else min(run.earliest, stamp)

@@ -1,30 +1,19 @@
-"""Read log files for the commands: sessions rebuilt, bad lines and bad files reported plainly."""
+"""Stream log files to the commands: entries one at a time, bad lines and files reported plainly."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
-# The reader's session builder and entry check, shared so that the commands group and reject
-# exactly as read_sessions() does.
-from .._reader import ReaderWarning, Session, _Builder, read_entries
-from .._reader import _problem as check_entry
+from .._reader import ReaderWarning, read_entries
 from ._common import CliError, error, open_error, warn
 
-__all__ = ["Loaded", "check_entry", "load_sessions"]
+__all__ = ["read_logs"]
 
 # Corrupt lines shown per file; the rest are counted in one line.
 WARN_LIMIT = 20
-
-
-class Loaded:
-    """Sessions read from files, and how many files were not session logs."""
-
-    def __init__(self, sessions: list[Session], bad_files: int) -> None:
-        self.sessions = sessions
-        self.bad_files = bad_files
 
 
 class _FileWarnings:
@@ -86,15 +75,20 @@ def _routed(state: list[_FileWarnings]) -> Iterator[None]:
         yield
 
 
-def load_sessions(paths: Sequence[str]) -> Loaded:
-    """Read every file and group entries into sessions, as :func:`read_sessions` does.
+def read_logs(paths: Sequence[str], take: Callable[[dict[str, Any]], None]) -> int:
+    """Pass every valid entry of the files to ``take``, in file order, holding none of them.
+
+    Entries are read as :func:`read_entries` reads them (the same checks), one line at a
+    time: what the command keeps of them is all the memory it needs.
+
+    Returns:
+        How many files were no session log (each reported on stderr).
 
     Raises:
         CliError: A file is missing, a directory, or cannot be read (checked before output).
     """
     for path in paths:
         _check_readable(path)
-    builder = _Builder()
     bad = 0
     state: list[_FileWarnings] = []
     with _routed(state):
@@ -105,14 +99,14 @@ def load_sessions(paths: Sequence[str]) -> Loaded:
                 for entry in read_entries(path):
                     if not current.proven:
                         current.prove()
-                    builder.add(entry)
+                    take(entry)
             except OSError as exc:
                 raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from exc
             problem = current.finish()
             if problem is not None:
                 error(problem)
                 bad += 1
-    return Loaded(builder.finish(), bad)
+    return bad
 
 
 def _check_readable(path: str) -> None:

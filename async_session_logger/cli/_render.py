@@ -15,11 +15,13 @@ from .._validate import level_name
 __all__ = [
     "Style",
     "choose_colour",
-    "clean",
     "entry_lines",
+    "escape",
     "format_duration",
     "format_time",
     "format_value",
+    "is_safe",
+    "json_text",
     "plural",
     "table",
 ]
@@ -47,9 +49,18 @@ _RESET: Final = "\x1b[0m"
 _LEVEL_COLOURS: Final = ((50, "\x1b[1;31m"), (40, "\x1b[31m"), (30, "\x1b[33m"), (20, ""))
 _DIM: Final = "\x1b[2m"
 _BOLD: Final = "\x1b[1m"
-# Terminal control characters (ESC above all) in logged text must never reach the terminal
-# raw: a hostile log line could otherwise rewrite the screen. Tabs and newlines are handled.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What a log must never send to a terminal raw (collect stores publishers' lines byte for byte):
+# C0 controls (ESC starts escape sequences; CR, BS and LF overwrite or forge lines; BEL rings),
+# DEL, C1 controls (U+009B is a one-character CSI on some terminals), the Unicode line and
+# paragraph separators, and the bidi embeddings, overrides and isolates that reorder what is
+# shown ("Trojan Source").
+_BIDI_AND_SEPARATORS: Final = "\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE: Final = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+# Multi-line fields (messages, tracebacks) keep their line breaks: entry_lines indents them.
+_UNSAFE_BUT_LF: Final = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+# orjson escapes C0 itself; the rest can only stand inside JSON strings, where \uXXXX is valid.
+_UNSAFE_IN_JSON: Final = re.compile(f"[\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+_SHORT: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def choose_colour(mode: str, stream: TextIO) -> bool:
@@ -92,19 +103,48 @@ class Style:
         return f"{_BOLD}{text}{_RESET}" if self.colour else text
 
 
-def clean(text: str) -> str:
-    """Escape terminal control characters (``\\x1b`` becomes the four characters ``\\x1b``)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str, *, multiline: bool = False) -> str:
+    """Return text from a log safe for a terminal: controls and bidi overrides shown visibly.
+
+    ESC becomes the four characters ``\\x1b``, CR ``\\r``, U+202E ``\\u202e``, as in a Python
+    literal. Every CLI output path passes log values through here (``format_value``,
+    ``json_text`` and the stderr messages of ``_common`` included).
+
+    Args:
+        text: The value as read from the log.
+        multiline: Keep LF, for fields rendered as indented continuation lines.
+    """
+    return (_UNSAFE_BUT_LF if multiline else _UNSAFE).sub(_visible, text)
+
+
+def json_text(value: Any, option: int = 0) -> str:
+    """Return ``value`` as JSON whose text is terminal-safe: unsafe characters as ``\\uXXXX``.
+
+    The result is equivalent JSON: a reader gets the very same strings back.
+    """
+    text = orjson.dumps(value, option=option).decode()
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def is_safe(text: str) -> bool:
+    """Return whether ``text`` holds nothing :func:`escape` would change."""
+    return _UNSAFE.search(text) is None
 
 
 def format_value(value: Any) -> str:
-    """Render a field value: strings as they are, anything else as compact JSON."""
+    """Render a field value, escaped: strings as they are (lines kept), the rest as JSON."""
     if isinstance(value, str):
-        return clean(value)
+        return escape(value, multiline=True)
     try:
-        return clean(orjson.dumps(value).decode())
+        return escape(orjson.dumps(value).decode())
     except TypeError:
-        return clean(repr(value))
+        return escape(repr(value))
 
 
 def format_time(moment: datetime | None) -> str:
@@ -141,7 +181,7 @@ def _levelno(entry: dict[str, Any]) -> int:
 
 def _indented(name: str, value: Any, style: Style, indent: str = "    ") -> list[str]:
     text = format_value(value).split("\n")
-    first = f"{indent}{style.dim(clean(str(name)) + ':')} {text[0]}"
+    first = f"{indent}{style.dim(escape(str(name)) + ':')} {text[0]}"
     return [first, *(f"{indent}  {more}" for more in text[1:])]
 
 
@@ -155,11 +195,11 @@ def entry_lines(
     """Render one entry: a headline coloured by level, then its fields indented below."""
     levelno = _levelno(entry)
     level = entry.get("level")
-    level_text = level if isinstance(level, str) else level_name(levelno)
+    level_text = escape(level) if isinstance(level, str) else level_name(levelno)
     message = format_value(entry.get("message", ""))
     event = entry.get("event")
     if event == "session_close":
-        details = [str(entry.get("status", "closed"))]
+        details = [escape(str(entry.get("status", "closed")))]
         duration = entry.get("duration_s")
         if isinstance(duration, int | float) and not isinstance(duration, bool):
             details.append(format_duration(float(duration)))
@@ -167,12 +207,12 @@ def entry_lines(
             details.append(plural(entry["entries"], "entry", "entries"))
         message += f" ({', '.join(details)})"
     elif event == "gap":
-        message += f" ({entry.get('dropped', '?')} entries dropped)"
+        message += f" ({escape(str(entry.get('dropped', '?')))} entries dropped)"
     lines = message.split("\n")
-    session = f"{clean(str(entry.get('session_id')))}  " if with_session else ""
+    session = f"{escape(str(entry.get('session_id')))}  " if with_session else ""
+    seq = escape(str(entry.get("seq", "?")))
     head = (
-        f"{clean(str(entry.get('timestamp', '-')))}  {session}#{entry.get('seq', '?'):<4} "
-        f"{level_text:<8} {lines[0]}"
+        f"{escape(str(entry.get('timestamp', '-')))}  {session}#{seq:<4} {level_text:<8} {lines[0]}"
     )
     out = [style.level(levelno, head)]
     out += [style.level(levelno, f"    {more}") for more in lines[1:]]

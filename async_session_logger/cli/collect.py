@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._errors import InvalidSessionIdError
+from .._reader import entry_problem
 from .._validate import check_session_id
 from ._common import CliError, note, warn
 from ._dedup import Seen, Tracker
-from ._input import check_entry
 from ._mqtt import add_auth_options, password, tls_context
 from ._render import plural
 from ._store import MAX_UNWRITTEN, Store
@@ -273,7 +273,7 @@ class Collector:
             except orjson.JSONDecodeError:
                 self._reject(topic, "not valid JSON")
                 continue
-            problem = check_entry(entry)
+            problem = entry_problem(entry)
             if problem is not None:
                 if isinstance(entry, dict) and "seq" not in entry and "event" not in entry:
                     self.counts["other"] += 1  # presence and foreign messages

@@ -1,4 +1,8 @@
-"""``sessions PATH...``: one row per session, filtered by status, time and metadata."""
+"""``sessions PATH...``: one row per session, filtered by status, time and metadata.
+
+The files are streamed into one small summary per session (no entries kept): memory follows
+the number of sessions listed, not the size of the files.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from .._reader import Session, _parse_timestamp
+from .._reader import SessionSummary, SummaryBuilder
 from ._common import CliError, parse_meta, parse_when
-from ._input import load_sessions
-from ._render import clean, format_duration, format_time, table
+from ._input import read_logs
+from ._render import escape, format_duration, format_time, json_text, table
 
 __all__ = ["add_parser", "describe", "run"]
 
@@ -56,53 +60,48 @@ def run(args: argparse.Namespace) -> int:
     if since is not None and until is not None and since >= until:
         raise CliError("--since must be earlier than --until", 2)
     meta = parse_meta(args.meta)
-    loaded = load_sessions(args.paths)
+    builder = SummaryBuilder()
+    bad_files = read_logs(args.paths, builder.add)
     chosen = [
         s
-        for s in sorted(loaded.sessions, key=_start_key)
+        for s in sorted(builder.finish(), key=_start_key)
         if (not args.status or s.status in args.status)
         and _in_range(s, since, until)
         and all(_meta_matches(s.metadata, key, value) for key, value in meta)
     ]
     out = sys.stdout
     if args.json:
-        out.write(orjson.dumps([describe(s) for s in chosen], option=orjson.OPT_INDENT_2).decode())
+        out.write(json_text([describe(s) for s in chosen], orjson.OPT_INDENT_2))
         out.write("\n")
     elif chosen:
         rows = (
             [
-                clean(s.session_id),
+                escape(s.session_id),
                 format_time(started(s)),
                 format_duration(s.duration_s),
-                str(_log_entries(s)),
+                str(s.logged),
                 str(s.errors),
-                s.status,
+                escape(s.status),
             ]
             for s in chosen
         )
         headers = ["SESSION", "STARTED (UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS"]
         out.write("\n".join(table(headers, rows, numeric={2, 3, 4})) + "\n")
     out.flush()
-    return 1 if loaded.bad_files else 0
+    return 1 if bad_files else 0
 
 
-def started(session: Session) -> datetime | None:
+def started(session: SessionSummary) -> datetime | None:
     """Return the start time, or the first timestamp read when the start entry is missing."""
-    if session.started_at is not None:
-        return session.started_at
-    for entry in session.entries:
-        moment = _parse_timestamp(entry.get("timestamp"))
-        if moment is not None:
-            return moment
-    return session.closed_at
+    return session.started_at or session.first_stamp or session.closed_at
 
 
-def _start_key(session: Session) -> tuple[int, str]:
+def _start_key(session: SessionSummary) -> tuple[int, str]:
     moment = started(session)
     return (0, moment.isoformat()) if moment is not None else (1, "")
 
 
-def _in_range(session: Session, since: datetime | None, until: datetime | None) -> bool:
+def _in_range(session: SessionSummary, since: datetime | None, until: datetime | None) -> bool:
     if since is None and until is None:
         return True
     moment = started(session)
@@ -130,11 +129,7 @@ def _meta_matches(metadata: dict[str, Any], key: str, wanted: str) -> bool:
         return False
 
 
-def _log_entries(session: Session) -> int:
-    return sum(1 for e in session.entries if e.get("event") == "log")
-
-
-def describe(session: Session) -> dict[str, Any]:
+def describe(session: SessionSummary) -> dict[str, Any]:
     """Return the JSON summary of a session (``sessions --json``)."""
     moment = started(session)
     return {
@@ -145,9 +140,9 @@ def describe(session: Session) -> dict[str, Any]:
         if session.closed_at
         else None,
         "duration_s": session.duration_s,
-        "entries": _log_entries(session),
+        "entries": session.logged,
         "errors": session.errors,
         "metadata": session.metadata,
-        "missing": len(session.missing_seqs),
+        "missing": session.missing,
         "duplicates": session.duplicates,
     }

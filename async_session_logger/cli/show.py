@@ -1,28 +1,31 @@
-"""``show SESSION_ID PATH...``: one session's entries, readable, metadata on top."""
+"""``show SESSION_ID PATH...``: one session's entries, readable, metadata on top.
+
+The files are streamed: only the asked-for id's entries are kept, so memory follows the
+session shown, not the size of the files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import sys
+from datetime import datetime
 from typing import Any
 
-import orjson
-
-from .._reader import Session
+from .._reader import Session, SessionBuilder, parse_timestamp
 from ._common import CliError, parse_level
-from ._input import load_sessions
+from ._input import read_logs
 from ._render import (
     Style,
     choose_colour,
-    clean,
     entry_lines,
+    escape,
     format_duration,
     format_time,
     format_value,
+    json_text,
     plural,
 )
-from .sessions import started
 
 __all__ = ["add_parser", "run"]
 
@@ -64,20 +67,31 @@ def add_colour_option(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the session."""
     min_level = parse_level(args.level) if args.level else 0
-    loaded = load_sessions(args.paths)
-    runs = [s for s in loaded.sessions if s.session_id == args.session_id]
+    wanted: str = args.session_id
+    builder = SessionBuilder()
+    near = _NearIds(wanted)
+
+    def take(entry: dict[str, Any]) -> None:
+        session_id = entry["session_id"]
+        if session_id == wanted:
+            builder.add(entry)
+        elif entry["event"] == "session_start":
+            # One candidate per session, not per entry: the hint costs next to nothing.
+            near.add(session_id)
+
+    bad_files = read_logs(args.paths, take)
+    runs = builder.finish()
     if not runs:
-        ids = sorted({s.session_id for s in loaded.sessions})
-        close = difflib.get_close_matches(args.session_id, ids, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        close = near.matches()
+        hint = f"; did you mean {', '.join(repr(escape(c)) for c in close)}?" if close else ""
         where = args.paths[0] if len(args.paths) == 1 else f"{len(args.paths)} files"
-        raise CliError(f"no session {clean(args.session_id)!r} in {where}{hint}")
+        raise CliError(f"no session {escape(wanted)!r} in {where}{hint}")
     out = sys.stdout
     style = Style(choose_colour(args.color, out))
     for number, session in enumerate(runs, 1):
         entries = _ordered(session, min_level)
         if args.json:
-            out.write(b"".join(orjson.dumps(e) + b"\n" for e in entries).decode())
+            out.write("".join(json_text(e) + "\n" for e in entries))
             continue
         if number > 1:
             out.write("\n")
@@ -86,7 +100,54 @@ def run(args: argparse.Namespace) -> int:
         for entry in entries:
             out.write("\n".join(entry_lines(entry, style)) + "\n")
     out.flush()
-    return 1 if loaded.bad_files else 0
+    return 1 if bad_files else 0
+
+
+class _NearIds:
+    """The ids most like a mistyped one, picked as ``difflib.get_close_matches`` picks them.
+
+    Candidates are scored as they are met and only the best few are kept, so a file with a
+    million sessions costs no more memory than one with three.
+    """
+
+    def __init__(self, wanted: str, count: int = 3, cutoff: float = 0.6) -> None:
+        self._matcher = difflib.SequenceMatcher()
+        self._matcher.set_seq2(wanted)
+        self._count = count
+        self._cutoff = cutoff
+        self._best: list[tuple[float, str]] = []
+
+    def add(self, candidate: str) -> None:
+        """Score one id (an id met again is ignored)."""
+        best = self._best
+        if any(kept == candidate for _, kept in best):
+            return
+        floor = self._cutoff if len(best) < self._count else max(self._cutoff, best[-1][0])
+        matcher = self._matcher
+        matcher.set_seq1(candidate)
+        # The cheap upper bounds first, as get_close_matches does.
+        if matcher.real_quick_ratio() < floor or matcher.quick_ratio() < floor:
+            return
+        score = matcher.ratio()
+        if score >= floor:
+            best.append((score, candidate))
+            best.sort(reverse=True)
+            del best[self._count :]
+
+    def matches(self) -> list[str]:
+        """Return the best ids, best first."""
+        return [candidate for _, candidate in self._best]
+
+
+def _started(session: Session) -> datetime | None:
+    """Return the start time, or the first timestamp read when the start entry is missing."""
+    if session.started_at is not None:
+        return session.started_at
+    for entry in session.entries:
+        moment = parse_timestamp(entry.get("timestamp"))
+        if moment is not None:
+            return moment
+    return session.closed_at
 
 
 def _ordered(session: Session, min_level: int) -> list[dict[str, Any]]:
@@ -104,8 +165,8 @@ def _levelno(entry: dict[str, Any]) -> int:
 
 
 def _header(session: Session, number: int, runs: int, style: Style) -> list[str]:
-    parts = [f"session {clean(session.session_id)}", session.status]
-    moment = started(session)
+    parts = [f"session {escape(session.session_id)}", escape(session.status)]
+    moment = _started(session)
     parts.append(f"started {format_time(moment)} UTC")
     if session.duration_s is not None:
         parts.append(f"duration {format_duration(session.duration_s)}")
@@ -124,7 +185,7 @@ def _header(session: Session, number: int, runs: int, style: Style) -> list[str]
         lines.append("metadata:")
         for key, value in session.metadata.items():
             text = format_value(value).replace("\n", "\n    ")
-            lines.append(f"  {style.dim(clean(str(key)) + ':')} {text}")
+            lines.append(f"  {style.dim(escape(str(key)) + ':')} {text}")
     return lines
 
 

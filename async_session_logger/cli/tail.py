@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import orjson
 
+from .._reader import entry_problem
 from ._common import CliError, open_error, parse_level, warn
-from ._input import check_entry
-from ._render import Style, choose_colour, entry_lines
+from ._render import Style, choose_colour, entry_lines, is_safe, json_text
 from .show import add_colour_option
 
 __all__ = ["Follower", "add_parser", "run"]
@@ -168,7 +168,7 @@ class _Printer:
         except orjson.JSONDecodeError as exc:
             bad(f"{name}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
             return None
-        problem = check_entry(entry)
+        problem = entry_problem(entry)
         if problem is not None:
             bad(f"{name}:{lineno}: {problem}")
             return None
@@ -185,7 +185,11 @@ class _Printer:
 
     def render(self, entry: dict[str, Any], line: bytes) -> bytes:
         if self.json:
-            return line + b"\n"
+            # The line as the file holds it, unless it would carry controls or bidi overrides
+            # to the terminal (raw CR between tokens, C1 in a string): then re-encoded safely.
+            if is_safe(line.decode()):
+                return line + b"\n"
+            return json_text(entry).encode() + b"\n"
         lines = entry_lines(entry, self.style, with_session=True, with_metadata=True)
         return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
 
