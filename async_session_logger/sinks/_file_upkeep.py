@@ -117,6 +117,7 @@ class Housekeeper:
         self._clock = clock
         self._jobs: set[asyncio.Task[None]] = set()
         self._failed: set[str] = set()
+        self._strangers: set[str] = set()
         self._one_at_a_time = asyncio.Lock()
         self.counters = {"compressed": 0, "expired": 0}
 
@@ -141,6 +142,18 @@ class Housekeeper:
         policy = self.policy
         loop = asyncio.get_running_loop()
         pool = _rotation.executor()
+        try:
+            strangers = await loop.run_in_executor(pool, _rotation.Siblings(path).strangers)
+        except OSError:  # an unreadable directory: the steps below report it
+            strangers = []
+        for name in strangers:
+            if name not in self._strangers:  # once per name, not at every rotation
+                self._strangers.add(name)
+                self._report(
+                    f"{name!r} has a rotated file's name but is a symlink or no regular file: "
+                    "left alone (not read, compressed or deleted)",
+                    None,
+                )
         if policy.compress and rotated is not None and rotated not in self._failed:
             await self._compress(rotated)
         if policy.keep is not None or policy.max_age_us is not None:

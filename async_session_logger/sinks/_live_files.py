@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import OrderedDict
@@ -21,6 +22,20 @@ __all__ = ["LiveFile", "LiveFiles"]
 
 _MAX_OPEN: Final = 64
 _MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unless pathological
+
+
+def _open_no_link(path: str, flags: int, mode: int = 0o666) -> int:
+    """Open as ``open()`` would, but never through a symlink at ``path`` itself.
+
+    The file names are predictable (``log_{date}.jsonl``) and the library often runs as root:
+    a link planted there must not get log text appended to its target.
+    """
+    try:
+        return os.open(path, flags | _rotation.NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _rotation.refused_link(path) from exc
+        raise
 
 
 class LiveFile:
@@ -78,6 +93,9 @@ class LiveFiles:
         self.sink_name = name
         self._files: OrderedDict[str, LiveFile] = OrderedDict()
         self._rotation_failing = False
+        # Permission bits of a rotated file, for the file that replaces it: a log the admin
+        # made 0600 must not come back 0644 at the next rotation.
+        self._modes: dict[str, int] = {}
         self.torn: set[str] = set()
         self.counters = {"rotations": 0, "reopens": 0}
 
@@ -91,7 +109,15 @@ class LiveFiles:
             parent = os.path.dirname(path)
             if parent:
                 os.makedirs(parent, exist_ok=True)
-        fh = await aiofiles.open(path, "ab", buffering=0, executor=io_executor())
+        mode = self._modes.get(path, 0o666)
+        fh = await aiofiles.open(
+            path,
+            "ab",
+            buffering=0,
+            opener=lambda name, flags: _open_no_link(name, flags, mode),
+            executor=io_executor(),
+        )
+        self._modes.pop(path, None)
         st = os.fstat(fh.fileno())
         if self.write_mode == "auto":
             direct = stat.S_ISREG(st.st_mode)
@@ -123,7 +149,9 @@ class LiveFiles:
                 # this sink: past LOCK_WAIT_S, append without the lock (the path check stays).
                 locked = await run_blocking(_flock.lock_shared, live.fd, self.lock_wait)
             try:
-                st: os.stat_result | None = os.stat(path)
+                # lstat: a symlink put in the file's place is another file, reopened (and
+                # refused) rather than followed.
+                st: os.stat_result | None = os.lstat(path)
             except FileNotFoundError:
                 st = None
             except OSError:
@@ -181,6 +209,7 @@ class LiveFiles:
             return
         self._rotation_failing = False
         self.torn.discard(path)
+        self._modes[path] = stat.S_IMODE(os.fstat(live.fd).st_mode) & 0o666
         await self.forget(path)  # rotated here or by another process: reopen the path
         if rotated is not None:
             self.counters["rotations"] += 1

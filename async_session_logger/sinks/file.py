@@ -170,7 +170,13 @@ class FileSink(Sink):
         """Open the file now when its name does not depend on entries (errors surface early)."""
         if not self._per_session:
             path = self.path_for({})
-            await self._files.get(path)
+            try:
+                await self._files.get(path)
+            except OSError as exc:
+                # A planted symlink is an attack on the file, not a configuration mistake: it
+                # must not stop the application. The lane retries, reports and dead-letters.
+                if not _rotation.is_refused_link(exc):
+                    raise
             # Apply retention and finish compressions a previous run left, in the background.
             self._housekeeper.after_rotation(path, None, self.name)
 
