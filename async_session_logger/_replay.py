@@ -15,11 +15,12 @@ from typing import Any, Final
 
 import orjson
 
-from ._entry import format_timestamp
-from ._errors import SinkError
+from ._entry import format_timestamp, schema_problem
+from ._errors import InvalidSessionIdError, SinkError
 from ._reader import ReaderWarning
 from ._replay_claim import Claim
 from ._threads import run_blocking
+from ._validate import check_session_id
 from .sinks._base import Batch, PartialWriteError, Sink
 
 __all__ = ["ReplayReport", "replay_dead_letters"]
@@ -35,8 +36,9 @@ class ReplayReport:
     """What a replay did: how many entries were re-sent, and what stayed in the file.
 
     ``failed`` letters (the sink still refused them, or were not tried after it gave up) and
-    ``other`` letters (of other sinks) and ``invalid`` lines (not dead letters) are all kept
-    in ``path``; ``error`` is the last delivery error, if any.
+    ``other`` letters (of other sinks) and ``invalid`` lines (not dead letters, or letters whose
+    entry is no log entry or has an unsafe session id) are all kept in ``path``; ``error`` is
+    the last delivery error, if any.
     """
 
     path: str
@@ -66,7 +68,7 @@ class ReplayReport:
         if self.other:
             text += f"; {self.other} letters of other sinks"
         if self.invalid:
-            text += f"; {self.invalid} unreadable lines"
+            text += f"; {self.invalid} invalid lines"
         if self.kept:
             text += f"; {self.kept} kept in {self.path}"
         return text
@@ -181,6 +183,16 @@ def _parse(line: bytes) -> _Letter | str:
     if not isinstance(letter, dict) or not isinstance(letter.get("entry"), dict):
         return 'not a dead letter (no "entry" object)'
     entry: dict[str, Any] = letter["entry"]
+    # A letter is data from a file anyone with write access may have edited: re-send only
+    # what the logger itself could have written (an entry `{}` is no log line), and no id
+    # that the logger would refuse, since sinks turn ids into file names and topics.
+    problem = schema_problem(entry)
+    if problem is not None:
+        return f"not a log entry (its entry {problem})"
+    try:
+        check_session_id(entry["session_id"])
+    except InvalidSessionIdError as exc:
+        return f"unsafe session id: {exc}"
     if not line.endswith(b"\n"):
         line += b"\n"
     raw = line.rstrip(b"\r\n")

@@ -64,6 +64,16 @@ def _add_letter(dead: Path, sink_name: str, reason: str, entry: dict[str, Any]) 
     return dead.read_bytes()[before:]
 
 
+def _minimal(seq: int) -> dict[str, Any]:
+    """Return the smallest entry a replay accepts: the keys a reader needs."""
+    return {"session_id": "late", "seq": seq, "event": "log"}
+
+
+def _minimal_line(seq: int) -> bytes:
+    """Return the line ``_minimal(seq)`` is written as."""
+    return json.dumps(_minimal(seq), separators=(",", ":")).encode() + b"\n"
+
+
 def _reference_lines(tmp_path: Path, session_id: str) -> list[bytes]:
     lines = (tmp_path / "reference.jsonl").read_bytes().splitlines(keepends=True)
     return [line for line in lines if json.loads(line)["session_id"] == session_id]
@@ -229,12 +239,12 @@ def test_an_interrupted_replay_is_taken_up_by_the_next_one(tmp_path: Path) -> No
     assert work.read_bytes() == original
     assert not dead.exists()
     # A new letter arrives before the next replay.
-    _add_letter(dead, "file", "x", {"seq": 1})
+    _add_letter(dead, "file", "x", _minimal(1))
     out = tmp_path / "out.jsonl"
     report = _replay(dead, FileSink(out))
     assert report.resumed and report.resent == 11 and report.ok
     assert not work.exists() and not dead.exists()
-    assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0")) + b'{"seq":1}\n'
+    assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0")) + _minimal_line(1)
 
 
 # A replay that hangs in its sink, to be killed with SIGKILL while it sends.
@@ -259,7 +269,7 @@ def test_a_replay_killed_while_sending_is_resumed_without_repeating_letters(
 ) -> None:
     """SIGKILL mid-send: the next replay sends each letter once, late appends included."""
     dead = _make_dead_letters(tmp_path, sessions=1, entries=8)
-    late_line = _add_letter(tmp_path / "scratch.jsonl", "file", "x", {"seq": 100})
+    late_line = _add_letter(tmp_path / "scratch.jsonl", "file", "x", _minimal(100))
     # A logger that opened the file just before the replay renamed it appends after the rename.
     with open(dead, "ab") as early_writer:
         child = subprocess.Popen(
@@ -279,12 +289,12 @@ def test_a_replay_killed_while_sending_is_resumed_without_repeating_letters(
                 child.kill()
                 child.wait()
     assert not dead.exists() and Path(f"{dead}.replaying").exists()
-    _add_letter(dead, "file", "x", {"seq": 101})  # a new letter before the next replay
+    _add_letter(dead, "file", "x", _minimal(101))  # a new letter before the next replay
     out = tmp_path / "out.jsonl"
     report = _replay(dead, FileSink(out))
     assert report.resumed and report.ok and report.resent == 12
     assert out.read_bytes() == b"".join(_reference_lines(tmp_path, "s0")) + (
-        b'{"seq":100}\n{"seq":101}\n'
+        _minimal_line(100) + _minimal_line(101)
     )
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "reference.jsonl", "scratch.jsonl"]
 
@@ -386,3 +396,36 @@ def test_replay_to_a_dead_broker_times_out_and_keeps_everything(tmp_path: Path) 
     assert (report.resent, report.failed) == (0, 1)
     assert "timed out" in (report.error or "")
     assert dead.read_bytes() == original
+
+
+def test_letters_with_no_log_entry_or_an_unsafe_id_are_kept_not_replayed(tmp_path: Path) -> None:
+    """An entry `{}` and an id like ../../../x are refused (kept, warned, counted invalid):
+    nothing is written outside the target directory, the good letters still go out."""
+    dead = _make_dead_letters(tmp_path, sessions=1, entries=1)
+    empty = _add_letter(dead, "file", "r", {})
+    escape = _add_letter(
+        dead, "file", "r", {"session_id": "../../../x", "seq": 0, "event": "log", "message": "m"}
+    )
+    dotdot = _add_letter(dead, "file", "r", {"session_id": "..", "seq": 1, "event": "log"})
+    out = tmp_path / "deep" / "er" / "out"
+    with pytest.warns(ReaderWarning) as caught:
+        report = _replay(dead, FileSink(out / "{session_id}.jsonl"))
+    messages = [str(w.message) for w in caught]
+    assert messages[0] == (
+        f"{dead}:4: not a log entry (its entry lacks session_id, seq, event); kept"
+    )
+    assert messages[1].startswith(f"{dead}:5: unsafe session id: session id '../../../x'")
+    assert messages[2].startswith(f"{dead}:6: unsafe session id: session id must not be '..'")
+    assert (report.resent, report.invalid, report.failed) == (3, 3, 0)
+    assert "3 invalid lines; 3 kept in" in str(report)
+    assert dead.read_bytes() == empty + escape + dotdot
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert [name for name in written if not name.startswith("deep/er/out/")] == [
+        "dead.jsonl",
+        "reference.jsonl",
+    ]
+    assert [json.loads(line)["seq"] for line in (out / "s0.jsonl").read_bytes().splitlines()] == [
+        0,
+        1,
+        2,
+    ]

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught[:20]:
         warn(str(warning.message))
     if len(caught) > 20:
-        warn(f"{args.file}: {len(caught) - 20} more unreadable lines not shown")
+        warn(f"{args.file}: {len(caught) - 20} more invalid lines not shown")
     if report.resumed:
         warn(f"took up an interrupted replay of {args.file}")
     if report.resent + report.failed + report.other + report.invalid == 0:

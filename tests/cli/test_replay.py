@@ -127,3 +127,32 @@ def test_replay_mqtt_letters_to_a_real_broker(tmp_path: Path) -> None:
         ]
         sub.close()
     assert not dead.exists()
+
+
+def test_a_letter_id_cannot_lead_the_target_path_out_of_its_directory(tmp_path: Path) -> None:
+    """--to file:DIR/{session_id}.jsonl with letters whose id is ../../../x or whose entry is
+    {}: those are kept and named on stderr, exit 0, every other letter re-sent into DIR."""
+    dead = _dead_letters(tmp_path)
+    planted = (
+        b'{"sink":"file","reason":"r","entry":{"session_id":"../../../x","seq":0,"event":"log"}}\n'
+        b'{"sink":"file","reason":"r","entry":{}}\n'
+    )
+    with open(dead, "ab") as fh:
+        fh.write(planted)
+    out = tmp_path / "one" / "two" / "three"
+    done = run_cli("replay-dead-letters", dead, "--to", f"file:{out}/{{session_id}}.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"re-sent 14 entries to file {out}/{{session_id}}.jsonl; 2 invalid lines; "
+        f"2 kept in {dead}\n"
+    )
+    warnings = done.stderr.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"async-session-logger: warning: {dead}:15: unsafe session id")
+    assert warnings[1] == (
+        f"async-session-logger: warning: {dead}:16: not a log entry "
+        "(its entry lacks session_id, seq, event); kept"
+    )
+    assert dead.read_bytes() == planted
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "b.jsonl"]
+    assert not (tmp_path / "x.jsonl").exists()
