@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from typing import Final
 
@@ -33,6 +34,33 @@ __all__ = ["WORK_SUFFIX", "Claim"]
 WORK_SUFFIX: Final = ".replaying"
 _INCOMING_SUFFIX: Final = ".replaying.in"  # + "." + the working copy's size before the copy
 _BLOCK: Final = 1 << 20
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+# Never through a symlink: a replay often runs as root, and the names here are predictable.
+_FLAGS: Final = _NOFOLLOW | os.O_CLOEXEC
+
+
+def _refused(path: str) -> OSError:
+    return OSError(errno.ELOOP, "is a symbolic link or no regular file: not replayed", path)
+
+
+def _open_regular(path: str, flags: int, mode: int = 0o600) -> int:
+    """Open ``path`` if it is a regular file, never through a symlink; return the descriptor.
+
+    Raises:
+        OSError: ``ELOOP`` (see :func:`_refused`) for a link or anything not a regular file.
+    """
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place must not hang the replay in open().
+        fd = os.open(path, flags | _FLAGS | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refused(path)
+    os.set_blocking(fd, True)
+    return fd
 
 
 class Claim:
@@ -45,6 +73,9 @@ class Claim:
         self.fd = -1
         self.copied = 0
         self.resumed = False
+        # Permission bits for the file rebuilt at release: those of the file claimed, so
+        # that letters put back are never readable by more people than before.
+        self.mode = 0o600
 
     def acquire(self) -> None:
         """Lock the working copy and move the file's content into it."""
@@ -62,14 +93,20 @@ class Claim:
                 os.unlink(name)
             incoming = f"{self.path}{_INCOMING_SUFFIX}.{os.fstat(self.fd).st_size}"
             try:
-                # New dead letters of a running logger now go to a fresh file at `path`.
-                os.rename(self.path, incoming)
+                st = os.lstat(self.path)
             except FileNotFoundError:
                 if not self.resumed:
                     raise FileNotFoundError(
                         errno.ENOENT, os.strerror(errno.ENOENT), self.path
                     ) from None
             else:
+                if not stat.S_ISREG(st.st_mode):
+                    # Renaming a link aside and copying it would put its target's content in
+                    # the files written back, with other permissions.
+                    raise _refused(self.path)
+                self.mode = stat.S_IMODE(st.st_mode) & 0o666
+                # New dead letters of a running logger now go to a fresh file at `path`.
+                os.rename(self.path, incoming)
                 self.incoming = incoming
                 self.copied = self._copy(incoming)
         except BaseException:
@@ -97,7 +134,7 @@ class Claim:
 
     def _lock(self) -> None:
         while True:
-            fd = os.open(self.work, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = _open_regular(self.work, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             if sys.platform != "win32":
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,7 +146,7 @@ class Claim:
                     ) from None
             try:
                 # A replay that just finished may have removed the name we opened: retry.
-                if os.path.samestat(os.fstat(fd), os.stat(self.work)):
+                if os.path.samestat(os.fstat(fd), os.lstat(self.work)):
                     self.fd = fd
                     return
             except FileNotFoundError:
@@ -119,7 +156,7 @@ class Claim:
     def _copy(self, source: str) -> int:
         """Append ``source`` to the working copy, ending it with a newline; return its size."""
         size = 0
-        with open(source, "rb") as fh:
+        with open(_open_regular(source, os.O_RDONLY), "rb") as fh:
             last = b"\n"
             while block := fh.read(_BLOCK):
                 _write_all(self.fd, block)
@@ -135,7 +172,7 @@ class Claim:
         if self.incoming is None:
             return b""
         try:
-            with open(self.incoming, "rb") as fh:
+            with open(_open_regular(self.incoming, os.O_RDONLY), "rb") as fh:
                 # Written by a logger that opened the file just before it was renamed.
                 fh.seek(self.copied)
                 late = fh.read()
@@ -147,7 +184,7 @@ class Claim:
         """Put what was not re-sent back into the file, then drop the working copy."""
         data = b"".join(leftovers) + self._late()
         if data:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
             try:
                 _write_all(fd, data)
                 os.fsync(fd)

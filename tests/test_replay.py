@@ -429,3 +429,87 @@ def test_letters_with_no_log_entry_or_an_unsafe_id_are_kept_not_replayed(tmp_pat
         1,
         2,
     ]
+
+
+SECRET = b"root:secret-hash:19000:0:99999:7:::\n"
+
+
+def _secret(tmp_path: Path) -> Path:
+    """Return a 0600 file outside the replay's directory: what a planted link points at."""
+    target = tmp_path / "private" / "shadow"
+    target.parent.mkdir()
+    target.write_bytes(SECRET)
+    target.chmod(0o600)
+    return target
+
+
+def test_a_link_planted_as_the_working_copy_is_refused(tmp_path: Path) -> None:
+    """dead.jsonl.replaying is a symlink: the replay refuses it (ELOOP), appends nothing to its
+    target, and leaves the dead-letter file as it was."""
+    dead = _make_dead_letters(tmp_path, sessions=1, entries=2)
+    original = dead.read_bytes()
+    secret = _secret(tmp_path)
+    work = Path(f"{dead}.replaying")
+    work.symlink_to(secret)
+    with pytest.raises(OSError) as caught:
+        _replay(dead, FileSink(tmp_path / "out.jsonl"))
+    assert caught.value.errno == errno.ELOOP and caught.value.filename == str(work)
+    assert secret.read_bytes() == SECRET and work.is_symlink()
+    assert dead.read_bytes() == original
+    out = f"file:{tmp_path / 'out.jsonl'}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "async_session_logger",
+            "replay-dead-letters",
+            str(dead),
+            "--to",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr == (
+        f"async-session-logger: error: {work}: is a symbolic link or no regular file: "
+        "not replayed\n"
+    )
+
+
+def test_a_dead_letter_file_that_is_a_link_is_not_copied_anywhere(tmp_path: Path) -> None:
+    """dead.jsonl is a symlink to a 0600 file: refused before anything is renamed or copied,
+    so the target's lines never land in a file readable by others."""
+    secret = _secret(tmp_path)
+    dead = tmp_path / "dead.jsonl"
+    dead.symlink_to(secret)
+    with pytest.raises(OSError) as caught:
+        _replay(dead, FileSink(tmp_path / "out.jsonl"))
+    assert caught.value.errno == errno.ELOOP and caught.value.filename == str(dead)
+    assert secret.read_bytes() == SECRET and dead.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dead.jsonl", "private"]
+
+
+def test_letters_put_back_keep_the_files_permissions(tmp_path: Path) -> None:
+    """A 0600 dead-letter file whose letters still fail: the file rebuilt at the end is 0600,
+    and the working copy was never readable by others."""
+    old = os.umask(0o022)
+    try:
+        dead = _make_dead_letters(tmp_path, sessions=1, entries=2)
+        dead.chmod(0o600)
+        modes: list[int] = []
+
+        class Refusing(Sink):
+            default_name = "file"
+
+            async def write_batch(self, batch: Batch) -> None:
+                modes.append(os.stat(f"{dead}.replaying").st_mode & 0o777)
+                raise OSError(errno.EIO, "still down")
+
+        report = _replay(dead, Refusing(), retries=0)
+    finally:
+        os.umask(old)
+    assert report.failed == 4 and modes == [0o600]
+    assert dead.stat().st_mode & 0o777 == 0o600
+    assert len(list(read_dead_letters(dead))) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 import warnings
 from urllib.parse import unquote, urlsplit
@@ -151,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc.filename or args.file}: permission denied (--keep replays without "
                 "changing the file)"
             ) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            # The dead-letter file (or its working copy) is a symlink: refused, not followed.
+            raise CliError(f"{exc.filename or args.file}: {exc.strerror}") from None
     for warning in caught[:20]:
         warn(str(warning.message))
     if len(caught) > 20:
