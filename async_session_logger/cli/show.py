@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     runs = builder.finish()
     if not runs:
         close = near.matches()
-        hint = f"; did you mean {', '.join(repr(escape(c)) for c in close)}?" if close else ""
+        hint = f"; did you mean {', '.join(_quoted(c) for c in close)}?" if close else ""
         where = args.paths[0] if len(args.paths) == 1 else f"{len(args.paths)} files"
-        raise CliError(f"no session {escape(wanted)!r} in {where}{hint}")
+        raise CliError(f"no session {_quoted(wanted)} in {where}{hint}")
     out = sys.stdout
     style = Style(choose_colour(args.color, out))
     for number, session in enumerate(runs, 1):
@@ -101,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
             out.write("\n".join(entry_lines(entry, style)) + "\n")
     out.flush()
     return 1 if bad_files else 0
+
+
+def _quoted(session_id: str) -> str:
+    # Not repr(): it would double the backslashes escape() shows.
+    return f"'{escape(session_id)}'"
 
 
 class _NearIds:
