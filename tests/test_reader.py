@@ -19,6 +19,10 @@ from async_session_logger._reader import (
     CorruptLogError,
     ReaderWarning,
     Session,
+    SessionBuilder,
+    SummaryBuilder,
+    entry_problem,
+    parse_timestamp,
     read_entries,
     read_sessions,
 )
@@ -580,3 +584,148 @@ def test_no_paths_reads_nothing() -> None:
     """Without paths there are no entries and no sessions."""
     assert list(read_entries()) == []
     assert read_sessions() == []
+
+
+# -- builders for streaming callers (the CLI) -------------------------------------------------
+def expected_summary(session: Session) -> dict[str, Any]:
+    """Return what a SessionSummary must say, worked out from the full Session."""
+    first = next(
+        (
+            parse_timestamp(e.get("timestamp"))
+            for e in session.entries
+            if parse_timestamp(e.get("timestamp")) is not None
+        ),
+        None,
+    )
+    return {
+        "session_id": session.session_id,
+        "metadata": session.metadata,
+        "status": session.status,
+        "started_at": session.started_at,
+        "first_stamp": first,
+        "closed_at": session.closed_at,
+        "duration_s": session.duration_s,
+        "logged": sum(1 for e in session.entries if e["event"] == "log"),
+        "errors": session.errors,
+        "dropped": session.dropped,
+        "duplicates": session.duplicates,
+        "missing": len(session.missing_seqs),
+    }
+
+
+def summaries(*paths: Path) -> list[dict[str, Any]]:
+    """Return SummaryBuilder's summaries of the files, as dicts."""
+    builder = SummaryBuilder()
+    for entry in read_entries(*paths):
+        builder.add(entry)
+    return [vars(summary) for summary in builder.finish()]
+
+
+SCENARIOS: dict[str, list[list[dict[str, Any]]]] = {
+    "interleaved": [
+        [
+            start("a", user="ann"),
+            start("b", second=1),
+            log("a", 1),
+            log("b", 1, levelno=40),
+            gap("a", 2, dropped=3),
+            log("a", 6, levelno=50),
+            close("a", 7, duration=2.25),
+        ]
+    ],
+    "duplicates": [
+        [
+            start("a"),
+            log("a", 1, "first copy"),
+            start("a"),
+            log("a", 2),
+            {**log("a", 1), "message": "second copy"},
+            close("a", 3),
+            close("a", 3),
+        ],
+        [log("a", 2), log("a", 1)],
+    ],
+    "reused id with a late redelivery": [
+        [
+            start("a", run=1),
+            log("a", 1, "run 1"),
+            close("a", 2),
+            start("a", second=10, run=2),
+            log("a", 1, "run 2", second=11),
+            log("a", 1, "run 1"),
+        ]
+    ],
+    "reused id after a start-less run": [
+        [
+            log("a", 5, second=1),
+            close("a", 6, second=2),
+            start("a", second=9),
+            log("a", 1, second=9),
+        ]
+    ],
+    "newest file first": [
+        [log("a", 2), close("a", 3, status="error")],
+        [start("a", user="ann"), log("a", 1)],
+    ],
+    "out of order, start missing": [
+        [log("a", 4), log("a", 2), close("a", 5, status="interrupted")]
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_summary_builder_agrees_with_read_sessions(tmp_path: Path, name: str) -> None:
+    """A summary says what the full Session says: same grouping, counts, times and status."""
+    paths = [write(tmp_path / f"{i}.jsonl", part) for i, part in enumerate(SCENARIOS[name])]
+
+    assert summaries(*paths) == [expected_summary(s) for s in read_sessions(*paths)]
+
+
+def test_session_builder_fed_one_id_rebuilds_that_ids_sessions(tmp_path: Path) -> None:
+    """SessionBuilder fed only one id's entries gives exactly read_sessions' runs of that id."""
+    parts = SCENARIOS["reused id with a late redelivery"][0] + SCENARIOS["interleaved"][0]
+    path = write(tmp_path / "log.jsonl", parts)
+    builder = SessionBuilder()
+    for entry in read_entries(path):
+        if entry["session_id"] == "a" and entry_problem(entry) is None:
+            builder.add(entry)
+
+    runs = builder.finish()
+
+    assert runs == [s for s in read_sessions(path) if s.session_id == "a"]
+    assert [(s.metadata, s.duplicates) for s in runs] == [
+        ({"run": 1}, 1),
+        ({"run": 2}, 0),
+        ({"user": "ann"}, 0),
+    ]
+
+
+def test_summary_seq_runs_match_a_set_in_any_insertion_order(tmp_path: Path) -> None:
+    """Seqs arriving shuffled, repeated and with holes: duplicates and missing still exact."""
+    rng = random.Random(10)
+    seqs_written = [seq for seq in range(1, 400) if rng.random() > 0.1] * 2
+    rng.shuffle(seqs_written)
+    path = write(tmp_path / "log.jsonl", [start("a"), *(log("a", seq) for seq in seqs_written)])
+
+    (summary,) = summaries(path)
+    (session,) = read_sessions(path)
+
+    assert summary == expected_summary(session)
+    assert summary["duplicates"] == len(seqs_written) // 2
+    assert summary["missing"] == 399 - len(set(seqs_written))
+
+
+def test_entry_problem_and_parse_timestamp_are_the_readers_checks() -> None:
+    """entry_problem accepts what the readers accept; parse_timestamp gives aware UTC or None."""
+    assert entry_problem(log("a", 1)) is None
+    assert entry_problem({"session_id": "a", "seq": True, "event": "log"}) == (
+        "seq is not a non-negative integer"
+    )
+    assert entry_problem([1]) == "not a JSON object (array)"
+    assert parse_timestamp("2026-11-24T06:23:13.5Z") == datetime(
+        2026, 11, 24, 6, 23, 13, 500000, tzinfo=UTC
+    )
+    assert parse_timestamp("2026-11-24T07:23:13+01:00") == datetime(
+        2026, 11, 24, 6, 23, 13, tzinfo=UTC
+    )
+    assert (parse_timestamp("yesterday"), parse_timestamp(17)) == (None, None)
