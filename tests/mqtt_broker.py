@@ -175,6 +175,7 @@ class Broker:
         persistence: bool = False,
         autosave_interval: int | None = None,
         max_queued_messages: int = 0,
+        max_packet_size: int | None = None,
         extra_config: tuple[str, ...] = (),
         workdir: Path | None = None,
     ) -> None:
@@ -216,6 +217,9 @@ class Broker:
             lines += ["persistence true", f"persistence_location {self.workdir}/"]
             if autosave_interval is not None:
                 lines.append(f"autosave_interval {autosave_interval}")
+        if max_packet_size is not None:
+            # Larger packets make mosquitto drop the connection; v5 clients learn it in CONNACK.
+            lines.append(f"max_packet_size {max_packet_size}")
         if tls:
             lines += self._write_tls()
         lines += extra_config

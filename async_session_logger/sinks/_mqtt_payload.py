@@ -1,79 +1,187 @@
-"""Turn a batch into MQTT messages: per-entry or packed JSON Lines, plus retained statuses."""
+"""Turn a batch into MQTT messages that fit the broker: per-entry or packed, plus statuses."""
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
 
 import orjson
 
+from .._errors import InvalidSessionIdError
+from .._validate import check_session_id
 from ._base import Batch
 
-__all__ = ["Message", "ReplayBuffer", "build_messages"]
+__all__ = ["Message", "Plan", "ReplayBuffer", "build_messages", "publish_size"]
+
+# MQTT's own ceiling: a remaining length is at most four varint bytes (MQTT 3.1.1 §2.2.3).
+MQTT_MAX_PACKET: Final = 1 + 4 + 268_435_455
+_MAX_TOPIC_BYTES: Final = 65_535
 
 
 class Message(NamedTuple):
-    """One MQTT publish: ``qos`` None means the sink's QoS."""
+    """One MQTT publish: ``qos`` None means the sink's QoS.
+
+    ``indices`` are the batch positions of the entries it carries (for a status message: of the
+    entry it reports, with ``entries`` 0), so a message the broker refuses can be dead-lettered.
+    """
 
     topic: str
     payload: bytes
     retain: bool = False
     qos: int | None = None
     entries: int = 1
+    indices: tuple[int, ...] = ()
 
 
-def _status_message(topic: str, entry: dict[str, Any]) -> Message:
+@dataclass
+class Plan:
+    """The messages for a batch, and the entries that cannot be published, by reason."""
+
+    messages: list[Message] = field(default_factory=list)
+    rejected: dict[str, list[int]] = field(default_factory=dict)
+
+    def reject(self, index: int, reason: str) -> None:
+        """Set entry ``index`` aside for the dead-letter file."""
+        self.rejected.setdefault(reason, []).append(index)
+
+
+def _varint_len(value: int) -> int:
+    return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
+
+
+def publish_size(topic_bytes: int, payload_bytes: int, *, qos: int, v5: bool) -> int:
+    """Return the bytes of a PUBLISH packet (what a broker's Maximum Packet Size counts)."""
+    # Topic with its length prefix, a packet id for QoS > 0, an empty v5 property list.
+    remaining = 2 + topic_bytes + (2 if qos else 0) + (1 if v5 else 0) + payload_bytes
+    return 1 + _varint_len(remaining) + remaining
+
+
+class _Sizer:
+    """Tell whether a payload fits one packet on a topic (topic lengths cached)."""
+
+    def __init__(self, limit: int | None, qos: int, v5: bool) -> None:
+        self.limit = min(limit or MQTT_MAX_PACKET, MQTT_MAX_PACKET)
+        self.qos = qos
+        self.v5 = v5
+        self._topic_bytes: dict[str, int] = {}
+
+    def fits(self, topic: str, payload_bytes: int, qos: int | None = None) -> bool:
+        size = self._topic_bytes.get(topic)
+        if size is None:
+            size = self._topic_bytes[topic] = len(topic.encode())
+        qos = self.qos if qos is None else qos
+        return publish_size(size, payload_bytes, qos=qos, v5=self.v5) <= self.limit
+
+
+def _topic_for(template: str, sid: object) -> tuple[str | None, str]:
+    """Return ``(topic, "")`` or ``(None, why)`` for a session id taken from a formatted entry."""
+    # A custom_formatter may rewrite session_id: check it again where it becomes a topic level.
+    try:
+        check_session_id(sid)
+    except InvalidSessionIdError as exc:
+        return None, f"session_id cannot be an MQTT topic level: {exc}"
+    topic = template.format(session_id=sid)
+    if len(topic.encode()) > _MAX_TOPIC_BYTES:
+        return None, f"topic longer than {_MAX_TOPIC_BYTES} bytes"
+    return topic, ""
+
+
+def _status_message(topic: str, entry: dict[str, Any], index: int, sizer: _Sizer) -> Message:
     if entry.get("event") == "session_start":
         body: dict[str, Any] = {"status": "open", "metadata": entry.get("metadata", {})}
     else:
         body = {k: entry.get(k) for k in ("status", "duration_s", "entries")}
     body["session_id"] = entry.get("session_id")
     body["timestamp"] = entry.get("timestamp")
+    payload = orjson.dumps(body, default=repr)
+    if not sizer.fits(f"{topic}/status", len(payload), 1):
+        # The start entry carries the metadata anyway; the status must still reach the broker.
+        body["metadata"] = {"omitted": f"{len(payload)} bytes: larger than a packet may be"}
+        payload = orjson.dumps(body, default=repr)
     # Retained and QoS 1 whatever the sink's QoS: a late subscriber must find the last status.
-    return Message(f"{topic}/status", orjson.dumps(body), retain=True, qos=1, entries=0)
+    return Message(f"{topic}/status", payload, retain=True, qos=1, entries=0, indices=(index,))
 
 
 def build_messages(
-    batch: Batch, topic: str, entries_per_message: int, *, status: bool
-) -> list[Message]:
-    """Return the messages for ``batch`` in an order that keeps each session's order."""
+    batch: Batch,
+    topic: str,
+    entries_per_message: int,
+    *,
+    status: bool,
+    limit: int | None = None,
+    qos: int = 1,
+    v5: bool = True,
+    skip: Sequence[int] = (),
+    no_status: Sequence[int] = (),
+) -> Plan:
+    """Return the messages for ``batch`` in an order that keeps each session's order.
+
+    Args:
+        limit: the broker's largest packet in bytes (None: MQTT's own); packed messages are
+            split to fit, and an entry too large to fit alone is rejected.
+        skip: batch positions already given up on. no_status: positions whose status
+            message must not be built again (the broker refused it).
+    """
     lines = batch.lines()
-    topics: dict[str, str] = {}
-    out: list[Message] = []
-    if entries_per_message == 1:
-        for entry, line in zip(batch.entries, lines, strict=True):
-            sid = str(entry.get("session_id", "_unknown"))
-            t = topics.get(sid) or topics.setdefault(sid, topic.format(session_id=sid))
-            event = entry.get("event")
-            out.append(Message(t, line))
-            if status and event in ("session_start", "session_close"):
-                out.append(_status_message(t, entry))
-        return out
-    groups: dict[str, list[bytes]] = {}
+    sizer = _Sizer(limit, qos, v5)
+    skipped = set(skip)
+    silent = set(no_status)
+    plan = Plan()
+    topics: dict[object, tuple[str | None, str]] = {}
+    groups: dict[str, list[int]] = {}
     pending_status: dict[str, list[Message]] = {}
+    group_bytes: dict[str, int] = {}
+    out = plan.messages
 
-    def flush(sid: str) -> None:
-        group = groups.pop(sid, None)
-        t = topics[sid]
+    def flush(t: str) -> None:
+        group = groups.pop(t, None)
+        group_bytes.pop(t, None)
         if group:
-            out.append(Message(t, b"\n".join(group), entries=len(group)))
-        out.extend(pending_status.pop(sid, ()))
+            payload = b"\n".join(lines[i] for i in group)
+            out.append(Message(t, payload, entries=len(group), indices=tuple(group)))
+        out.extend(pending_status.pop(t, ()))
 
-    for entry, line in zip(batch.entries, lines, strict=True):
-        sid = str(entry.get("session_id", "_unknown"))
-        if sid not in topics:
-            topics[sid] = topic.format(session_id=sid)
-        groups.setdefault(sid, []).append(line)
+    for i, entry in enumerate(batch.entries):
+        if i in skipped:
+            continue
+        sid = entry.get("session_id")
+        key = sid if isinstance(sid, str) else repr(sid)
+        found = topics.get(key)
+        if found is None:
+            found = topics[key] = _topic_for(topic, sid)
+        t, why = found
+        if t is None:
+            plan.reject(i, why)
+            continue
+        line = lines[i]
+        if not sizer.fits(t, len(line)):
+            plan.reject(i, f"entry of {len(line)} bytes exceeds the broker's packet limit")
+            continue
         event = entry.get("event")
-        if status and event in ("session_start", "session_close"):
-            pending_status.setdefault(sid, []).append(_status_message(topics[sid], entry))
-        if event == "session_close" or len(groups[sid]) >= entries_per_message:
-            flush(sid)
-    for sid in list(groups):
-        flush(sid)
-    for sid in list(pending_status):
-        flush(sid)
-    return out
+        wants_status = status and event in ("session_start", "session_close") and i not in silent
+        if entries_per_message == 1:
+            out.append(Message(t, line, indices=(i,)))
+            if wants_status:
+                out.append(_status_message(t, entry, i, sizer))
+            continue
+        # Packed: one more line costs its bytes plus a separator; past the limit, send first.
+        size = group_bytes.get(t, -1) + 1 + len(line)
+        if t in groups and not sizer.fits(t, size):
+            flush(t)
+            size = len(line)
+        groups.setdefault(t, []).append(i)
+        group_bytes[t] = size
+        if wants_status:
+            pending_status.setdefault(t, []).append(_status_message(t, entry, i, sizer))
+        if event == "session_close" or len(groups[t]) >= entries_per_message:
+            flush(t)
+    for t in list(groups):
+        flush(t)
+    for t in list(pending_status):
+        flush(t)
+    return plan
 
 
 class ReplayBuffer:
@@ -100,6 +208,14 @@ class ReplayBuffer:
     def snapshot(self) -> list[Message]:
         """Return the remembered messages, oldest first."""
         return list(self._items)
+
+    def discard(self, message: Message) -> None:
+        """Forget ``message`` (the broker will not take it again: stop replaying it)."""
+        try:
+            self._items.remove(message)
+        except ValueError:
+            return
+        self._bytes -= len(message.payload)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -5,6 +5,11 @@ connection the most recently acknowledged messages are re-sent too, because a br
 crashed may have acknowledged messages it never forwarded (a SIGKILLed mosquitto loses them,
 and one restarted from an older save even reports our session as present). Consumers
 deduplicate on ``(session_id, seq)``.
+
+An entry the broker will never take is dead-lettered, never re-sent forever: one larger than the
+broker's packet limit (``max_packet_size=``, or the Maximum Packet Size a v5 broker announces),
+one whose session id cannot be a topic level, and -- the backstop for a limit nobody announced --
+a message after which the connection died three times in a row right after it was published.
 """
 
 from __future__ import annotations
@@ -17,19 +22,29 @@ import socket
 import ssl
 import time
 import uuid
-from typing import Any, Final
+from typing import Any, Final, Literal, NamedTuple
 
 import aiomqtt
 import orjson
+from paho.mqtt import client as paho_client
 
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
-from ._mqtt_payload import Message, ReplayBuffer, build_messages
+from ._mqtt_payload import MQTT_MAX_PACKET, Message, ReplayBuffer, build_messages
 
 __all__ = ["MqttSink"]
 
 _BACKOFF_INITIAL: Final = 0.2
 _PUBLISH_CHUNK: Final = 1_000
+# A connection that dies within _POISON_WINDOW seconds of a publish, twice in a row, may be
+# refused a message (too large for a limit the broker did not announce): the next attempt sends
+# one message at a time, and the one in flight when it dies a third time is dead-lettered
+# instead of being re-sent forever. (Pipelined, the acks read before the drop say nothing:
+# the broker's reset discards the acks still unread in our socket.)
+_POISON_STRIKES: Final = 3
+_POISON_WINDOW: Final = 5.0
+
+Protocol = Literal["5", "3.1.1"]
 
 
 class _DropPendingWarnings(logging.Filter):
@@ -72,6 +87,12 @@ class MqttSink(Sink):
             sees only entries and session statuses; None: off).
         replay_window, replay_bytes: how many recently acknowledged messages (and bytes) are
             re-sent after a lost connection (0 turns the replay off).
+        max_packet_size: the largest MQTT packet to send, in bytes (None: no limit of ours). A
+            v5 broker's own Maximum Packet Size (its ``max_packet_size``) is learnt at each
+            connect and applies as well: packed messages are split to fit it, and an entry
+            that cannot fit alone is dead-lettered and reported instead of being published.
+        protocol: ``"5"`` (default; needed to learn the broker's packet limit) or ``"3.1.1"``
+            for a broker that speaks only MQTT 3.1.1.
         connect_timeout, publish_timeout: seconds for a connection attempt and for the broker
             to acknowledge a chunk of messages before the connection counts as dead.
         reconnect_max: the longest pause between reconnection attempts (exponential backoff
@@ -107,6 +128,8 @@ class MqttSink(Sink):
         logger_topic: str | None = "session_loggers/{client_id}",
         replay_window: int = 10_000,
         replay_bytes: int = 16 * 1024 * 1024,
+        max_packet_size: int | None = None,
+        protocol: Protocol = "5",
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
         reconnect_max: float = 30.0,
@@ -121,6 +144,12 @@ class MqttSink(Sink):
             raise ConfigurationError(f"qos must be 0, 1 or 2, got {qos}")
         if entries_per_message < 1:
             raise ConfigurationError("entries_per_message must be >= 1")
+        if protocol not in ("5", "3.1.1"):
+            raise ConfigurationError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
+        if max_packet_size is not None and not 64 <= max_packet_size <= MQTT_MAX_PACKET:
+            raise ConfigurationError(
+                f"max_packet_size must be between 64 and {MQTT_MAX_PACKET}, got {max_packet_size}"
+            )
         if "{session_id}" not in topic:
             raise ConfigurationError(f"topic {topic!r} must contain {{session_id}}")
         for char in "+#":
@@ -141,6 +170,10 @@ class MqttSink(Sink):
         self.status = status
         self.logger_topic = logger_topic.format(client_id=self.client_id) if logger_topic else None
         self.replay_window = replay_window
+        self.max_packet_size = max_packet_size
+        self.protocol: Protocol = protocol
+        self._broker_limit: int | None = None
+        self._reported: set[str] = set()
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self.reconnect_max = reconnect_max
@@ -160,6 +193,9 @@ class MqttSink(Sink):
             "connects": 0,
             "connect_failures": 0,
             "disconnects": 0,
+            "oversized_entries": 0,
+            "bad_topic_entries": 0,
+            "poison_messages": 0,
         }
         self.last_error: str | None = None
 
@@ -198,7 +234,18 @@ class MqttSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         """Counters of messages and connections (entries are counted by the logger's lane)."""
-        return {**self.counters, "connected": self.healthy, "last_error": self.last_error}
+        return {
+            **self.counters,
+            "connected": self.healthy,
+            "packet_limit": self.packet_limit,
+            "last_error": self.last_error,
+        }
+
+    @property
+    def packet_limit(self) -> int | None:
+        """The largest packet this sink sends now: ours or the broker's, the smaller."""
+        limits = [n for n in (self.max_packet_size, self._broker_limit) if n]
+        return min(limits) if limits else None
 
     def __repr__(self) -> str:
         user = f" user={self.username!r}" if self.username else ""
@@ -220,13 +267,17 @@ class MqttSink(Sink):
     async def _maintain(self) -> None:
         attempt = 0
         while not self._closing:
+            v5 = self.protocol == "5"
             client = aiomqtt.Client(
                 self.host,
                 self.port,
                 identifier=self.client_id,
                 username=self.username,
                 password=self._password,
-                clean_session=True,
+                protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+                # paho takes clean_session only for 3.1.1 and clean_start=True only for v5.
+                clean_session=None if v5 else True,
+                clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
                 keepalive=self.keepalive,
                 tls_context=self.tls_context,
                 timeout=self.connect_timeout,
@@ -236,6 +287,8 @@ class MqttSink(Sink):
                 max_inflight_messages=1000,
                 logger=_client_logger,
             )
+            self._broker_limit = None
+            self._listen_for_connack(client)
             try:
                 await client.__aenter__()
             except Exception as exc:
@@ -257,20 +310,46 @@ class MqttSink(Sink):
             if self._incident:
                 self._report(f"sink {self.name!r} reconnected to {self.host}:{self.port}", None)
                 self._incident = False
-            if self.logger_topic:
-                try:
-                    await client.publish(
-                        self.logger_topic, self._presence("online"), qos=1, retain=True
-                    )
-                except aiomqtt.MqttError:
-                    pass
+            # Announced beside the watch, not before it: a connection that dies before the
+            # ack must be noticed at once, not after the publish's timeout.
+            online = asyncio.ensure_future(self._announce(client))
             await self._watch(client)
+            online.cancel()
+            await asyncio.gather(online, return_exceptions=True)
             self._connected.clear()
             self._lost.set()
             if not self._closing:
                 self.counters["disconnects"] += 1
                 self._fail(f"lost the connection to {self.host}:{self.port}", None)
                 await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        if self.logger_topic:
+            try:
+                await client.publish(
+                    self.logger_topic,
+                    self._presence("online"),
+                    qos=1,
+                    retain=True,
+                    timeout=self.publish_timeout,
+                )
+            except (aiomqtt.MqttError, TimeoutError):
+                pass
+
+    def _listen_for_connack(self, client: aiomqtt.Client) -> None:
+        # aiomqtt drops the CONNACK properties: wrap its paho callback to keep the broker's
+        # Maximum Packet Size (MQTT v5 §3.2.2.3.6), so nothing larger is ever sent.
+        paho = client._client
+        forward = paho.on_connect
+
+        def on_connect(*args: Any) -> None:
+            properties = args[4] if len(args) > 4 else None
+            limit = getattr(properties, "MaximumPacketSize", None)
+            self._broker_limit = int(limit) if limit else None
+            if forward is not None:
+                forward(*args)
+
+        paho.on_connect = on_connect
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         # Iterating messages is aiomqtt's way to learn of a disconnect within milliseconds.
@@ -298,32 +377,107 @@ class MqttSink(Sink):
 
     # -- publishing -------------------------------------------------------------------------
     async def write_batch(self, batch: Batch) -> None:
-        """Publish the batch; wait for the broker while it is unreachable, then re-send."""
-        messages = build_messages(batch, self.topic, self.entries_per_message, status=self.status)
+        """Publish the batch; wait for the broker while it is unreachable, then re-send.
+
+        Entries the broker will never take are dead-lettered once the others are through (so
+        a batch abandoned at close is dead-lettered whole, never twice).
+        """
+        refused: dict[str, list[int]] = {}
+        skip: set[int] = set()
+        no_status: set[int] = set()
+        suspect = _Suspect()
         while True:
             await self._connected.wait()
             client = self._client
             assert client is not None
+            # Built after connecting: the broker's packet limit comes with its CONNACK.
+            plan = build_messages(
+                batch,
+                self.topic,
+                self.entries_per_message,
+                status=self.status,
+                limit=self.packet_limit,
+                qos=self.qos,
+                v5=self.protocol == "5",
+                skip=sorted(skip),
+                no_status=sorted(no_status),
+            )
+            for reason, indices in plan.rejected.items():
+                self._refuse(refused, skip, reason, indices)
             if self._replay_pending:
                 self._replay_pending = False
-                replay = self._replay.snapshot()
-                if not await self._publish_all(client, replay):
+                replay = suspect.pending(self._replay.snapshot())
+                loss = await self._publish_all(client, replay, suspect.chunk)
+                if loss is not None:
                     self._replay_pending = True
+                    poison = suspect.lost(replay, loss)
+                    if poison is not None:
+                        # Acknowledged once already: stop replaying it, nothing to dead-letter.
+                        self._replay.discard(poison)
+                        self._poisoned(0)
                     continue
                 self.counters["replayed_messages"] += len(replay)
-            if await self._publish_all(client, messages):
-                self.counters["published_messages"] += len(messages)
-                self.counters["published_entries"] += len(batch)
-                self._replay.extend(messages)
+            messages = suspect.pending(plan.messages)
+            loss = await self._publish_all(client, messages, suspect.chunk)
+            if loss is None:
+                self.counters["published_messages"] += len(plan.messages)
+                self.counters["published_entries"] += len(batch) - len(skip)
+                self._replay.extend(plan.messages)
+                for reason, indices in refused.items():
+                    await self.dead_letter(batch.select(indices), reason)
                 return
             self.counters["resent_messages"] += len(messages)
+            poison = suspect.lost(messages, loss)
+            if poison is not None:
+                if poison.entries:
+                    reason = (
+                        f"the broker dropped the connection {_POISON_STRIKES} times in a row "
+                        "right after this message (too large, or refused by its ACL?)"
+                    )
+                    self._refuse(refused, skip, reason, list(poison.indices))
+                else:
+                    no_status.update(poison.indices)  # a status message: its entry still goes
+                self._poisoned(poison.entries)
 
-    async def _publish_all(self, client: aiomqtt.Client, messages: list[Message]) -> bool:
-        """Publish in order; return False when the connection died before every ack."""
-        for start in range(0, len(messages), _PUBLISH_CHUNK):
-            chunk = messages[start : start + _PUBLISH_CHUNK]
-            sends: asyncio.Future[Any] = asyncio.gather(
-                *(
+    def _refuse(
+        self, refused: dict[str, list[int]], skip: set[int], reason: str, indices: list[int]
+    ) -> None:
+        """Set entries aside for the dead-letter file; report the first of each kind."""
+        refused.setdefault(reason, []).extend(indices)
+        skip.update(indices)
+        kind = "bad_topic_entries" if reason.startswith("session_id") else "oversized_entries"
+        if "connection" in reason:
+            kind = "poison_messages"
+        else:
+            self.counters[kind] += len(indices)
+        if kind not in self._reported:
+            self._reported.add(kind)
+            self._report(
+                f"sink {self.name!r} dead-letters entries it cannot publish: {reason} "
+                "(further ones are counted in stats, not printed)",
+                None,
+            )
+
+    def _poisoned(self, entries: int) -> None:
+        self.counters["poison_messages"] += 1
+        if not entries and "poison_messages" not in self._reported:
+            self._reported.add("poison_messages")
+            self._report(
+                f"sink {self.name!r} stopped re-sending a status or replayed message after "
+                f"the broker dropped the connection {_POISON_STRIKES} times in a row at it",
+                None,
+            )
+
+    async def _publish_all(
+        self, client: aiomqtt.Client, messages: list[Message], size: int = _PUBLISH_CHUNK
+    ) -> _Loss | None:
+        """Publish in order, ``size`` at a time; return where the connection died, or None."""
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            sent_at = loop.time()
+            tasks = [
+                loop.create_task(
                     client.publish(
                         m.topic,
                         m.payload,
@@ -331,18 +485,21 @@ class MqttSink(Sink):
                         retain=m.retain,
                         timeout=self.publish_timeout,
                     )
-                    for m in chunk
                 )
-            )
+                for m in chunk
+            ]
+            sends: asyncio.Future[Any] = asyncio.gather(*tasks)
             lost: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
             try:
                 done, _ = await asyncio.wait({sends, lost}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 lost.cancel()
             if sends not in done:
+                quick = loop.time() - sent_at < _POISON_WINDOW
+                where = start + _first_unacked(tasks)
                 sends.cancel()
                 await asyncio.gather(sends, return_exceptions=True)
-                return False
+                return _Loss(where, quick)
             try:
                 sends.result()
             except (aiomqtt.MqttError, TimeoutError) as exc:
@@ -353,8 +510,56 @@ class MqttSink(Sink):
                     self._lost.set()
                     self._fail("could not publish", exc)
                     _force_disconnect(client)
-                return False
-        return True
+                quick = loop.time() - sent_at < _POISON_WINDOW
+                return _Loss(start + _first_unacked(tasks), quick)
+        return None
+
+
+class _Loss(NamedTuple):
+    """Where a connection died: the first unacknowledged message, and whether it died soon."""
+
+    at: int
+    quick: bool
+
+
+class _Suspect:
+    """Find the message a broker refuses by dropping the connection, without guessing."""
+
+    def __init__(self) -> None:
+        self._quick_losses = 0
+        self._acked: set[tuple[str, bytes]] = set()
+
+    @property
+    def chunk(self) -> int:
+        """How many messages to publish at once: one while looking for the poison."""
+        return 1 if self._quick_losses >= _POISON_STRIKES - 1 else _PUBLISH_CHUNK
+
+    def pending(self, messages: list[Message]) -> list[Message]:
+        """Return the messages still to send (one at a time, the acknowledged ones are done)."""
+        if self.chunk > 1 or not self._acked:
+            return messages
+        return [m for m in messages if (m.topic, m.payload) not in self._acked]
+
+    def lost(self, sent: list[Message], loss: _Loss) -> Message | None:
+        """Record a lost connection; return the poison message once it is certain."""
+        if not loss.quick:
+            self._quick_losses = 0
+            self._acked.clear()
+            return None
+        one_at_a_time = self.chunk == 1
+        self._quick_losses += 1
+        if not one_at_a_time or loss.at >= len(sent):
+            return None
+        # Sent alone and acknowledged before the next one went: these are through.
+        self._acked.update((m.topic, m.payload) for m in sent[: loss.at])
+        return sent[loss.at]
+
+
+def _first_unacked(tasks: list[asyncio.Task[None]]) -> int:
+    for i, task in enumerate(tasks):
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return i
+    return len(tasks)
 
 
 def _force_disconnect(client: aiomqtt.Client) -> None:

@@ -450,3 +450,145 @@ def test_exit_drain_reconnects_and_delivers(tmp_path: Path) -> None:
         proc.kill()
         sub.close()
         broker.close()
+
+
+# -- entries the broker will not take (issue 10, items 9 and 16) ------------------------------
+
+
+def _log_with_one_huge_entry(logger: SessionLogger, sid: str, huge: int = 5_000) -> None:
+    """Start ``sid``, log 10 normal entries with one of ``huge`` bytes in the middle, close."""
+    logger.start_session(sid)
+    for i in range(10):
+        logger.log_entry(sid, f"normal {i}")
+        if i == 4:
+            logger.log_entry(sid, "x" * huge)  # seq 6
+    logger.close_session(sid)
+
+
+def _seq_counts(sub: Subscriber, sid: str) -> Counter[int]:
+    return Counter(e["seq"] for e in sub.entries(f"logs/{sid}") if "event" in e)
+
+
+def test_entry_over_the_brokers_packet_limit_is_dead_lettered_once(tmp_path: Path) -> None:
+    """A v5 broker's Maximum Packet Size is honoured: 1 entry dead-lettered, the rest once."""
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    with Broker(workdir=tmp_path / "broker", max_packet_size=2048) as broker:
+        sub = _sub(broker)
+        sink = MqttSink("127.0.0.1", broker.port)
+        logger = SessionLogger(
+            sinks=[sink], dead_letter_path=dead, on_error=errors.append, close_timeout=5
+        )
+        started = time.monotonic()
+        _log_with_one_huge_entry(logger, "big")
+        report = logger.save_logs(timeout=10)
+        assert time.monotonic() - started < 5
+        stats = sink.stats()
+        logger.close()
+        sub.wait_for_sync(lambda s: len(_seq_counts(s, "big")) >= 12)
+        time.sleep(0.3)  # a re-send would arrive by now
+        counts = _seq_counts(sub, "big")
+        sub.close()
+    assert counts == Counter({seq: 1 for seq in range(13) if seq != 6})
+    assert (report["mqtt"].delivered, report["mqtt"].dead_lettered) == (12, 1)
+    letters = list(read_dead_letters(dead))
+    assert [(d["sink"], d["entry"]["seq"]) for d in letters] == [("mqtt", 6)]
+    assert "exceeds the broker's packet limit" in letters[0]["reason"]
+    assert (stats["connects"], stats["disconnects"], stats["resent_messages"]) == (1, 0, 0)
+    assert stats["packet_limit"] == 2048 and stats["oversized_entries"] == 1
+    assert len([e for e in errors if "cannot publish" in str(e)]) == 1
+    assert not [e for e in errors if "connection" in str(e)]
+
+
+async def test_max_packet_size_splits_packed_messages(broker: Broker, tmp_path: Path) -> None:
+    """max_packet_size=: packed messages are split to fit; an entry too large alone is not sent."""
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    sub = _sub(broker)
+    sink = MqttSink("127.0.0.1", broker.port, entries_per_message=100, max_packet_size=1024)
+    async with AsyncSessionLogger(
+        sinks=[sink], dead_letter_path=dead, on_error=errors.append
+    ) as alog:
+        await alog.start_session("pack")
+        for i in range(60):
+            await alog.log_entry("pack", f"entry {i:03d} " + "y" * 40)
+        await alog.log_entry("pack", "z" * 2000)  # seq 61
+        await alog.close_session("pack")
+        report = await alog.save_logs(timeout=10)
+    await sub.wait_for(lambda s: len(_seq_counts(s, "pack")) >= 62)
+    payloads = [p for t, p in sub.messages() if t == "logs/pack"]
+    assert _seq_counts(sub, "pack") == Counter({seq: 1 for seq in range(63) if seq != 61})
+    assert len(payloads) > 1 and all(len(p) + len("logs/pack") + 5 <= 1024 for p in payloads)
+    assert (report["mqtt"].delivered, report["mqtt"].dead_lettered) == (62, 1)
+    assert [d["entry"]["seq"] for d in read_dead_letters(dead)] == [61]
+    assert len([e for e in errors if "cannot publish" in str(e)]) == 1
+    sub.close()
+
+
+def test_packet_limit_nobody_announced_stops_after_three_drops(tmp_path: Path) -> None:
+    """MQTT 3.1.1 (no limit in CONNACK): the poison message is dead-lettered after 3 drops."""
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    with Broker(workdir=tmp_path / "broker", max_packet_size=2048) as broker:
+        sub = _sub(broker)
+        sink = MqttSink("127.0.0.1", broker.port, protocol="3.1.1", reconnect_max=0.5)
+        logger = SessionLogger(
+            sinks=[sink], dead_letter_path=dead, on_error=errors.append, close_timeout=5
+        )
+        _log_with_one_huge_entry(logger, "poison")
+        report = logger.save_logs(timeout=20)
+        stats = sink.stats()
+        logger.close()
+        sub.wait_for_sync(lambda s: len(_seq_counts(s, "poison")) >= 12)
+        counts = _seq_counts(sub, "poison")
+        sub.close()
+    assert set(counts) == {seq for seq in range(13) if seq != 6}  # at least once, deduplicated
+    assert (report["mqtt"].delivered, report["mqtt"].dead_lettered) == (12, 1)
+    letters = list(read_dead_letters(dead))
+    assert [d["entry"]["seq"] for d in letters] == [6]
+    assert "dropped the connection 3 times in a row" in letters[0]["reason"]
+    assert stats["connects"] <= 4 and stats["poison_messages"] == 1
+    assert len([e for e in errors if "cannot publish" in str(e)]) == 1
+
+
+def _evil_ids(entry: dict[str, Any]) -> dict[str, Any]:
+    """A formatter that rewrites session_id from a custom field (what item 16 guards against)."""
+    fields = entry.get("custom_fields") or {}
+    if "sid" in fields:
+        entry["session_id"] = fields["sid"]
+    return entry
+
+
+def test_formatter_rewritten_ids_never_reach_a_wrong_topic(broker: Broker, tmp_path: Path) -> None:
+    """Ids a formatter rewrites into +, #, /, NUL, '' or 200 chars are dead-lettered, not sent."""
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    sub = _sub(broker, "#")
+    bad = ["x/y", "+", "#", "", "a\x00b", "c\x1bd", "z" * 200, ".."]
+    with SessionLogger(
+        sinks=[MqttSink("127.0.0.1", broker.port)],
+        custom_formatter=_evil_ids,
+        dead_letter_path=dead,
+        on_error=errors.append,
+    ) as logger:
+        logger.start_session("good")
+        logger.log_entry("good", "before")
+        for sid in bad:
+            logger.log_entry("good", "rewritten", custom_fields={"sid": sid})
+        logger.log_entry("good", "after")
+        logger.close_session("good")
+        report = logger.save_logs(timeout=10)
+    sub.wait_for_sync(lambda s: len(_seq_counts(s, "good")) >= 4)
+    time.sleep(0.2)
+    topics = {t for t, _ in sub.messages()} - {
+        t for t, _ in sub.messages() if "session_loggers/" in t
+    }
+    assert topics == {"logs/good", "logs/good/status"}
+    assert sorted(_seq_counts(sub, "good")) == [0, 1, len(bad) + 2, len(bad) + 3]
+    assert (report["mqtt"].delivered, report["mqtt"].dead_lettered) == (4, len(bad))
+    letters = list(read_dead_letters(dead))
+    assert [d["entry"]["session_id"] for d in letters] == bad
+    assert all(d["reason"].startswith("session_id cannot be an MQTT topic level") for d in letters)
+    assert len([e for e in errors if "cannot publish" in str(e)]) == 1
+    assert not [e for e in errors if "connection" in str(e)]
+    sub.close()
