@@ -24,17 +24,70 @@ _MAX_OPEN: Final = 64
 _MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unless pathological
 
 
-def _open_no_link(path: str, flags: int, mode: int = 0o666) -> int:
-    """Open as ``open()`` would, but never through a symlink at ``path`` itself.
+# Walk the directories a template fills in one by one, each opened without following a link.
+_WALK: Final = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
+
+
+def split_path(path: str, trusted: str | None) -> tuple[str, list[str]]:
+    """Return the directory of ``path`` that the configuration names, and the parts below it.
+
+    ``trusted`` is the directory part of a path template before its first placeholder: what
+    comes after it was filled in from entries, and may meet a planted link.
+    """
+    if trusted is not None:
+        prefix = trusted if not trusted or trusted.endswith(os.sep) else trusted + os.sep
+        if path.startswith(prefix):
+            parts = [part for part in path[len(prefix) :].split(os.sep) if part]
+            if parts:
+                return trusted, parts
+    base, name = os.path.split(path)
+    return base, [name]
+
+
+def _open_no_link(
+    path: str, flags: int, mode: int = 0o666, trusted: str | None = None, mkdir: bool = False
+) -> int:
+    """Open as ``open()`` would, but never through a symlink at ``path`` itself, nor at a
+    directory that a placeholder filled in (made here when ``mkdir``).
 
     The file names are predictable (``log_{date}.jsonl``) and the library often runs as root:
     a link planted there must not get log text appended to its target.
     """
+    flags |= _rotation.NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, flags | _rotation.NOFOLLOW | os.O_CLOEXEC, mode)
+        if not _WALK:  # pragma: no cover - no openat (Windows): the last part only
+            return os.open(path, flags, mode)
+        base, parts = split_path(path, trusted)
+        # The configured directory may itself be a link: that is the user's choice.
+        dir_fd = os.open(base or ".", os.O_RDONLY | _DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                if mkdir:
+                    try:
+                        os.mkdir(part, 0o777, dir_fd=dir_fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(
+                        part,
+                        os.O_RDONLY | _DIRECTORY | _rotation.NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=dir_fd,
+                    )
+                except NotADirectoryError as exc:  # what Linux says for a link and O_DIRECTORY
+                    if stat.S_ISLNK(os.stat(part, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from exc
+                    raise
+                os.close(dir_fd)
+                dir_fd = child
+            return os.open(parts[-1], flags, mode, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _rotation.refused_link(path) from exc
+        if exc.filename != path:  # name the whole path, not the part the walk was at
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
 
 
@@ -65,6 +118,9 @@ class LiveFiles:
         syncer: flushes a file before it is rotated or closed.
         report: ``report(message, cause)`` for incidents.
         clock: seconds since the epoch (``time.time``; tests inject their own).
+        lock_wait: the longest a worker thread waits for a peer's lock.
+        trusted: the directory the path template names before its first placeholder (None:
+            no placeholder); the directories below it are opened without following links.
     """
 
     def __init__(
@@ -80,8 +136,10 @@ class LiveFiles:
         report: Reporter,
         clock: Callable[[], float],
         lock_wait: float = _flock.LOCK_WAIT_S,
+        trusted: str | None = None,
     ) -> None:
         self.write_mode = write_mode
+        self.trusted = trusted
         self.lock_wait = lock_wait
         self.mkdir = mkdir
         self.reopen = reopen or policy.enabled
@@ -105,16 +163,18 @@ class LiveFiles:
         if live is not None:
             self._files.move_to_end(path)
             return live
+        trusted = self.trusted
         if self.mkdir:
-            parent = os.path.dirname(path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
+            base, _ = split_path(path, trusted)
+            if base:
+                os.makedirs(base, exist_ok=True)
         mode = self._modes.get(path, 0o666)
+        mkdir = self.mkdir
         fh = await aiofiles.open(
             path,
             "ab",
             buffering=0,
-            opener=lambda name, flags: _open_no_link(name, flags, mode),
+            opener=lambda name, flags: _open_no_link(name, flags, mode, trusted, mkdir),
             executor=io_executor(),
         )
         self._modes.pop(path, None)

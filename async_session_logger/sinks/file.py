@@ -127,6 +127,11 @@ class FileSink(Sink):
             # Within the lane's timeout, so a peer holding a lock fails the rotation, not
             # the batch.
             lock_wait=min(LOCK_WAIT_S, self.timeout / 3) if self.timeout else LOCK_WAIT_S,
+            # Directories below the first placeholder are filled in from entries: a link
+            # planted at a predictable one (logs/2026-11-25) must not be followed either.
+            trusted=os.path.dirname(self.path[: self.path.index("{")])
+            if "{" in self.path
+            else None,
         )
         self._per_date = "{date}" in self.path
         self._per_session = "{session_id}" in self.path

@@ -71,6 +71,11 @@ def write(path: Path, data: bytes, mode: int) -> None:
     path.chmod(mode)
 
 
+def read(path: Path) -> bytes:
+    """Return the content of ``path``."""
+    return path.read_bytes()
+
+
 def mode(path: Path | str) -> int:
     """Return the permission bits of ``path`` (not following a link)."""
     return stat.S_IMODE(os.lstat(path).st_mode)
@@ -128,6 +133,29 @@ async def test_a_link_swapped_in_for_the_live_file_is_refused(
     assert [e["seq"] for e in read_lines(tmp_path / "moved.jsonl")] == [0, 1]
     assert (report["file"].delivered, report["file"].dead_lettered) == (2, 2)
     assert [d["entry"]["seq"] for d in read_dead_letters(dead)] == [2, 3]
+
+
+async def test_a_link_at_a_directory_a_placeholder_fills_is_not_followed(
+    make_logger: FaceFactory, tmp_path: Path, secret: Path
+) -> None:
+    """logs/{date}/app.jsonl with logs/<today> planted as a link to another directory: nothing
+    is created or appended there; the entries are dead-lettered, the reason names the link."""
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    plant(logs / today, secret.parent)
+    dead = tmp_path / "dead.jsonl"
+    log = await make_logger(
+        sinks=[FileSink(logs / "{date}" / "sub" / "app.jsonl", retries=0)], dead_letter_path=dead
+    )
+    await log.start_session("s")
+    await log.close_session("s")
+    report = await log.save_logs()
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["shadow"]
+    assert read(secret) == SECRET
+    assert (report["file"].delivered, report["file"].dead_lettered) == (0, 2)
+    letters = list(read_dead_letters(dead))
+    assert all("is a symbolic link" in d["reason"] and today in d["reason"] for d in letters)
 
 
 def test_a_link_found_at_rotation_time_is_not_renamed_as_the_live_file(
