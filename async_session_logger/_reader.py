@@ -557,11 +557,12 @@ class _SummarySlot(_Slot):
         seq: int = entry["seq"]
         self.seqs.add(seq)
         summary = self.summary
-        summary.missing = self.seqs.missing()
         stamp = parse_timestamp(entry.get("timestamp"))
         if stamp is not None:
-            self.earliest = stamp if self.earliest is None else min(self.earliest, stamp)
-            self.latest = stamp if self.latest is None else max(self.latest, stamp)
+            if self.earliest is None or stamp < self.earliest:
+                self.earliest = stamp
+            if self.latest is None or stamp > self.latest:
+                self.latest = stamp
         event = entry["event"]
         if event == _START:
             self._start = entry
@@ -610,4 +611,6 @@ class SummaryBuilder(_Grouper[_SummarySlot]):
 
     def finish(self) -> list[SessionSummary]:
         """Return the summaries in order of first appearance."""
+        for slot in self._slots:
+            slot.summary.missing = slot.seqs.missing()
         return [slot.summary for slot in self._slots]
