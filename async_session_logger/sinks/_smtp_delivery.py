@@ -23,6 +23,11 @@ def is_permanent(exc: BaseException) -> bool:
 
     4xx replies, refused or dropped connections and timeouts are temporary.
     """
+    if type(exc) is aiosmtplib.SMTPException:
+        # aiosmtplib raises the bare class, not SMTPNotSupported, when the server lacks what
+        # the configuration requires: STARTTLS (start_tls=True), AUTH or a usable AUTH method
+        # (credentials given). Its subclasses are the temporary causes (disconnect, timeout).
+        return True
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return exc.code >= 500
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):

@@ -654,3 +654,43 @@ async def test_retried_batch_is_not_digested_twice(server: Server) -> None:
     mails = server.wait_for(1)
     assert [e["seq"] for e in mails[0].attachments()["r.jsonl"]] == [0, 1, 2]
     assert sink.stats()["digests_sent"] == 1
+
+
+@pytest.mark.parametrize("missing", ["STARTTLS", "AUTH"])
+def test_server_lacking_starttls_or_auth_is_given_up_at_once(missing: str, tmp_path: Path) -> None:
+    """start_tls=True without STARTTLS, or credentials without AUTH: permanent, not retried."""
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    needs: dict[str, Any] = (
+        {"start_tls": True}
+        if missing == "STARTTLS"
+        else {"start_tls": False, "username": USER, "password": PASSWORD}
+    )
+    # A plain aiosmtpd offers neither STARTTLS (no TLS context) nor AUTH (not over plain TCP).
+    with Server() as server:
+        sink = SmtpSink(**smtp_options(server.port, **needs))  # default retries and backoff
+        logger = SessionLogger(sinks=[sink], dead_letter_path=dead, on_error=errors.append)
+        logger.start_session("cfg")
+        logger.log_entry("cfg", "entry", logging.INFO)
+        logger.close_session("cfg")
+        started = time.monotonic()
+        report = logger.save_logs()
+        while report.ok and time.monotonic() - started < 3:  # the mail goes out just after
+            time.sleep(0.01)
+            report = logger.save_logs()
+        given_up_after = time.monotonic() - started
+        closing = time.monotonic()
+        final = logger.close()
+        close_took = time.monotonic() - closing
+        assert server.data_commands == 0
+    assert not report.ok and given_up_after < 1.0
+    assert (report["smtp"].delivered, report["smtp"].dead_lettered) == (0, 3)
+    assert (final["smtp"].delivered, final["smtp"].dead_lettered) == (0, 3)
+    assert close_took < 1.0
+    assert (sink.stats()["failed_attempts"], sink.stats()["connections"]) == (1, 1)
+    letters = list(read_dead_letters(dead))
+    assert [d["entry"]["seq"] for d in letters] == [0, 1, 2]
+    assert letters[0]["reason"].startswith("mail not delivered: SMTPException: ")
+    assert missing in letters[0]["reason"]
+    incident = [e for e in errors if "could not deliver" in str(e)]
+    assert len(incident) == 1 and "refused permanently" in str(incident[0])
