@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
 
+from ._engine import Engine
+from ._entry import DEFAULT_MASK_KEYS, EntryBuilder, Formatter, Masker
 from ._errors import ConfigurationError
+from ._intake import OVERFLOW_POLICIES, Overflow
+from ._report import ErrorHandler
 from .sinks import CustomSink, FileSink, Sink, StdoutSink
 
-__all__ = ["METHODS", "build_sinks"]
+__all__ = ["DEFAULT_DEAD_LETTER_PATH", "METHODS", "build_engine", "build_sinks"]
+
+DEFAULT_DEAD_LETTER_PATH: Final = "dead_letters.jsonl"
 
 METHODS = ("file", "stdout", "custom", "mqtt", "smtp")
 _OPTION_KEYS = {"file", "stdout", "custom", "mqtt", "smtp", "path", "custom_handler"}
@@ -95,3 +102,46 @@ def _build_one(name: str, options: dict[str, Any]) -> Sink:
         return sink
     except TypeError as exc:  # a misspelt sink keyword
         raise ConfigurationError(f"bad options for the {name} sink: {exc}") from exc
+
+
+def build_engine(
+    method: str | Sequence[str] | None,
+    custom_formatter: Formatter | None,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    max_queue: int = 10_000,
+    overflow: Overflow = "block",
+    batch_size: int = 1_000,
+    mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
+    on_error: ErrorHandler | None = None,
+    dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
+    close_timeout: float = 10.0,
+    max_message_chars: int | None = 1_000_000,
+    **options: Any,
+) -> Engine:
+    """Check the options both faces take and build their engine (no I/O).
+
+    Raises:
+        ConfigurationError: an invalid option.
+    """
+    if custom_formatter is not None and not callable(custom_formatter):
+        raise ConfigurationError("custom_formatter must be callable")
+    if max_queue < 1 or batch_size < 1:
+        raise ConfigurationError("max_queue and batch_size must be >= 1")
+    if close_timeout <= 0:
+        raise ConfigurationError("close_timeout must be > 0")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ConfigurationError(
+            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}"
+        )
+    return Engine(
+        build_sinks(method, sinks, options),
+        EntryBuilder(custom_formatter, Masker(mask_keys)),
+        max_queue=max_queue,
+        overflow=overflow,
+        batch_size=batch_size,
+        dead_letter_path=dead_letter_path,
+        on_error=on_error,
+        close_timeout=close_timeout,
+        max_message_chars=max_message_chars,
+    )

@@ -1,52 +1,113 @@
-"""``AsyncSessionLogger``: the async core. The writer task drains the intake into sink lanes."""
+"""``AsyncSessionLogger``: the async face of the engine, for code running on an event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import dataclasses
 import logging
 import os
+import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
-from ._config import build_sinks
-from ._deadletter import DeadLetters
-from ._entry import DEFAULT_MASK_KEYS, EntryBuilder, Formatter, Masker, Record
-from ._errors import ConfigurationError, LoggerClosedError, SinkError
+from ._config import DEFAULT_DEAD_LETTER_PATH, build_engine
+from ._engine import Engine
+from ._entry import DEFAULT_MASK_KEYS, Formatter
+from ._errors import SinkError
 from ._handles import AsyncSessionHandle
-from ._intake import OVERFLOW_POLICIES, Intake, Overflow
-from ._lane import Lane
-from ._recorder import Recorder
-from ._report import DeliveryReport, ErrorHandler, SinkStats, print_error
-from .sinks import Batch, Sink
+from ._intake import Overflow
+from ._report import DeliveryReport, ErrorHandler
+from .sinks import Sink
 
-__all__ = ["AsyncSessionLogger"]
+__all__ = ["AsyncSessionLogger", "ExcInfo", "exception_text"]
 
-DEFAULT_DEAD_LETTER_PATH: Final = "dead_letters.jsonl"
-
-
-class _Flush:
-    __slots__ = ("future",)
-
-    def __init__(self) -> None:
-        self.future: concurrent.futures.Future[DeliveryReport] = concurrent.futures.Future()
+ExcInfo = bool | BaseException | None
+_get_running_loop = asyncio._get_running_loop  # None instead of raising: verbs work off-loop too
 
 
-class _Stop:
+def exception_text(exc_info: ExcInfo) -> str | None:
+    """The traceback text for ``exc_info`` (``True``: the exception being handled)."""
+    if exc_info is None or exc_info is False:
+        return None
+    if exc_info is True:
+        return traceback.format_exc() if sys.exc_info()[0] is not None else None
+    return "".join(traceback.format_exception(exc_info))
+
+
+class _Done:
+    """An awaitable that is already complete: what a verb returns when its entry is queued."""
+
     __slots__ = ()
 
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
 
-_STOP: Final = _Stop()
+
+_DONE = _Done()
+
+
+class _Deferred:
+    """The rest of a verb that could not finish at call time: start the logger, wait for room.
+
+    Awaiting it does the rest. A verb whose entry could not be queued at call time (the queue
+    was full) and that is never awaited still queues its entry when this object is dropped,
+    past the bound, rather than losing it.
+    """
+
+    __slots__ = ("_commit", "_engine", "_prepared")
+
+    def __init__(self, engine: Engine, commit: Callable[[Any], None], prepared: Any) -> None:
+        self._engine = engine
+        self._commit = commit
+        self._prepared = prepared  # None: already queued
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        engine = self._engine
+        if not engine.running or engine.loop is not asyncio.get_running_loop():
+            await engine.start()
+        if prepared is None:
+            return
+        intake = engine.intake
+        if not intake.must_wait:
+            self._commit(prepared)
+            return
+        await intake.admit()
+        try:
+            self._commit(prepared)
+        finally:
+            intake.admitted()
+
+    def __del__(self) -> None:
+        prepared = self._prepared
+        if prepared is None:
+            return
+        try:
+            self._commit(prepared)
+        except Exception as exc:
+            self._engine.report_error(
+                SinkError(
+                    f"an entry whose verb was never awaited could not be queued: {exc}",
+                    sink_name="*",
+                )
+            )
 
 
 class AsyncSessionLogger:
-    """Session logger for asyncio code: every verb is awaited, none blocks the event loop.
+    """Session logger for asyncio code: verbs are awaited, none blocks the event loop.
 
     Construction does no I/O. ``async with`` (or ``await start()``, or the first verb) opens the
-    sinks and starts the writer task on the running loop; ``aclose()`` drains and stops.
+    sinks and starts the writer on the running loop; ``aclose()`` drains and stops. A verb
+    queues its entry when it is *called*; awaiting it only waits for room when the queue is
+    full (and for the start on first use), so a verb called without ``await`` loses nothing.
+    When the loop the logger runs on closes without ``aclose()`` (a second ``asyncio.run``,
+    pytest-asyncio's per-test loops), the next loop that uses it takes over and delivers what
+    was queued; at interpreter exit an exit hook drains whatever is left.
 
     Args:
         method: ``"file"``, ``"stdout"``, ``"custom"``, ``"mqtt"``, ``"smtp"`` or a list of them
@@ -59,13 +120,14 @@ class AsyncSessionLogger:
             it; ``"drop_oldest"`` drops the oldest queued log entry to make room. Drops are
             counted (``stats()["dropped"]``, the report) and a ``gap`` entry in the session's
             stream says how many and which seqs. Start and close entries are never dropped.
-        batch_size: most entries the writer encodes before it yields to the loop (1,000 keeps
-            the event-loop lag around a millisecond; a slow sink still gets merged batches).
+        batch_size: most entries the writer encodes before it yields to the loop.
         mask_keys: key substrings whose values are masked in metadata and custom fields
             (``None`` turns masking off).
         on_error: called with a :class:`SinkError` once per sink incident (default: stderr).
         dead_letter_path: JSON Lines file for entries a sink gave up on (``None``: count only).
-        close_timeout: seconds ``aclose()`` waits for the sinks before dead-lettering the rest.
+        close_timeout: seconds without progress after which ``aclose()`` (and ``save_logs()``
+            without a timeout) stop waiting for the sinks; a sink that keeps delivering is
+            waited for, up to 6 x ``close_timeout`` in all.
         max_message_chars: longest message accepted (``None``: no limit).
         **options: per-method options: ``path=``, ``custom_handler=``, ``file={...}``,
             ``stdout={...}``, ``custom={...}``, ``mqtt={...}``, ``smtp={...}``.
@@ -87,68 +149,33 @@ class AsyncSessionLogger:
         max_message_chars: int | None = 1_000_000,
         **options: Any,
     ) -> None:
-        if custom_formatter is not None and not callable(custom_formatter):
-            raise ConfigurationError("custom_formatter must be callable")
-        if max_queue < 1 or batch_size < 1:
-            raise ConfigurationError("max_queue and batch_size must be >= 1")
-        if close_timeout <= 0:
-            raise ConfigurationError("close_timeout must be > 0")
-        if overflow not in OVERFLOW_POLICIES:
-            raise ConfigurationError(
-                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}"
-            )
-        self.sinks: list[Sink] = build_sinks(method, sinks, options)
+        self._engine = build_engine(
+            method,
+            custom_formatter,
+            sinks=sinks,
+            max_queue=max_queue,
+            overflow=overflow,
+            batch_size=batch_size,
+            mask_keys=mask_keys,
+            on_error=on_error,
+            dead_letter_path=dead_letter_path,
+            close_timeout=close_timeout,
+            max_message_chars=max_message_chars,
+            **options,
+        )
+        self.sinks: list[Sink] = self._engine.sinks
         self.close_timeout = close_timeout
-        self._builder = EntryBuilder(custom_formatter, Masker(mask_keys))
-        self._intake = Intake(max_queue, overflow)
-        self._recorder = Recorder(self._intake, max_message_chars=max_message_chars)
-        self._batch_size = batch_size
-        self._dead_letters = DeadLetters(dead_letter_path)
-        self._on_error = on_error or print_error
-        self._lanes: list[Lane] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = "new"  # new -> running -> closing -> closed
-        self._closed = asyncio.Event()
-        self._final_report: DeliveryReport | None = None
-        self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open every sink and start the writer and lane tasks on the running loop.
+        """Open every sink and start the writer on the running loop (idempotent).
 
         Raises:
             LoggerClosedError: the logger was closed.
-            Exception: whatever a sink's ``open()`` raised (the other sinks are closed again).
+            WrongLoopError: the logger runs on another event loop that is still running.
+            Exception: whatever a sink's ``open()`` raised (the logger is then closed).
         """
-        if self._state == "running":
-            return
-        if self._state != "new":
-            raise LoggerClosedError("the logger is closed")
-        self._state = "starting"
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._intake.bind(loop)
-        self._lanes = [Lane(s, self._dead_letters, self._on_error) for s in self.sinks]
-        opened: list[Lane] = []
-        try:
-            for lane in self._lanes:
-                await lane.sink.open()
-                opened.append(lane)
-        except BaseException:
-            for lane in opened:
-                await lane.close_sink(lane.sink.timeout)
-            self._state = "closed"
-            self._recorder.closed = True
-            self._closed.set()
-            raise
-        self._tasks = [
-            loop.create_task(lane.run(), name=f"async_session_logger.lane[{lane.name}]")
-            for lane in self._lanes
-        ]
-        self._writer = loop.create_task(self._write_loop(), name="async_session_logger.writer")
-        self._state = "running"
+        await self._engine.start()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -162,276 +189,112 @@ class AsyncSessionLogger:
     ) -> None:
         await self.aclose()
 
-    async def _ensure_started(self) -> None:
-        if self._state != "running":
-            await self.start()
-
     # -- verbs --------------------------------------------------------------------------------
-    async def start_session(self, session_id: str, metadata: dict[str, Any] | None = None) -> None:
-        """Start a session and log its start entry (with ``metadata``)."""
-        await self._ensure_started()
-        self._recorder.start(session_id, metadata)
-        if self._intake.full:
-            await self._intake.wait_space()
+    def start_session(
+        self, session_id: str, metadata: dict[str, Any] | None = None
+    ) -> Awaitable[None]:
+        """Start a session and queue its start entry (with ``metadata``); await for room."""
+        engine = self._engine
+        prepared = engine.recorder.prepare_start(session_id, metadata)
+        return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
 
-    async def log_entry(
+    def log_entry(
         self,
         session_id: str,
         message: str,
         level: int | str = logging.INFO,
         custom_fields: dict[str, Any] | None = None,
-    ) -> None:
-        """Log one entry in an open session; waits only when the queue is full."""
-        if self._state != "running":
-            await self._ensure_started()
-        if self._recorder.log(session_id, message, level, custom_fields):
-            await self._intake.wait_space()
+        *,
+        exc_info: ExcInfo = None,
+    ) -> Awaitable[None]:
+        """Queue one entry of an open session; awaiting waits only when the queue is full.
 
-    async def close_session(self, session_id: str, status: str = "closed") -> None:
+        ``exc_info=True`` adds the traceback being handled (an exception object: its
+        traceback) as the entry's ``exception``.
+        """
+        engine = self._engine
+        exception = exception_text(exc_info) if exc_info else None
+        if (
+            engine.state == "running"
+            and engine.loop is _get_running_loop()
+            and not engine.intake.must_wait
+        ):
+            engine.recorder.log(session_id, message, level, custom_fields, exception)
+            return _DONE
+        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, exception)
+        return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
+
+    def close_session(self, session_id: str, status: str = "closed") -> Awaitable[None]:
         """Close a session: its close entry carries ``duration_s``, ``entries`` and ``status``."""
-        await self._ensure_started()
-        self._recorder.close(session_id, status)
-        if self._intake.full:
-            await self._intake.wait_space()
+        engine = self._engine
+        sid = engine.recorder.prepare_close(session_id, status)
+        return self._queue(engine, lambda s: engine.recorder.close(s, status), sid, False)
+
+    def _queue(
+        self, engine: Engine, commit: Callable[[Any], None], prepared: Any, droppable: bool
+    ) -> Awaitable[None]:
+        loop = _get_running_loop()
+        intake = engine.intake
+        if loop is not None:
+            engine.check_loop(loop)
+        else:
+            # No loop in this thread (a worker thread, e.g. a plain `def` route): wait here
+            # for room like the sync face, then queue.
+            if engine.running and not (droppable and intake.drops) and intake.full:
+                intake.wait_space_sync()
+            commit(prepared)
+            return _DONE
+        ready = engine.running and engine.loop is loop
+        if (droppable and intake.drops) or not intake.must_wait:
+            commit(prepared)  # queued now; the awaitable only starts the logger if needed
+            return _DONE if ready else _Deferred(engine, commit, None)
+        return _Deferred(engine, commit, prepared)
 
     def session(
         self, session_id: str, metadata: dict[str, Any] | None = None
     ) -> AsyncSessionHandle:
-        """Return ``async with`` handle: starts the session, closes it (``error`` if it raised)."""
+        """Return an ``async with`` handle: starts the session, closes it (``error`` if it
+        raised); its level methods queue at call time like the logger's verbs."""
         return AsyncSessionHandle(self, session_id, metadata)
 
     async def save_logs(self, timeout: float | None = None) -> DeliveryReport:
         """Wait until every entry accepted so far is delivered or given up by every sink.
 
         Args:
-            timeout: seconds to wait at most; on expiry the report shows what is still pending.
-
-        Returns:
-            A :class:`DeliveryReport` with the per-sink counters.
+            timeout: seconds to wait at most. Without it, give up after ``close_timeout``
+                seconds in which no sink made progress; the report shows what is pending.
         """
-        await self._ensure_started()
-        flush = self._submit_flush()
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(flush.future), timeout)
-        except TimeoutError:
-            return self._report()
-
-    def _submit_flush(self) -> _Flush:
-        flush = _Flush()
-        self._intake.push(flush)
-        return flush
+        return await self._engine.flush(timeout)
 
     async def aclose(self, timeout: float | None = None) -> DeliveryReport:
         """Close open sessions (status ``interrupted``), drain every sink, stop; idempotent.
 
         Args:
-            timeout: seconds for the drain (default ``close_timeout``); what a sink has not
-                delivered by then is dead-lettered and reported.
+            timeout: a hard limit in seconds for the drain. Without it the drain goes on while
+                the sinks make progress and gives up after ``close_timeout`` seconds without
+                any; what is not delivered then is dead-lettered and reported.
         """
-        if self._state in ("closing", "closed"):
-            await self._closed.wait()
-            assert self._final_report is not None
-            return self._final_report
-        if self._state == "new":
-            self._state = "closed"
-            self._recorder.closed = True
-            self._closed.set()
-            self._final_report = self._report()
-            return self._final_report
-        self._state = "closing"
-        interrupted = self._recorder.interrupt_all()
-        self._intake.push(_STOP)
-        budget = self.close_timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        assert self._writer is not None
-        await asyncio.wait([self._writer], timeout=budget)
-        if not self._writer.done():
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._dispatch(self._leftover_records())
-            for lane in self._lanes:
-                lane.put_stop()
-        remaining = max(0.0, deadline - loop.time())
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=remaining)
-        for lane, task in zip(self._lanes, self._tasks, strict=True):
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                await lane.abandon(f"logger closed after {budget} s before delivery")
-        for lane in self._lanes:
-            await lane.close_sink(max(0.5, min(lane.sink.timeout or 5.0, deadline - loop.time())))
-        report = self._report()
-        if interrupted:
-            report.interrupted_sessions = interrupted
-        self._final_report = report
-        self._state = "closed"
-        self._closed.set()
-        if not report.ok:
-            print_error_summary(report, self._on_error)
-        return report
+        return await self._engine.stop(timeout)
 
     # -- introspection ------------------------------------------------------------------------
     def is_open(self, session_id: str) -> bool:
         """Whether a session with this id is open now (e.g. before using a client-chosen id)."""
-        return self._recorder.is_open(session_id)
+        return self._engine.recorder.is_open(session_id)
 
     def stats(self) -> dict[str, Any]:
         """Return counters: accepted entries, queue depth, open sessions, and per-sink stats."""
-        gaps = self._intake.gaps
-        return {
-            "accepted": self._recorder.accepted,
-            "dropped": gaps.dropped,
-            "gap_entries": gaps.reported,
-            "overflow": self._intake.overflow,
-            "queued": len(self._intake),
-            "open_sessions": len(self._recorder.open_sessions),
-            "state": self._state,
-            "sinks": {lane.name: _copy_stats(lane, gaps.dropped).as_dict() for lane in self._lanes},
-        }
+        return self._engine.stats()
 
     def health(self) -> dict[str, Any]:
         """Return ``{"ok": bool, "sinks": {name: healthy}}``: whether every sink's last attempt
         succeeded (and, for network sinks, whether they are connected)."""
-        sinks = {lane.name: lane.stats.healthy and lane.sink.healthy for lane in self._lanes}
-        return {"ok": self._state == "running" and all(sinks.values()), "sinks": sinks}
+        return self._engine.health()
 
     @property
     def closed(self) -> bool:
         """Whether ``aclose()`` has begun."""
-        return self._state in ("closing", "closed")
-
-    def _report(self) -> DeliveryReport:
-        return DeliveryReport(
-            accepted=self._recorder.accepted,
-            dropped=self._intake.gaps.dropped,
-            sinks={lane.name: _copy_stats(lane, self._intake.gaps.dropped) for lane in self._lanes},
-            dead_letter_path=self._dead_letters.path,
-        )
-
-    # -- the writer ---------------------------------------------------------------------------
-    async def _write_loop(self) -> None:
-        try:
-            await self._drain_intake()
-        except asyncio.CancelledError:
-            if self._state == "running":
-                # The app's loop is shutting down without aclose(): say what is lost.
-                self._report_abandoned()
-            raise
-
-    def _report_abandoned(self) -> None:
-        pending = len(self._intake) + sum(lane.stats.pending for lane in self._lanes)
-        if pending:
-            self._on_error(
-                SinkError(
-                    f"AsyncSessionLogger was cancelled without aclose(): {pending} entries were "
-                    "not delivered (use `async with AsyncSessionLogger(...)` or await aclose())",
-                    sink_name="*",
-                )
-            )
-
-    async def _drain_intake(self) -> None:
-        intake = self._intake
-        while True:
-            items = intake.take(self._batch_size)
-            if not items:
-                await intake.wait()
-                continue
-            records: list[Record] = []
-            for item in items:
-                if type(item) is tuple:  # a Record; markers are objects
-                    records.append(item)
-                    continue
-                if records:
-                    self._dispatch(records)
-                    records = []
-                if item is _STOP:
-                    for lane in self._lanes:
-                        lane.put_stop()
-                    return
-                self._barrier(item)
-            if records:
-                self._dispatch(records)
-            for lane in self._lanes:
-                if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
-                    await lane.wait_space()
-            await asyncio.sleep(0)
-
-    def _dispatch(self, records: list[Record]) -> None:
-        if not records:
-            return
-        builder = self._builder
-        try:
-            entries = builder.build_all(records)
-        except Exception:  # defensive: one bad record must not take the batch down
-            entries = [self._build_safely(r) for r in records]
-        batch = Batch(entries, builder.encode(entries))
-        for lane in self._lanes:
-            lane.put(batch)
-
-    def _build_safely(self, record: Record) -> dict[str, Any]:
-        try:
-            return self._builder.build(record)
-        except Exception:
-            entry = self._builder.build((*record[:6], None, record[7]))
-            entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
-            return entry
-
-    def _leftover_records(self) -> list[Record]:
-        items = self._intake.take(len(self._intake))
-        for item in items:
-            if isinstance(item, _Flush) and not item.future.done():
-                item.future.set_result(self._report())
-        return [item for item in items if type(item) is tuple]
-
-    def _barrier(self, flush: _Flush) -> None:
-        futures = [lane.put_barrier() for lane in self._lanes]
-
-        async def complete() -> None:
-            await asyncio.gather(*futures)
-            if not flush.future.done():
-                flush.future.set_result(self._report())
-
-        task = asyncio.get_running_loop().create_task(complete(), name="async_session_logger.flush")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # The sync facade uses these without going through a coroutine.
-    @property
-    def recorder(self) -> Recorder:
-        """The thread-safe, non-blocking half of the verbs."""
-        return self._recorder
-
-    @property
-    def intake(self) -> Intake:
-        """The hand-off queue."""
-        return self._intake
+        return self._engine.state in ("closing", "closed")
 
     def __repr__(self) -> str:
-        names = ", ".join(lane.name for lane in self._lanes) or ", ".join(
-            s.name for s in self.sinks
-        )
-        return f"<AsyncSessionLogger [{names}] {self._state}>"
-
-
-def _copy_stats(lane: Lane, dropped: int) -> SinkStats:
-    return dataclasses.replace(
-        lane.stats,
-        dropped=dropped,
-        healthy=lane.stats.healthy and lane.sink.healthy,
-        details=lane.sink.stats(),
-    )
-
-
-def print_error_summary(report: DeliveryReport, on_error: ErrorHandler) -> None:
-    """Report, once at close, entries that did not reach every sink."""
-    for stats in report.sinks.values():
-        if stats.failed or stats.pending:
-            on_error(
-                SinkError(
-                    f"sink {stats.name!r} closed with {stats.dead_lettered} entries "
-                    f"dead-lettered to {report.dead_letter_path!r} and {stats.lost} lost",
-                    sink_name=stats.name,
-                )
-            )
+        names = ", ".join(s.name for s in self.sinks)
+        return f"<AsyncSessionLogger [{names}] {self._engine.state}>"

@@ -15,6 +15,7 @@ __all__ = [
     "SessionLoggerError",
     "SinkError",
     "UnknownSessionError",
+    "WrongLoopError",
     "WrongThreadError",
 ]
 
@@ -79,6 +80,11 @@ class LoggerClosedError(SessionLoggerError, RuntimeError):
 
 class WrongThreadError(SessionLoggerError, RuntimeError):
     """Raised when a blocking verb is called from the logger's own event-loop thread."""
+
+
+class WrongLoopError(SessionLoggerError, RuntimeError):
+    """Raised when an ``AsyncSessionLogger`` is used from a second event loop while the loop it
+    runs on is still running (after that loop closes, a new loop takes over by itself)."""
 
 
 class SinkError(SessionLoggerError):

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._encode import describe
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ._core import AsyncSessionLogger
-    from ._recorder import Recorder
     from ._sync import SessionLogger
 
 __all__ = ["AsyncSessionHandle", "SessionHandle"]
-
-
-def _exception_text() -> str | None:
-    if sys.exc_info()[0] is None:
-        return None
-    return traceback.format_exc()
 
 
 # Exceptions that stop a block without it having failed: Ctrl-C, exit, task cancellation
@@ -30,16 +23,9 @@ def _exception_text() -> str | None:
 _INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
-def _log_failure(recorder: Recorder, session_id: str, exc: BaseException | None) -> None:
-    # The traceback of the exception that ends the block, as an ERROR entry before the close.
-    if exc is not None and not isinstance(exc, _INTERRUPTIONS):
-        recorder.log(
-            session_id,
-            f"Session failed: {describe(exc)}",
-            logging.ERROR,
-            None,
-            "".join(traceback.format_exception(exc)),
-        )
+def _failed(exc: BaseException | None) -> bool:
+    # Whether the block ended with a failure (an ERROR entry with the traceback goes first).
+    return exc is not None and not isinstance(exc, _INTERRUPTIONS)
 
 
 def _status(exc_type: type[BaseException] | None) -> str:
@@ -75,9 +61,12 @@ class SessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.logger.recorder.is_open(self.session_id):
+        if not self.logger.is_open(self.session_id):
             return  # closed inside the block (or by close()): nothing left to do
-        _log_failure(self.logger.recorder, self.session_id, exc)
+        if exc is not None and _failed(exc):
+            self.logger.log_entry(
+                self.session_id, f"Session failed: {describe(exc)}", logging.ERROR, exc_info=exc
+            )
         self.logger.close_session(self.session_id, status=_status(exc_type))
 
     def log(
@@ -108,10 +97,7 @@ class SessionHandle:
 
     def exception(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
         """Log at ERROR with the traceback being handled in the entry's ``exception`` key."""
-        if self.logger.recorder.log(
-            self.session_id, message, logging.ERROR, custom_fields, _exception_text()
-        ):
-            self.logger.wait_for_space()
+        self.logger.log_entry(self.session_id, message, logging.ERROR, custom_fields, exc_info=True)
 
 
 class AsyncSessionHandle:
@@ -137,40 +123,46 @@ class AsyncSessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.logger.recorder.is_open(self.session_id):
+        if not self.logger.is_open(self.session_id):
             return  # closed inside the block (or by aclose()): nothing left to do
-        _log_failure(self.logger.recorder, self.session_id, exc)
+        if exc is not None and _failed(exc):
+            await self.logger.log_entry(
+                self.session_id, f"Session failed: {describe(exc)}", logging.ERROR, exc_info=exc
+            )
         await self.logger.close_session(self.session_id, status=_status(exc_type))
 
-    async def log(
+    def log(
         self, level: int | str, message: str, custom_fields: dict[str, Any] | None = None
-    ) -> None:
-        """Log ``message`` at ``level``."""
-        await self.logger.log_entry(self.session_id, message, level, custom_fields)
+    ) -> Awaitable[None]:
+        """Log ``message`` at ``level`` (queued at call time; await for backpressure)."""
+        return self.logger.log_entry(self.session_id, message, level, custom_fields)
 
-    async def debug(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def debug(self, message: str, custom_fields: dict[str, Any] | None = None) -> Awaitable[None]:
         """Log at DEBUG."""
-        await self.logger.log_entry(self.session_id, message, logging.DEBUG, custom_fields)
+        return self.logger.log_entry(self.session_id, message, logging.DEBUG, custom_fields)
 
-    async def info(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def info(self, message: str, custom_fields: dict[str, Any] | None = None) -> Awaitable[None]:
         """Log at INFO."""
-        await self.logger.log_entry(self.session_id, message, logging.INFO, custom_fields)
+        return self.logger.log_entry(self.session_id, message, logging.INFO, custom_fields)
 
-    async def warning(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def warning(self, message: str, custom_fields: dict[str, Any] | None = None) -> Awaitable[None]:
         """Log at WARNING."""
-        await self.logger.log_entry(self.session_id, message, logging.WARNING, custom_fields)
+        return self.logger.log_entry(self.session_id, message, logging.WARNING, custom_fields)
 
-    async def error(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def error(self, message: str, custom_fields: dict[str, Any] | None = None) -> Awaitable[None]:
         """Log at ERROR."""
-        await self.logger.log_entry(self.session_id, message, logging.ERROR, custom_fields)
+        return self.logger.log_entry(self.session_id, message, logging.ERROR, custom_fields)
 
-    async def critical(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def critical(
+        self, message: str, custom_fields: dict[str, Any] | None = None
+    ) -> Awaitable[None]:
         """Log at CRITICAL."""
-        await self.logger.log_entry(self.session_id, message, logging.CRITICAL, custom_fields)
+        return self.logger.log_entry(self.session_id, message, logging.CRITICAL, custom_fields)
 
-    async def exception(self, message: str, custom_fields: dict[str, Any] | None = None) -> None:
+    def exception(
+        self, message: str, custom_fields: dict[str, Any] | None = None
+    ) -> Awaitable[None]:
         """Log at ERROR with the traceback being handled in the entry's ``exception`` key."""
-        if self.logger.recorder.log(
-            self.session_id, message, logging.ERROR, custom_fields, _exception_text()
-        ):
-            await self.logger.intake.wait_space()
+        return self.logger.log_entry(
+            self.session_id, message, logging.ERROR, custom_fields, exc_info=True
+        )

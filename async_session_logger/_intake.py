@@ -38,26 +38,36 @@ class Intake:
         self.drops = overflow != "block"
         # Callers wait while len >= limit.
         self.limit = maxsize + 1 if self.drops else maxsize
+        self.reset()
+
+    def reset(self) -> None:
+        """Start empty with fresh locks (a forked child: the parent's queue is the parent's)."""
         self._buf: deque[Any] = deque()
         self.buf = self._buf  # the Recorder appends directly on its hot path
         # Guards take() against drops (which delete from the middle) and marker pushes;
         # the Recorder's appends run under its own lock, which drops also hold.
         self.lock = threading.Lock()
-        self.gaps = Gaps(overflow)
+        self.gaps = Gaps(self.overflow)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
         self._data = asyncio.Event()
         self._sleeping = False
-        self._space_async = asyncio.Event()
         self._space_sync = threading.Event()
         self._sync_waiters = 0
-        self._async_waiters = 0
         self._waiters_lock = threading.Lock()
+        # Async producers wait in line (loop thread only): take() admits as many as it freed
+        # slots, each with a reserved slot, so the bound holds and no herd wakes at once.
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.reserved = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the writer runs on (called from that loop's thread)."""
         self._loop = loop
         self._loop_thread = threading.get_ident()
+        self._data = asyncio.Event()  # loop-bound once waited on: a new loop needs a new one
+        self._sleeping = False
+        self.waiters = deque()  # futures of a previous loop can never be resolved
+        self.reserved = 0
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -139,10 +149,51 @@ class Intake:
             items = [buf.popleft() for _ in range(count)]
             if self.gaps:
                 items = self.gaps.insert(items)
-        if (self._sync_waiters or self._async_waiters) and len(buf) < self.limit:
+        if self._sync_waiters and len(buf) < self.limit:
             self._space_sync.set()
-            self._space_async.set()
+        if self.waiters:
+            self._admit()
         return items
+
+    def _admit(self) -> None:
+        # Loop thread only. Each admitted waiter holds a reserved slot until it has pushed.
+        free = self.limit - len(self._buf) - self.reserved
+        waiters = self.waiters
+        while free > 0 and waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                self.reserved += 1
+                free -= 1
+
+    @property
+    def must_wait(self) -> bool:
+        """Whether an async producer must queue for a slot (block policy: full, or a line)."""
+        return len(self._buf) + self.reserved >= self.limit or bool(self.waiters)
+
+    async def admit(self) -> None:
+        """Wait in line for a slot; the caller then holds a reservation: call :meth:`admitted`."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        if len(self._buf) + self.reserved < self.limit:
+            self._admit()  # room already: the line moves now
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.admitted()  # admitted, then cancelled: hand the slot on
+            else:
+                try:
+                    self.waiters.remove(future)
+                except ValueError:
+                    pass
+            raise
+
+    def admitted(self) -> None:
+        """Release the reservation :meth:`admit` gave (after pushing, or giving up)."""
+        self.reserved -= 1
+        if self.waiters:
+            self._admit()
 
     async def wait(self) -> None:
         """Sleep until something is pushed (writer side)."""
@@ -168,16 +219,6 @@ class Intake:
         finally:
             with self._waiters_lock:
                 self._sync_waiters -= 1
-
-    async def wait_space(self) -> None:
-        """Wait in the loop until the intake has room."""
-        self._async_waiters += 1
-        try:
-            while len(self._buf) >= self.limit:
-                self._space_async.clear()
-                await self._space_async.wait()
-        finally:
-            self._async_waiters -= 1
 
     @property
     def in_loop_thread(self) -> bool:

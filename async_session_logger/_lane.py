@@ -10,6 +10,7 @@ from typing import Final
 from ._deadletter import DeadLetters
 from ._errors import SinkError
 from ._report import ErrorHandler, SinkStats
+from ._tasks import TaskOwner
 from .sinks._base import _LIFECYCLE, Batch, PartialWriteError, Sink
 
 __all__ = ["Lane"]
@@ -36,14 +37,51 @@ class Lane:
         self._dead_letters = dead_letters
         self._on_error = on_error
         self._queue: deque[Batch | _Barrier | None] = deque()
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._owner = TaskOwner()
+        self._gen = 0
         self._stopping = False
         self._incident_failures = 0
         self._incident_dead = 0
         self._inflight: Batch | None = None
+        # Entries queued or in flight here (the overflow bound); stats.pending also counts
+        # entries whose dead-letter write has not finished, until its outcome is known.
+        self._backlog = 0
+        self.bind(self._owner)
         sink.attach(self._report, self._given_up)
+
+    def bind(self, owner: TaskOwner) -> int:
+        """Start a new binding (a new event loop); return its generation for :meth:`run`.
+
+        A batch a previous binding had in flight when its loop stopped goes back to the front
+        of the queue: it is delivered again (at least once, never lost); pending barriers of
+        the old loop are dropped (nobody can wait on them any more).
+        """
+        self._owner = owner
+        self._gen += 1
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._stopping = False
+        self._requeue_inflight()
+        self._queue = deque(item for item in self._queue if not isinstance(item, _Barrier))
+        if self._queue:
+            self._wake.set()
+        return self._gen
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's queue and counters (the parent delivers them)."""
+        self._queue.clear()
+        self._inflight = None
+        self._backlog = 0
+        self.stats = SinkStats(self.sink.name)
+        self._incident_failures = 0
+        self._incident_dead = 0
+        self._owner = TaskOwner()
+
+    def _requeue_inflight(self) -> None:
+        if self._inflight is not None:
+            self._queue.appendleft(self._inflight)
+            self._inflight = None
 
     # -- feeding (writer side) --------------------------------------------------------------
     def put(self, batch: Batch) -> None:
@@ -56,7 +94,8 @@ class Lane:
             return
         self._queue.append(batch)
         self.stats.pending += len(batch)
-        if self.stats.pending > self.sink.max_pending:
+        self._backlog += len(batch)
+        if self._backlog > self.sink.max_pending:
             if self.sink.overflow == "block":
                 self._space.clear()
             else:
@@ -89,7 +128,7 @@ class Lane:
         # bound. Start and close entries stay queued (DESIGN §4: never dropped by overflow).
         shed: list[Batch] = []
         kept: list[Batch] = []
-        while self.stats.pending > self.sink.max_pending and self._queue:
+        while self._backlog > self.sink.max_pending and self._queue:
             head = self._queue[0]
             if not isinstance(head, Batch):
                 break
@@ -100,7 +139,7 @@ class Lane:
                 keep = set(lifecycle)
                 head = head.select([i for i in range(len(head)) if i not in keep])
             shed.append(head)
-            self.stats.pending -= len(head)
+            self._backlog -= len(head)
         if kept:
             self._queue.appendleft(Batch.concat(kept))
         if shed:
@@ -111,11 +150,11 @@ class Lane:
                 )
 
     def _spawn_dead_letter(self, batch: Batch, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._dead_letter(batch, reason), name=f"async_session_logger.dead_letter[{self.name}]"
-        )
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        async def shed() -> None:
+            await self._dead_letter(batch, reason)
+            self.stats.pending -= len(batch)
+
+        self._owner.spawn(shed(), f"dead_letter[{self.name}]")
 
     @property
     def name(self) -> str:
@@ -123,13 +162,19 @@ class Lane:
         return self.sink.name
 
     # -- draining (lane task) ---------------------------------------------------------------
-    async def run(self) -> None:
-        """Deliver batches until the stop marker (the core closes the sink afterwards)."""
+    async def run(self, gen: int) -> None:
+        """Deliver batches until the stop marker (the engine closes the sink afterwards).
+
+        ``gen`` is the binding this task serves: a task of an older binding (its loop stopped,
+        the engine moved to another loop) that ever resumes stops without touching anything.
+        """
         try:
             while True:
                 if not self._queue:
                     self._wake.clear()
                     await self._wake.wait()
+                    if gen != self._gen:
+                        return
                     continue
                 head = self._queue[0]
                 if head is None:
@@ -142,12 +187,21 @@ class Lane:
                     continue
                 batch = self._inflight = self._take()
                 await self._deliver(batch)
+                if gen != self._gen:
+                    return  # re-queued by a newer binding, which delivers it (again)
                 self._inflight = None
                 self.stats.pending -= len(batch)
-                if self.stats.pending <= self.sink.max_pending:
+                self._backlog -= len(batch)
+                if self._backlog <= self.sink.max_pending:
                     self._space.set()
+        except asyncio.CancelledError:
+            if gen == self._gen:
+                # The loop is shutting down under us: keep the batch for the next binding.
+                self._requeue_inflight()
+            raise
         finally:
-            self._space.set()
+            if gen == self._gen:
+                self._space.set()
 
     def _take(self) -> Batch:
         batches: list[Batch] = []
@@ -174,6 +228,13 @@ class Lane:
             except TimeoutError as exc:
                 error = TimeoutError(f"write_batch took longer than {self.sink.timeout} s")
                 error.__cause__ = exc
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the lane itself is being cancelled
+                # The sink (e.g. an async handler) raised CancelledError by itself: a failure
+                # like any other, not a reason for the lane to die.
+                error = exc
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 # A sink raising SystemExit has failed; uncaught it would kill the loop thread.
                 error = exc
@@ -218,15 +279,16 @@ class Lane:
             self._incident_dead = 0
         self.stats.healthy = True
 
-    async def _dead_letter(self, batch: Batch, reason: str) -> None:
-        if await self._dead_letters.write(self.name, reason, batch):
+    async def _dead_letter(self, batch: Batch, reason: str, timeout: float | None = None) -> None:
+        if await self._dead_letters.write(self.name, reason, batch, timeout):
             self.stats.dead_lettered += len(batch)
             self._incident_dead += len(batch)
             return
         self.stats.lost += len(batch)
         report = SinkError(
             f"sink {self.name!r} gave up on {len(batch)} entries and the dead-letter file "
-            f"{self._dead_letters.path!r} could not keep them: they are lost",
+            f"{self._dead_letters.path!r} could not keep them: they are lost"
+            + (f" ({self._dead_letters.last_error})" if self._dead_letters.last_error else ""),
             sink_name=self.name,
         )
         self._report(report)
@@ -254,8 +316,12 @@ class Lane:
             report.__cause__ = exc
             self._report(report)
 
-    async def abandon(self, reason: str) -> None:
-        """Dead-letter whatever is still queued (the lane ran out of time at close)."""
+    async def abandon(self, reason: str, timeout: float) -> None:
+        """Dead-letter whatever is still queued (the lane ran out of time at close).
+
+        The dead-letter write gets at most ``timeout`` seconds (a hung filesystem must not
+        hold close() past its budget): entries it could not keep in time are counted lost.
+        """
         self._stopping = True
         leftovers = [item for item in self._queue if isinstance(item, Batch)]
         if self._inflight is not None:
@@ -267,8 +333,6 @@ class Lane:
         self._queue.clear()
         if leftovers:
             batch = Batch.concat(leftovers)
-            self.stats.pending -= len(batch)
-            await self._dead_letter(batch, reason)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
+            self._backlog -= len(batch)
+            await self._dead_letter(batch, reason, timeout)
+            self.stats.pending -= len(batch)  # only now: the outcome is counted

@@ -60,24 +60,26 @@ class Recorder:
         self._open: dict[str, _Session] = {}
         self._runs = itertools.count()
         self._recently_closed: OrderedDict[str, None] = OrderedDict()
+        # Sessions a parent process had open when this process forked from it: id -> parent pid.
+        self._inherited: dict[str, int] = {}
+
+    def after_fork(self, parent_pid: int) -> None:
+        """In a forked child: fresh lock and counters; the parent's open sessions stay its own.
+
+        A child that logged into a session the parent opened would hand out the same seqs as
+        the parent: such a call raises :class:`UnknownSessionError` saying so.
+        """
+        self._lock = threading.Lock()
+        self._inherited = dict.fromkeys(self._open, parent_pid)
+        self._open = {}
+        self.accepted = 0
 
     # -- verbs --------------------------------------------------------------------------------
     def start(self, session_id: object, metadata: object) -> str:
         """Register a session and hand off its start entry; return the checked id."""
-        sid = check_session_id(session_id)
-        fields = check_fields(metadata, "metadata")
-        now = time.time_ns()
-        with self._lock:
-            self._check_open()
-            if sid in self._open:
-                raise DuplicateSessionError(
-                    f"session {sid!r} is already open; close it first", session_id=sid
-                )
-            session = self._open[sid] = _Session(now, next(self._runs))
-            self._recently_closed.pop(sid, None)
-            self.accepted += 1
-            self.intake.push((START, sid, 0, now, 20, "Session started", fields, session.run))
-        return sid
+        prepared = self.prepare_start(session_id, metadata)
+        self.commit_start(prepared)
+        return prepared[0]
 
     def log(
         self,
@@ -126,6 +128,90 @@ class Recorder:
             if intake.sleeping:
                 intake.wake()
         return len(buf) >= intake.limit
+
+    def prepare_start(self, session_id: object, metadata: object) -> tuple[str, Any]:
+        """Check a start now (errors at the call site); :meth:`commit_start` hands it off later."""
+        sid = check_session_id(session_id)
+        fields = check_fields(metadata, "metadata")
+        self._check_open()
+        if sid in self._open:
+            raise DuplicateSessionError(
+                f"session {sid!r} is already open; close it first", session_id=sid
+            )
+        return sid, fields
+
+    def commit_start(self, prepared: tuple[str, Any]) -> None:
+        """Hand off a start checked by :meth:`prepare_start` (re-checked under the lock)."""
+        sid, fields = prepared
+        now = time.time_ns()
+        with self._lock:
+            self._check_open()
+            if sid in self._open:
+                raise DuplicateSessionError(
+                    f"session {sid!r} is already open; close it first", session_id=sid
+                )
+            session = self._open[sid] = _Session(now, next(self._runs))
+            self._recently_closed.pop(sid, None)
+            self._inherited.pop(sid, None)
+            self.accepted += 1
+            self.intake.push((START, sid, 0, now, 20, "Session started", fields, session.run))
+
+    def prepare_log(
+        self,
+        session_id: str,
+        message: object,
+        level: object,
+        custom_fields: object,
+        exception: str | None = None,
+    ) -> tuple[str, str, int, Any]:
+        """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
+        levelno = level if type(level) is int and level >= 0 else resolve_level(level)
+        text = message if type(message) is str else _to_str(message)
+        if self.max_message_chars and len(text) > self.max_message_chars:
+            raise EntryTooLargeError(
+                f"message is {len(text)} characters long, the limit is "
+                f"{self.max_message_chars} (max_message_chars)"
+            )
+        fields: Any = None
+        if custom_fields is not None:
+            fields = (
+                dict(custom_fields)
+                if type(custom_fields) is dict
+                else check_fields(custom_fields, "custom_fields")
+            )
+        if exception is not None:
+            fields = (fields, exception)
+        if not self.is_open(session_id):
+            self._missing(session_id)
+        return session_id, text, levelno, fields
+
+    def commit_log(self, prepared: tuple[str, str, int, Any]) -> None:
+        """Number and hand off an entry checked by :meth:`prepare_log`."""
+        session_id, text, levelno, fields = prepared
+        intake = self.intake
+        with self._lock:
+            session = self._open.get(session_id)
+            if session is None:
+                self._missing(session_id)
+            seq = session.seq = session.seq + 1
+            if levelno >= 40:
+                session.errors += 1
+            self.accepted += 1
+            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
+            if intake.drops and len(intake.buf) >= intake.maxsize:
+                intake.overflow_log(record)
+                return
+            intake.buf.append(record)
+            if intake.sleeping:
+                intake.wake()
+
+    def prepare_close(self, session_id: str, status: str = "closed") -> str:
+        """Check a close now; :meth:`close` hands it off later."""
+        if status not in STATUSES:
+            raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
+        if not self.is_open(session_id):
+            self._missing(session_id)
+        return session_id
 
     def close(self, session_id: str, status: str = "closed") -> None:
         """Hand off the close entry of an open session and forget the session."""
@@ -181,6 +267,13 @@ class Recorder:
     def _missing(self, session_id: object) -> NoReturn:
         self._check_open()
         sid = check_session_id(session_id)
+        parent = self._inherited.get(sid)
+        if parent is not None:
+            raise UnknownSessionError(
+                f"session {sid!r} was started by the parent process (pid {parent}) before this "
+                "process forked from it; a forked process logs into sessions it starts itself",
+                session_id=sid,
+            )
         if sid in self._recently_closed:
             raise SessionClosedError(f"session {sid!r} is already closed", session_id=sid)
         raise UnknownSessionError(

@@ -1,122 +1,26 @@
-"""``SessionLogger``: the seed's synchronous API over one async core on a daemon loop thread."""
+"""``SessionLogger``: the sync face of the engine, which runs on a portal's loop thread."""
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import concurrent.futures
 import logging
 import os
 import signal
+import sys
 import threading
-import time
-from collections.abc import Coroutine
 from types import FrameType, TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 
-from ._core import AsyncSessionLogger
+from ._config import build_engine
+from ._core import ExcInfo, exception_text
+from ._engine import CAP_FACTOR, GRACE
 from ._entry import Formatter
-from ._errors import ConfigurationError, LoggerClosedError, SinkError, WrongThreadError
+from ._errors import ConfigurationError, LoggerClosedError, WrongThreadError
 from ._handles import SessionHandle
+from ._portal import Portal
 from ._recorder import Recorder
 from ._report import DeliveryReport
-from ._threads import DaemonExecutor
 
 __all__ = ["SessionLogger"]
-
-T = TypeVar("T")
-
-# How long close() waits past its budget for the loop thread before it stops waiting: the
-# core's aclose() keeps close_timeout itself, so this only ends a loop that is blocked (a sink
-# or an async handler making a blocking call on the loop thread) or gone.
-CLOSE_GRACE: Final = 2.0
-
-
-class _LoopThread:
-    """An event loop in a daemon thread, with a start-up handshake (as anyio's portal)."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._started = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-        self._started.wait()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        # Daemon threads for run_in_executor(None, ...): usable during interpreter exit.
-        self.loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
-        self.loop.call_soon(self._started.set)
-        try:
-            self.loop.run_forever()
-        finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
-
-    @property
-    def in_thread(self) -> bool:
-        # Identity, not get_ident(): idents are reused once a thread ends, so a worker thread
-        # started after the loop thread stopped could otherwise pass for it.
-        return threading.current_thread() is self._thread
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result in the calling thread.
-
-        Raises:
-            WrongThreadError: called from the loop thread itself.
-            LoggerClosedError: the loop thread has stopped (e.g. killed by a ``SystemExit``
-                raised in an async handler), before or while waiting.
-            TimeoutError: ``timeout`` expired (the coroutine keeps running).
-        """
-        if self.in_thread:
-            coro.close()
-            raise WrongThreadError(
-                "a blocking SessionLogger verb was called from the logger's own event-loop "
-                "thread (e.g. from an async custom handler); it would deadlock"
-            )
-        if not self._thread.is_alive() and self._started.is_set():
-            coro.close()
-            raise LoggerClosedError("the logger's event-loop thread has stopped")
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError as exc:  # the loop closed since the check above
-            coro.close()
-            raise LoggerClosedError("the logger's event-loop thread has stopped") from exc
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            # In slices, so that a loop thread that dies without resolving the future (its
-            # last callbacks never run) cannot leave the caller waiting forever.
-            left = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
-            try:
-                return future.result(left)
-            except concurrent.futures.CancelledError as exc:  # the dying loop cancelled it
-                raise LoggerClosedError("the logger's event-loop thread has stopped") from exc
-            except TimeoutError:
-                if not self._thread.is_alive():
-                    future.cancel()
-                    raise LoggerClosedError("the logger's event-loop thread has stopped") from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:
-            return
-        if not self.in_thread:
-            self._thread.join(timeout)
-
 
 _RECORDER_CODE: Final = frozenset(
     f.__code__ for f in vars(Recorder).values() if hasattr(f, "__code__")
@@ -179,33 +83,44 @@ class SessionLogger:
                 "handle_sigterm=True needs the logger to be created in the main thread "
                 "(Python runs signal handlers there only)"
             )
-        self._core = AsyncSessionLogger(method, custom_formatter, **kwargs)
-        self._recorder: Recorder = self._core.recorder
-        self._intake = self._core.intake
-        self._portal = _LoopThread("async_session_logger.loop")
-        self._portal.start()
-        try:
-            self._portal.call(self._core.start())
-        except BaseException:
-            self._portal.stop()
-            raise
+        self._engine = engine = build_engine(method, custom_formatter, **kwargs)
+        engine.exit_hook = self._close_at_exit
+        self._recorder: Recorder = engine.recorder
+        self._intake = engine.intake
+        self._start_lock = threading.Lock()
         self._close_lock = threading.Lock()
-        self._report: DeliveryReport | None = None
-        # A strong reference on purpose: a logger the script dropped without close() still has
-        # entries in flight on its thread, and the exit hook must drain them.
-        atexit.register(self._close_at_exit)
+        self._portal = self._start_portal()
         self._sigterm_previous: Any = None
         self._closing = False
         self._term_during_close = False
         if handle_sigterm:
             self._install_sigterm()
 
+    def _start_portal(self) -> Portal:
+        portal = Portal("async_session_logger.loop")
+        try:
+            portal.call(self._engine.start())
+        except BaseException:
+            portal.stop()
+            raise
+        return portal
+
+    def _ready_portal(self) -> Portal:
+        """The portal, started anew in a forked child (the parent's loop thread is not here)."""
+        if self._engine.state == "new":
+            with self._start_lock:
+                if self._engine.state == "new":
+                    self._portal = self._start_portal()
+        return self._portal
+
     # -- the seed's API -----------------------------------------------------------------------
     def start_session(self, session_id: str, metadata: dict[str, Any] | None = None) -> None:
         """Start a session; its start entry carries ``metadata``."""
-        self._recorder.start(session_id, metadata)
+        if self._engine.state == "new":
+            self._ready_portal()  # a forked child's first verb
         if self._intake.full:
-            self.wait_for_space()
+            self._wait_for_space()
+        self._recorder.start(session_id, metadata)
 
     def log_entry(
         self,
@@ -213,31 +128,59 @@ class SessionLogger:
         message: str,
         level: int | str = logging.INFO,
         custom_fields: dict[str, Any] | None = None,
+        *,
+        exc_info: ExcInfo = None,
     ) -> None:
-        """Log one entry in an open session."""
-        if self._recorder.log(session_id, message, level, custom_fields):
-            self.wait_for_space()
+        """Log one entry in an open session.
+
+        ``exc_info=True`` adds the traceback being handled (an exception object: its
+        traceback) as the entry's ``exception``.
+        """
+        exception = exception_text(exc_info) if exc_info else None
+        if self._recorder.log(session_id, message, level, custom_fields, exception):
+            self._wait_for_space()
 
     def close_session(self, session_id: str, status: str = "closed") -> None:
         """Close a session; its close entry carries ``duration_s``, ``entries``, ``status``."""
-        self._recorder.close(session_id, status)
         if self._intake.full:
-            self.wait_for_space()
+            self._wait_for_space()
+        self._recorder.close(session_id, status)
 
     def save_logs(self, timeout: float | None = None) -> DeliveryReport:
         """Block until every entry logged so far is delivered (or given up) by every sink.
+
+        Args:
+            timeout: seconds to wait at most. Without it, give up after ``close_timeout``
+                seconds in which no sink made progress (a healthy sink that keeps delivering
+                is waited for); the report's ``pending`` then says what is still on its way.
 
         Returns:
             The per-sink :class:`DeliveryReport`.
 
         Raises:
-            WrongThreadError: called from the logger's own loop thread.
+            WrongThreadError: called from the logger's own loop thread or from one of its
+                custom handlers (it would wait for itself).
         """
+        self._check_thread("save_logs")
+        engine = self._engine
         if self.closed:
-            if self._report is not None:
-                return self._report
+            final = engine.final_report
+            if final is not None:
+                return final
             raise LoggerClosedError("the logger is closed")
-        return self._portal.call(self._core.save_logs(timeout))
+        portal = self._ready_portal()
+        wait = (engine.close_timeout * CAP_FACTOR if timeout is None else timeout) + GRACE
+        try:
+            return portal.call(engine.flush(timeout), wait)
+        except TimeoutError:
+            return engine.report()
+
+    def _check_thread(self, verb: str) -> None:
+        if self._portal.in_thread or self._engine.in_sink_thread():
+            raise WrongThreadError(
+                f"SessionLogger.{verb}() was called from the logger's own event-loop thread or "
+                "from one of its custom handlers; it would deadlock (wait for itself)"
+            )
 
     # -- extras -------------------------------------------------------------------------------
     def session(self, session_id: str, metadata: dict[str, Any] | None = None) -> SessionHandle:
@@ -247,60 +190,64 @@ class SessionLogger:
     def close(self, timeout: float | None = None) -> DeliveryReport:
         """Close open sessions (``interrupted``), drain the sinks, stop the thread; idempotent.
 
-        Returns within ``timeout`` (default ``close_timeout``) plus a grace of 2 s even when
-        the loop thread is blocked (a sink or an async handler making a blocking call) or has
-        died: the entries it could not deliver are then reported to ``on_error``.
+        Without ``timeout`` the drain goes on while the sinks make progress and gives up after
+        ``close_timeout`` seconds without any (6 x ``close_timeout`` in all); with it,
+        ``timeout`` is a hard limit. Either way it returns even when the loop thread is
+        blocked or has died: what it could not deliver is then reported to ``on_error``.
+        A Ctrl-C during the drain lets it finish (then raises ``KeyboardInterrupt``); a second
+        one abandons it, reporting what was not delivered.
 
         Raises:
-            WrongThreadError: called from the logger's own loop thread.
+            WrongThreadError: called from the logger's own loop thread or a custom handler.
         """
-        if self._portal.in_thread:
-            raise WrongThreadError(
-                "SessionLogger.close() was called from the logger's own event-loop thread "
-                "(e.g. from an async custom handler); it would deadlock"
-            )
+        self._check_thread("close")
+        engine = self._engine
         with self._close_lock:
-            if self._report is not None:
-                return self._report
-            atexit.unregister(self._close_at_exit)
+            final = engine.final_report
+            if final is not None:
+                return final
             # The SIGTERM handler stays during the drain: a SIGTERM now waits for it (see
             # _on_sigterm); a second one kills.
             self._closing = True
-            budget = (self._core.close_timeout if timeout is None else timeout) + CLOSE_GRACE
             join = 5.0
+            interrupts = 0
             try:
-                self._report = self._portal.call(self._core.aclose(timeout), budget)
-            except TimeoutError:
+                portal = self._ready_portal()
+                future = portal.submit(engine.stop(timeout))
+                while True:
+                    try:
+                        report = engine.wait_in_thread(future, timeout)
+                        break
+                    except KeyboardInterrupt:
+                        interrupts += 1
+                        if interrupts > 1:
+                            join = 0.0
+                            report = engine.abandon(
+                                "SessionLogger.close() gave up: interrupted twice (Ctrl-C) "
+                                "while draining"
+                            )
+                            break
+                        _say(
+                            "async_session_logger: delivering what is queued before stopping "
+                            "(press Ctrl-C again to abandon it)"
+                        )
+            except TimeoutError as exc:
                 join = 0.0  # the loop is stuck: its daemon thread is left behind
-                self._report = self._abandon(
-                    f"its event loop did not finish closing within {budget:g} s (a sink or an "
-                    "async handler blocks the loop thread?)"
+                report = engine.abandon(
+                    f"SessionLogger.close() gave up: {exc} (a sink or an async handler "
+                    "blocks the loop thread?)"
                 )
             except LoggerClosedError as exc:
-                self._report = self._abandon(str(exc))
+                report = engine.abandon(f"SessionLogger.close() gave up: {exc}")
             finally:
                 self._portal.stop(join)
                 self._restore_sigterm()
             if self._term_during_close:
                 # Drained: now let the SIGTERM do what it would have done.
                 signal.raise_signal(signal.SIGTERM)
-            return self._report
-
-    def _abandon(self, why: str) -> DeliveryReport:
-        """Report, without the loop, what close() could not deliver; return a final report."""
-        self._recorder.refuse_more()
-        report = self._core._report()  # counters only: safe to read from this thread
-        pending = ", ".join(f"{s.name} {s.pending}" for s in report.sinks.values())
-        error = SinkError(
-            f"SessionLogger.close() gave up: {why}. Not delivered: {len(self._intake)} "
-            f"entries still queued for every sink, and per sink pending: {pending}",
-            sink_name="*",
-        )
-        try:
-            self._core._on_error(error)
-        except Exception:  # the error handler must not turn close() into a crash
-            pass
-        return report
+            if interrupts:
+                raise KeyboardInterrupt
+            return report
 
     def is_open(self, session_id: str) -> bool:
         """Whether a session with this id is open now."""
@@ -308,30 +255,35 @@ class SessionLogger:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the logger and of each sink (see ``AsyncSessionLogger.stats``)."""
-        return self._core.stats()
+        return self._engine.stats()
 
     def health(self) -> dict[str, Any]:
         """Whether every sink's last attempt succeeded."""
-        return self._core.health()
+        return self._engine.health()
 
     @property
     def closed(self) -> bool:
         """Whether ``close()`` has begun."""
-        return self._closing or self._core.closed
+        return self._closing or self._engine.state in ("closing", "closed")
 
     @property
-    def recorder(self) -> Recorder:
-        """The non-blocking, thread-safe half of the verbs."""
-        return self._recorder
+    def close_timeout(self) -> float:
+        """Seconds without progress after which a drain gives up."""
+        return self._engine.close_timeout
 
-    def wait_for_space(self) -> None:
-        """Wait while the queue is full (returns at once on the loop thread: it would deadlock)."""
-        if not self._portal.in_thread:
+    def _wait_for_space(self) -> None:
+        # Not on the loop thread (it would deadlock) nor in a custom handler's thread (the
+        # writer may be waiting for that handler).
+        if not self._portal.in_thread and not self._engine.in_sink_thread():
             self._intake.wait_space_sync()
 
     def _close_at_exit(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             self.close()
+        except KeyboardInterrupt:
+            pass  # at exit, a Ctrl-C during the drain ends it; close() reported the rest
 
     # -- SIGTERM (opt-in) -----------------------------------------------------------------------
     def _install_sigterm(self) -> None:
@@ -392,4 +344,12 @@ class SessionLogger:
         self.close()
 
     def __repr__(self) -> str:
-        return repr(self._core).replace("AsyncSessionLogger", "SessionLogger", 1)
+        names = ", ".join(s.name for s in self._engine.sinks)
+        return f"<SessionLogger [{names}] {self._engine.state}>"
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except Exception:  # stderr closed
+        pass

@@ -271,31 +271,6 @@ def test_stats_and_health(tmp_path: Path) -> None:
         assert asyncio.iscoroutinefunction(SessionLogger.log_entry) is False
 
 
-def test_async_logger_cancelled_without_aclose_reports_loss(tmp_path: Path) -> None:
-    """asyncio.run() ending without aclose() reports the undelivered entries, not hides them."""
-    from async_session_logger import AsyncSessionLogger
-    from async_session_logger.sinks import Batch, Sink
-
-    class Stuck(Sink):
-        async def write_batch(self, batch: Batch) -> None:
-            await asyncio.sleep(3600)
-
-    errors: list[Exception] = []
-
-    async def app() -> None:
-        alog = AsyncSessionLogger(
-            sinks=[Stuck(name="stuck")], dead_letter_path=None, on_error=errors.append
-        )
-        await alog.start_session("s")
-        for i in range(10):
-            await alog.log_entry("s", f"m{i}")
-        await asyncio.sleep(0.05)
-
-    asyncio.run(app())
-    assert len(errors) == 1
-    assert "cancelled without aclose(): 11 entries were not delivered" in str(errors[0])
-
-
 def test_session_closed_inside_its_block_is_not_closed_twice(tmp_path: Path) -> None:
     """Closing the session inside `with logger.session()` is fine; exit adds nothing."""
     memory = MemorySink()

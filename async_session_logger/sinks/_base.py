@@ -198,7 +198,20 @@ class Sink(abc.ABC):
         """Deliver every entry of ``batch`` or raise (``PartialWriteError`` for a subset)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources; called once, after the last ``write_batch``."""
+        """Release resources; called after the last ``write_batch`` of a binding."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget loop-bound and connection state without I/O, before ``open()`` is called again.
+
+        The logger calls it when it moves to a new event loop (the one it ran on closed) and in
+        a forked child (whose connections and threads are the parent's). A sink with asyncio
+        primitives, tasks, threads or connections makes them anew here; file descriptors a
+        forked child inherited may be closed (that does not affect the parent).
+        """
+
+    def owns_current_thread(self) -> bool:
+        """Whether the caller runs in a thread of this sink (a plain custom handler's)."""
+        return False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

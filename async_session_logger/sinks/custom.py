@@ -60,10 +60,18 @@ class CustomSink(Sink):
     async def _run_async(self, lines: list[bytes]) -> tuple[list[int], BaseException | None]:
         failed: list[int] = []
         error: BaseException | None = None
+        task = asyncio.current_task()
         for i, line in enumerate(lines):
             try:
                 await self.handler(line.decode("utf-8"))
             except _HANDLER_ERRORS as exc:
+                failed.append(i)
+                error = error or exc
+            except asyncio.CancelledError as exc:
+                if task is None or task.cancelling():
+                    raise  # the lane is being cancelled (close deadline, loop shutdown)
+                # The handler raised CancelledError by itself: that entry failed, the lane
+                # lives on.
                 failed.append(i)
                 error = error or exc
             if i % 256 == 255:
@@ -106,6 +114,19 @@ class CustomSink(Sink):
                 loop.call_soon_threadsafe(_resolve, future, (failed, error))
             except RuntimeError:  # loop closed while the handler ran
                 return
+
+    def owns_current_thread(self) -> bool:
+        """Whether the caller is this sink's handler thread."""
+        thread = self._thread
+        return thread is not None and threading.current_thread() is thread
+
+    def reset(self) -> None:
+        """Start with a new job queue; a worker of the old one is told to end."""
+        if self._thread is not None:
+            self._jobs.put(None)  # ends a live worker; a forked child has none
+            self._thread = None
+        self._jobs = queue.SimpleQueue()
+        self._idle = None
 
     async def close(self) -> None:
         """Stop the worker thread (a hung handler is left behind as a daemon thread)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ def test_stats_and_health_shapes_for_every_sink(tmp_path: Path) -> None:
             logger.close_session("shape")
             report = logger.save_logs(timeout=30)
             server.wait_for(1)
+            # The server has the mail a moment before the client has read its "250 OK".
+            deadline = time.monotonic() + 5
+            while logger.stats()["sinks"]["smtp"]["details"]["digests_sent"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             stats = logger.stats()
             health = logger.health()
     assert report.ok

@@ -1,0 +1,49 @@
+"""One owner for the engine's background tasks: named, strongly referenced, awaited at stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["TaskOwner"]
+
+T = TypeVar("T")
+
+
+class TaskOwner:
+    """Keep every background task of one engine binding (as aiomqtt keeps its children).
+
+    Tasks are named ``async_session_logger.<what>``; a strong reference is held until the task
+    ends, so none is garbage-collected mid-flight, and :meth:`cancel_all` ends them all.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Start ``coro`` on the running loop as ``async_session_logger.<name>``."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"async_session_logger.{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks still referenced (running, or just finished)."""
+        return list(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def cancel_all(self) -> None:
+        """Cancel every task still running and wait for them to end."""
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def forget(self) -> None:
+        """Drop the references without touching the tasks (their loop is gone, or forked away)."""
+        self._tasks = set()

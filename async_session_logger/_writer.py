@@ -1,0 +1,128 @@
+"""The writer: drain the intake in batches, build and encode entries, fan out to the lanes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ._entry import EntryBuilder, Record
+from ._intake import Intake
+from ._lane import Lane
+from ._report import DeliveryReport
+from ._tasks import TaskOwner
+from .sinks import Batch
+
+__all__ = ["STOP", "Flush", "Writer"]
+
+
+class Flush:
+    """A flush barrier in the intake: resolved once every lane wrote what came before it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        # A concurrent future: it outlives the event loop it was created on (see Engine).
+        self.future: concurrent.futures.Future[DeliveryReport] = concurrent.futures.Future()
+
+
+class _Stop:
+    __slots__ = ()
+
+
+STOP: Final = _Stop()
+
+
+class Writer:
+    """Take up to ``batch_size`` records at a time and hand one encoded batch to every lane."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        builder: EntryBuilder,
+        lanes: Sequence[Lane],
+        batch_size: int,
+        report: Callable[[], DeliveryReport],
+    ) -> None:
+        self.intake = intake
+        self.builder = builder
+        self.lanes = lanes
+        self.batch_size = batch_size
+        self._report = report
+
+    async def run(self, owner: TaskOwner, current: Callable[[], bool]) -> None:
+        """Drain until the stop marker, then pass the stop on to every lane.
+
+        ``current()`` says whether this run still serves the engine's binding: a writer whose
+        loop was stopped (the engine moved on to another loop) must never take more.
+        """
+        intake = self.intake
+        while True:
+            items = intake.take(self.batch_size)
+            if not items:
+                await intake.wait()
+                if not current():
+                    return
+                continue
+            records: list[Record] = []
+            for item in items:
+                if type(item) is tuple:  # a Record; markers are objects
+                    records.append(item)
+                    continue
+                if records:
+                    self.dispatch(records)
+                    records = []
+                if item is STOP:
+                    for lane in self.lanes:
+                        lane.put_stop()
+                    return
+                self._barrier(item, owner)
+            if records:
+                self.dispatch(records)
+            for lane in self.lanes:
+                if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
+                    await lane.wait_space()
+            await asyncio.sleep(0)
+            if not current():
+                return
+
+    def dispatch(self, records: list[Record]) -> None:
+        """Build, format, mask and encode ``records`` once; queue the batch on every lane."""
+        if not records:
+            return
+        builder = self.builder
+        try:
+            entries = builder.build_all(records)
+        except Exception:  # defensive: one bad record must not take the batch down
+            entries = [self._build_safely(r) for r in records]
+        batch = Batch(entries, builder.encode(entries))
+        for lane in self.lanes:
+            lane.put(batch)
+
+    def _build_safely(self, record: Record) -> dict[str, Any]:
+        try:
+            return self.builder.build(record)
+        except Exception:
+            entry = self.builder.build((*record[:6], None, record[7]))
+            entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
+            return entry
+
+    def leftovers(self) -> list[Record]:
+        """Take what is still queued (the writer was stopped early); resolve its barriers."""
+        items = self.intake.take(len(self.intake))
+        for item in items:
+            if isinstance(item, Flush) and not item.future.done():
+                item.future.set_result(self._report())
+        return [item for item in items if type(item) is tuple]
+
+    def _barrier(self, flush: Flush, owner: TaskOwner) -> None:
+        futures = [lane.put_barrier() for lane in self.lanes]
+
+        async def complete() -> None:
+            await asyncio.gather(*futures)
+            if not flush.future.done():
+                flush.future.set_result(self._report())
+
+        owner.spawn(complete(), "flush")
