@@ -84,7 +84,7 @@ def _topic_for(template: str, sid: object) -> tuple[str | None, str]:
         return None, f"session_id cannot be an MQTT topic level: {exc}"
     topic = template.format(session_id=sid)
     if len(topic.encode()) > _MAX_TOPIC_BYTES:
-        return None, f"topic longer than {_MAX_TOPIC_BYTES} bytes"
+        return None, f"session_id makes the topic longer than {_MAX_TOPIC_BYTES} bytes"
     return topic, ""
 
 

@@ -434,21 +434,27 @@ class MqttSink(Sink):
                         f"the broker dropped the connection {_POISON_STRIKES} times in a row "
                         "right after this message (too large, or refused by its ACL?)"
                     )
-                    self._refuse(refused, skip, reason, list(poison.indices))
+                    self._refuse(refused, skip, reason, list(poison.indices), poison=True)
                 else:
                     no_status.update(poison.indices)  # a status message: its entry still goes
                 self._poisoned(poison.entries)
 
     def _refuse(
-        self, refused: dict[str, list[int]], skip: set[int], reason: str, indices: list[int]
+        self,
+        refused: dict[str, list[int]],
+        skip: set[int],
+        reason: str,
+        indices: list[int],
+        *,
+        poison: bool = False,
     ) -> None:
         """Set entries aside for the dead-letter file; report the first of each kind."""
         refused.setdefault(reason, []).extend(indices)
         skip.update(indices)
-        kind = "bad_topic_entries" if reason.startswith("session_id") else "oversized_entries"
-        if "connection" in reason:
-            kind = "poison_messages"
+        if poison:
+            kind = "poison_messages"  # counted per message by _poisoned
         else:
+            kind = "bad_topic_entries" if reason.startswith("session_id") else "oversized_entries"
             self.counters[kind] += len(indices)
         if kind not in self._reported:
             self._reported.add(kind)
