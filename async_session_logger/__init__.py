@@ -21,6 +21,7 @@ from ._errors import (
     SessionLoggerError,
     SinkError,
     UnknownSessionError,
+    WrongLoopError,
     WrongThreadError,
 )
 from ._handles import AsyncSessionHandle, SessionHandle
@@ -56,6 +57,7 @@ __all__ = [
     "SinkError",
     "SinkStats",
     "UnknownSessionError",
+    "WrongLoopError",
     "WrongThreadError",
     "read_dead_letters",
     "read_entries",

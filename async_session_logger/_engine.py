@@ -85,6 +85,7 @@ class Engine:
         self._gen = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._lane_tasks: list[asyncio.Task[None]] = []
+        self._progress_at = 0.0
         self._starting: asyncio.Future[None] | None = None
         self._final: concurrent.futures.Future[DeliveryReport] = concurrent.futures.Future()
         self._pid = os.getpid()
@@ -248,6 +249,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         budget = self.close_timeout if timeout is None else timeout
         cap = loop.time() + (budget if timeout is not None else budget * CAP_FACTOR)
+        self._progress_at = loop.time()
         interrupted = self.recorder.interrupt_all()
         self.intake.push(STOP)
         writer = self._writer_task
@@ -269,9 +271,11 @@ class Engine:
         if rest:  # overflow dead-letter writes, flush barriers
             await asyncio.wait(rest, timeout=max(0.05, cap - loop.time()))
             await self._owner.cancel_all()
+        # Closing a sink shows no progress to measure: it gets what is left of the budget.
+        until = cap if timeout is not None else min(cap, self._progress_at + budget)
         for lane in self.lanes:
             limit = lane.sink.timeout or 5.0
-            await lane.close_sink(max(0.5, min(limit, cap - loop.time())))
+            await lane.close_sink(max(0.5, min(limit, until - loop.time())))
         report = self.report()
         report.interrupted_sessions = interrupted
         self._finish(report)
@@ -296,6 +300,7 @@ class Engine:
             progress = self._progress()
             if progress != last:
                 last, last_at = progress, loop.time()
+                self._progress_at = last_at
         return True
 
     def wait_in_thread(

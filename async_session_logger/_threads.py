@@ -8,6 +8,7 @@ its files. These threads are daemons, so a hung write can never keep the process
 from __future__ import annotations
 
 import asyncio
+import os
 import concurrent.futures
 import queue
 import threading
@@ -105,3 +106,14 @@ async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
     """Run ``fn`` on the I/O executor and await its result."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(io_executor(), lambda: fn(*args, **kwargs))
+
+
+def _forget_executor() -> None:
+    # A forked child has none of the parent's worker threads, but the copied executor would
+    # count them as idle and never start one: its jobs would wait forever.
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_executor)

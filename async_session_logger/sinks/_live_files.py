@@ -285,6 +285,17 @@ class LiveFiles:
             except OSError:
                 pass
 
+    def drop(self) -> None:
+        """Close every descriptor at once, without flushing or I/O on the loop (a forked
+        child's inherited files, or a loop that is gone); the next append reopens."""
+        for live in self._files.values():
+            try:
+                os.close(live.fd)
+            except OSError:
+                pass
+        self._files.clear()
+        self.torn.clear()
+
     async def close(self) -> None:
         """Close every file."""
         for path in list(self._files):

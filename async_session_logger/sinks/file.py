@@ -109,16 +109,23 @@ class FileSink(Sink):
         self.mkdir = mkdir
         self.rotation = RotationPolicy(rotate_bytes, rotate_every, keep, max_age, compress)
         self.reopen = reopen or self.rotation.enabled
-        report = sink_reporter(self.name, self.report)
-        self._syncer = Syncer(parse_fsync(fsync), report, self.name)
+        self._fsync = parse_fsync(fsync)
         # Seconds since the epoch, for rotation times and stamps (tests set their own clock).
         self._clock: Callable[[], float] = time.time
+        self._build()
+        self._per_date = "{date}" in self.path
+        self._per_session = "{session_id}" in self.path
+
+    def _build(self) -> None:
+        # The helpers hold asyncio locks and tasks: made anew by reset() for a new loop.
+        report = sink_reporter(self.name, self.report)
+        self._syncer = Syncer(self._fsync, report, self.name)
         self._housekeeper = Housekeeper(self.rotation, report, lambda: self._clock())
         self._files = LiveFiles(
             name=self.name,
-            write_mode=write_mode,
-            mkdir=mkdir,
-            reopen=reopen,
+            write_mode=self.write_mode,
+            mkdir=self.mkdir,
+            reopen=self.reopen,
             policy=self.rotation,
             housekeeper=self._housekeeper,
             syncer=self._syncer,
@@ -133,8 +140,11 @@ class FileSink(Sink):
             if "{" in self.path
             else None,
         )
-        self._per_date = "{date}" in self.path
-        self._per_session = "{session_id}" in self.path
+
+    def reset(self) -> None:
+        """Close descriptors left open (a forked child's, a stopped loop's) and start anew."""
+        self._files.drop()
+        self._build()
 
     def path_for(self, entry: dict[str, Any]) -> str:
         """Return the file an entry goes to.
