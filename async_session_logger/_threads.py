@@ -8,8 +8,8 @@ its files. These threads are daemons, so a hung write can never keep the process
 from __future__ import annotations
 
 import asyncio
-import os
 import concurrent.futures
+import os
 import queue
 import threading
 from collections.abc import Callable
