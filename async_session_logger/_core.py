@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,20 +35,39 @@ def exception_text(exc_info: ExcInfo) -> str | None:
     return "".join(traceback.format_exception(exc_info))
 
 
-class _Done:
-    """An awaitable that is already complete: what a verb returns when its entry is queued."""
+class _Done(Coroutine[Any, Any, None]):
+    """A coroutine that is already complete: what a verb returns when its entry is queued.
+
+    A real ``Coroutine`` (so ``asyncio.create_task(alog.log_entry(...))`` and
+    ``run_coroutine_threadsafe`` accept it) that needs no frame, and stateless, so one object
+    serves every call; dropping it unawaited loses nothing and warns about nothing.
+    """
 
     __slots__ = ()
 
+    def send(self, value: Any) -> Any:
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        pass
+
     def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
+        return self  # a stateless iterator that is done
+
+    def __next__(self) -> Any:
+        raise StopIteration
+
+    def __iter__(self) -> _Done:
+        return self
 
 
 _DONE = _Done()
 
 
-class _Deferred:
+class _Deferred(Coroutine[Any, Any, None]):
     """The rest of a verb that could not finish at call time: start the logger, wait for room.
 
     Awaiting it does the rest. A verb whose entry could not be queued at call time (the queue
@@ -56,15 +75,31 @@ class _Deferred:
     past the bound, rather than losing it.
     """
 
-    __slots__ = ("_commit", "_engine", "_prepared")
+    __slots__ = ("_commit", "_coro", "_engine", "_prepared")
 
     def __init__(self, engine: Engine, commit: Callable[[Any], None], prepared: Any) -> None:
         self._engine = engine
         self._commit = commit
         self._prepared = prepared  # None: already queued
+        self._coro: Coroutine[Any, Any, None] | None = None
+
+    def _inner(self) -> Coroutine[Any, Any, None]:
+        if self._coro is None:
+            self._coro = self._finish()
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._inner().throw(typ if val is None else val)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._finish().__await__()
+        return self._inner().__await__()
 
     async def _finish(self) -> None:
         prepared, self._prepared = self._prepared, None
@@ -243,7 +278,8 @@ class AsyncSessionLogger:
             if engine.running and not (droppable and intake.drops) and intake.full:
                 intake.wait_space_sync()
             commit(prepared)
-            return _DONE
+            # Awaited on a loop (run_coroutine_threadsafe), the rest starts the logger there.
+            return _DONE if engine.running else _Deferred(engine, commit, None)
         ready = engine.running and engine.loop is loop
         if (droppable and intake.drops) or not intake.must_wait:
             commit(prepared)  # queued now; the awaitable only starts the logger if needed

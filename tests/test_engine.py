@@ -1,0 +1,329 @@
+"""The engine under both faces: loops, handlers, bounds and drains (issue 10, items 1, 6-8,
+10-13). Real files and real handlers; child processes where a hang must not reach pytest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from async_session_logger import (
+    AsyncSessionLogger,
+    SessionLogger,
+    WrongLoopError,
+    WrongThreadError,
+    read_dead_letters,
+)
+from async_session_logger.sinks import Batch, Sink
+
+from .faults.conftest import assert_report_accounted, parse_file
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    entries, bad = parse_file(path)
+    assert bad == 0
+    return entries
+
+
+def test_a_second_live_loop_gets_a_clear_error(tmp_path: Path) -> None:
+    """A logger running on a loop in another thread, used from a second running loop:
+    WrongLoopError at the call site, and the first loop's logging goes on unharmed."""
+    alog = AsyncSessionLogger(method="file", path=tmp_path / "log.jsonl")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(alog.start_session("a"), loop).result(10)
+
+        async def other() -> None:
+            with pytest.raises(WrongLoopError, match="another event loop"):
+                await alog.log_entry("a", "from the wrong loop")
+            with pytest.raises(WrongLoopError):
+                await alog.save_logs()
+
+        asyncio.run(other())
+        report = asyncio.run_coroutine_threadsafe(alog.aclose(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    assert report.ok and report.accepted == 2
+    assert [e["event"] for e in _lines(tmp_path / "log.jsonl")] == [
+        "session_start",
+        "session_close",
+    ]
+
+
+async def test_concurrent_first_verbs_wait_for_the_start(tmp_path: Path) -> None:
+    """Many verbs at once on a logger not started yet (no lifespan hook): the first starts it,
+    the others wait for that start instead of failing."""
+    alog = AsyncSessionLogger(method="file", path=tmp_path / "log.jsonl")
+    await asyncio.gather(*(alog.start_session(f"s{i}") for i in range(20)))
+    await asyncio.gather(*(alog.log_entry(f"s{i}", "hi") for i in range(20)))
+    report = await alog.aclose()
+    assert report.ok and report.accepted == 60
+    assert len(_lines(tmp_path / "log.jsonl")) == 60
+
+
+async def test_handle_verbs_called_without_await_are_not_lost(tmp_path: Path) -> None:
+    """A plain function calling a handle's verb without await (on the loop's thread, or in a
+    worker thread like a FastAPI `def` route): the entry is queued at call time."""
+    alog = AsyncSessionLogger(method="file", path=tmp_path / "log.jsonl")
+
+    def plain_route(s: Any, text: str) -> None:
+        s.info(text)  # no await: a sync function cannot
+        alog.log_entry(s.session_id, text + " via the logger")
+
+    async with alog, alog.session("req") as s:
+        plain_route(s, "on the loop")
+        await asyncio.to_thread(plain_route, s, "in a thread")
+    messages = [e["message"] for e in _lines(tmp_path / "log.jsonl") if e["event"] == "log"]
+    assert sorted(messages) == sorted(
+        ["on the loop", "on the loop via the logger", "in a thread", "in a thread via the logger"]
+    )
+
+
+class _Slow(Sink):
+    """Delivers steadily but slowly: ``per_batch`` seconds for each call of ``max_batch``."""
+
+    def __init__(self, per_batch: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.per_batch = per_batch
+        self.got: list[dict[str, Any]] = []
+
+    async def write_batch(self, batch: Batch) -> None:
+        await asyncio.sleep(self.per_batch)
+        self.got.extend(batch)
+
+
+async def test_the_queue_bound_holds_for_many_waiting_producers(tmp_path: Path) -> None:
+    """2,000 producer tasks against max_queue=200 and a slow sink: the queue never holds more
+    than max_queue, and every entry arrives in order within its session."""
+    sink = _Slow(0.002, name="slow", max_batch=100, max_pending=200)
+    alog = AsyncSessionLogger(sinks=[sink], max_queue=200, dead_letter_path=None)
+    peak = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, alog.stats()["queued"])
+            await asyncio.sleep(0)
+
+    async def producer(n: int) -> None:
+        async with alog.session(f"p{n}") as s:
+            for i in range(5):
+                await s.info(f"{i}")
+
+    async with alog:
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(producer(n) for n in range(2000)))
+        stop.set()
+        await watcher
+        report = await alog.save_logs()
+    assert report.ok and report.accepted == 2000 * 7
+    assert peak <= 200, peak
+    seqs: dict[str, list[int]] = {}
+    for entry in sink.got:
+        seqs.setdefault(entry["session_id"], []).append(entry["seq"])
+    assert all(v == list(range(7)) for v in seqs.values()) and len(seqs) == 2000
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_close_waits_for_a_sink_that_keeps_delivering(tmp_path: Path, face: str) -> None:
+    """A healthy sink slower than close_timeout needs: close() waits while it progresses
+    (about 2.5 s here with close_timeout=1), and nothing is dead-lettered."""
+    sink = _Slow(0.02, name="slow", max_batch=20)
+    options: dict[str, Any] = {
+        "sinks": [sink],
+        "close_timeout": 1.0,
+        "dead_letter_path": tmp_path / "dead.jsonl",
+    }
+
+    def log(verb: Any) -> None:
+        for i in range(2500):
+            verb("s", f"m{i}")
+
+    if face == "sync":
+        logger = SessionLogger(**options)
+        logger.start_session("s")
+        log(logger.log_entry)
+        report = logger.close()
+    else:
+
+        async def main() -> Any:
+            async with AsyncSessionLogger(**options) as alog:
+                await alog.start_session("s")
+                log(alog.log_entry)
+            return await alog.aclose()
+
+        report = asyncio.run(main())
+    assert report.ok, report
+    assert len(sink.got) == 2502
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+def test_close_still_gives_up_on_a_stuck_sink(tmp_path: Path) -> None:
+    """A sink that makes no progress at all is given up after close_timeout, not waited for."""
+
+    class Stuck(Sink):
+        async def write_batch(self, batch: Batch) -> None:
+            await asyncio.sleep(3600)
+
+    logger = SessionLogger(
+        sinks=[Stuck(name="stuck", timeout=None)],
+        close_timeout=1.0,
+        dead_letter_path=tmp_path / "dead.jsonl",
+    )
+    logger.start_session("s")
+    logger.log_entry("s", "x")
+    started = time.monotonic()
+    report = logger.close()
+    assert time.monotonic() - started < 1.0 + 1.5
+    assert report["stuck"].dead_lettered == 3 and not report.ok
+    assert_report_accounted(report, tmp_path / "dead.jsonl")
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_an_async_handler_raising_cancelled_error_is_a_failure_not_a_dead_lane(
+    tmp_path: Path, face: str
+) -> None:
+    """An async handler that raises CancelledError on some entries: those are retried and
+    dead-lettered; the lane lives on, save_logs() returns, and the report adds up."""
+
+    async def handler(message: str) -> None:
+        if '"message":"bad' in message:
+            raise asyncio.CancelledError
+
+    options: dict[str, Any] = {
+        "method": "custom",
+        "custom_handler": handler,
+        "custom": {"retries": 1},
+        "dead_letter_path": tmp_path / "dead.jsonl",
+    }
+
+    def log(verb: Any) -> None:
+        for i in range(200):
+            verb("s", f"bad {i}" if i % 20 == 0 else f"good {i}")
+
+    if face == "sync":
+        logger = SessionLogger(**options)
+        logger.start_session("s")
+        log(logger.log_entry)
+        logger.close_session("s")
+        flushed = logger.save_logs()
+        report = logger.close()
+    else:
+
+        async def main() -> Any:
+            alog = AsyncSessionLogger(**options)
+            await alog.start_session("s")
+            log(alog.log_entry)
+            await alog.close_session("s")
+            flushed = await alog.save_logs()
+            return flushed, await alog.aclose()
+
+        flushed, report = asyncio.run(main())
+    assert flushed["handler"].pending == 0
+    assert report["handler"].dead_lettered == 10 and report["handler"].delivered == 192
+    assert_report_accounted(report, tmp_path / "dead.jsonl")
+
+
+def test_save_logs_from_a_plain_handler_raises_at_once(tmp_path: Path) -> None:
+    """A plain custom handler calling save_logs() or close() on its own logger gets
+    WrongThreadError at once (it would wait for itself), not a 40 s stall."""
+    caught: list[BaseException] = []
+    holder: dict[str, SessionLogger] = {}
+
+    def handler(message: str) -> None:
+        for verb in (holder["logger"].save_logs, holder["logger"].close):
+            try:
+                verb()
+            except WrongThreadError as exc:
+                caught.append(exc)
+
+    logger = holder["logger"] = SessionLogger(
+        method="custom", custom_handler=handler, dead_letter_path=tmp_path / "dead.jsonl"
+    )
+    started = time.monotonic()
+    logger.start_session("s")
+    report = logger.save_logs()
+    logger.close()
+    assert time.monotonic() - started < 5
+    assert report.ok and len(caught) == 4  # for the start entry, then the close entry
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+HUNG_DEAD_LETTERS = """
+import asyncio, os, time
+from async_session_logger import SessionLogger
+from async_session_logger.sinks import Batch, Sink
+
+class Failing(Sink):
+    async def write_batch(self, batch):
+        raise OSError("down")
+
+os.mkfifo("dead.jsonl")  # opening it for writing blocks forever: a hung mount, for real
+logger = SessionLogger(sinks=[Failing(name="failing", retries=0)], close_timeout=3,
+                       dead_letter_path="dead.jsonl", on_error=lambda e: print(e, flush=True))
+logger.start_session("s")
+logger.log_entry("s", "x")
+started = time.monotonic()
+report = logger.close()
+took = time.monotonic() - started
+s = report["failing"]
+print("RESULT", report.ok, report.accepted, s.delivered, s.dead_lettered, s.lost, s.pending,
+      round(took, 1), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_hung_dead_letter_write_keeps_close_in_budget(tmp_path: Path) -> None:
+    """A dead-letter write that blocks (a FIFO no one reads, like a hung network mount):
+    close() keeps its budget, and its report adds up and says not ok."""
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(HUNG_DEAD_LETTERS))
+    run = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    result = next(line for line in run.stdout.splitlines() if line.startswith("RESULT"))
+    _, ok, accepted, delivered, dead, lost, pending, took = result.split()
+    assert ok == "False" and accepted == "3"  # start, log, and the close entry of close()
+    assert int(delivered) + int(dead) + int(lost) + int(pending) == 3
+    assert int(lost) + int(pending) == 3
+    assert float(took) < 3 + 2.5
+    assert "Not delivered:" in run.stdout or "could not keep them" in run.stdout
+
+
+def test_reports_add_up_after_an_overflow_dead_letter_storm(tmp_path: Path) -> None:
+    """Entries shed by a dead_letter-overflow sink are counted pending until their letter is
+    written, then dead-lettered: every report along the way adds up."""
+
+    class Slow(Sink):
+        async def write_batch(self, batch: Batch) -> None:
+            await asyncio.sleep(0.01)
+
+    logger = SessionLogger(
+        sinks=[Slow(name="slow", max_pending=50, overflow="dead_letter", max_batch=10)],
+        dead_letter_path=tmp_path / "dead.jsonl",
+    )
+    logger.start_session("s")
+    for i in range(2000):
+        logger.log_entry("s", f"m{i}", logging.INFO)
+    logger.close_session("s")
+    report = logger.close()
+    assert report["slow"].dead_lettered > 0
+    assert_report_accounted(report, tmp_path / "dead.jsonl")
+    letters = list(read_dead_letters(tmp_path / "dead.jsonl"))
+    assert len(letters) == report["slow"].dead_lettered
+    assert os.path.getsize(tmp_path / "dead.jsonl") > 0
