@@ -22,9 +22,6 @@ FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 # The info strings a doc may use. A block meant to run says exactly ``python``; one that cannot
 # run alone says ``python fragment`` (GitHub still highlights it) and the text says so too.
 KNOWN_INFO = {"", "python", "python fragment", "bash", "text"}
-# Blocks of docs another engineer owns, not yet marked: each must become ``python fragment``
-# (it is a signature sketch, not a script); strict, so the entry must go once it is marked.
-AWAITING_MARK = {"docs/architecture.md:64"}
 # A snippet that waits for a server that is not there must fail this, not hang the suite.
 TIMEOUT_S = 90
 
@@ -89,19 +86,7 @@ def run_snippet(code: str, cwd: Path, port: int) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.parametrize(
-    "block",
-    [
-        pytest.param(
-            b,
-            id=b.name,
-            marks=[pytest.mark.xfail(strict=True, reason="to be marked as a fragment")]
-            if b.name in AWAITING_MARK
-            else [],
-        )
-        for b in SCRIPTS
-    ],
-)
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.name) for b in SCRIPTS])
 def test_python_block_runs_as_a_script(block: Block, tmp_path: Path, broker: Broker) -> None:
     """The block, saved as a script and run in an empty directory, exits 0 with a clean stderr."""
     result = run_snippet(block.code, tmp_path, broker.port)
@@ -113,8 +98,6 @@ def test_every_block_has_a_known_info_string() -> None:
     odd = [f"{b.name}: {b.info!r}" for b in ALL_BLOCKS if b.info not in KNOWN_INFO]
     assert odd == []
     assert len(SCRIPTS) >= 10  # the parser still finds the blocks
-    # Each AWAITING_MARK entry still names an unmarked block (remove it once marked).
-    assert {b.name for b in SCRIPTS} >= AWAITING_MARK
 
 
 def test_fragments_say_so_in_the_text() -> None:
