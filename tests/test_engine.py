@@ -327,3 +327,27 @@ def test_reports_add_up_after_an_overflow_dead_letter_storm(tmp_path: Path) -> N
     letters = list(read_dead_letters(tmp_path / "dead.jsonl"))
     assert len(letters) == report["slow"].dead_lettered
     assert os.path.getsize(tmp_path / "dead.jsonl") > 0
+
+
+def test_a_link_planted_at_the_dead_letter_file_is_not_written_through(tmp_path: Path) -> None:
+    """A symlink at the dead-letter path: nothing reaches its target; the entries are counted
+    lost and reported (the report says not ok)."""
+
+    class Failing(Sink):
+        async def write_batch(self, batch: Batch) -> None:
+            raise OSError("down")
+
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    (tmp_path / "dead.jsonl").symlink_to(target)
+    errors: list[Exception] = []
+    logger = SessionLogger(
+        sinks=[Failing(name="failing", retries=0)],
+        dead_letter_path=tmp_path / "dead.jsonl",
+        on_error=errors.append,
+    )
+    logger.start_session("s")
+    report = logger.close()
+    assert target.read_text() == "precious\n"
+    assert report["failing"].lost == 2 and not report.ok
+    assert any("could not keep them" in str(e) for e in errors)
