@@ -55,7 +55,8 @@ class _Done(Coroutine[Any, Any, None]):
         pass
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self  # a stateless iterator that is done
+        # An exhausted C iterator: no Python frame, no StopIteration raised from Python code.
+        return iter(())  # type: ignore[return-value]
 
     def __next__(self) -> Any:
         raise StopIteration
