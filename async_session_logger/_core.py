@@ -35,7 +35,7 @@ def exception_text(exc_info: ExcInfo) -> str | None:
     return "".join(traceback.format_exception(exc_info))
 
 
-class _Done(Coroutine[Any, Any, None]):
+class _Done(tuple[()], Coroutine[Any, Any, None]):
     """A coroutine that is already complete: what a verb returns when its entry is queued.
 
     A real ``Coroutine`` (so ``asyncio.create_task(alog.log_entry(...))`` and
@@ -54,15 +54,8 @@ class _Done(Coroutine[Any, Any, None]):
     def close(self) -> None:
         pass
 
-    def __await__(self) -> Generator[Any, None, None]:
-        # An exhausted C iterator: no Python frame, no StopIteration raised from Python code.
-        return iter(())  # type: ignore[return-value]
-
-    def __next__(self) -> Any:
-        raise StopIteration
-
-    def __iter__(self) -> _Done:
-        return self
+    # An empty tuple's C iterator: awaiting runs no Python frame at all.
+    __await__ = tuple.__iter__  # type: ignore[assignment]
 
 
 _DONE = _Done()
@@ -201,6 +194,10 @@ class AsyncSessionLogger:
         )
         self.sinks: list[Sink] = self._engine.sinks
         self.close_timeout = close_timeout
+        # The hot path's references, looked up once.
+        self._intake = self._engine.intake
+        self._buf = self._intake.buf
+        self._log = self._engine.recorder.log
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -250,12 +247,9 @@ class AsyncSessionLogger:
         """
         engine = self._engine
         exception = exception_text(exc_info) if exc_info else None
-        if (
-            engine.state == "running"
-            and engine.loop is _get_running_loop()
-            and not engine.intake.must_wait
-        ):
-            engine.recorder.log(session_id, message, level, custom_fields, exception)
+        # Running on this loop, and room without waiting in line: queue and return.
+        if engine.live_loop is _get_running_loop() and len(self._buf) < self._intake.admit_below:
+            self._log(session_id, message, level, custom_fields, exception)
             return _DONE
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, exception)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)

@@ -49,6 +49,8 @@ CAP_FACTOR: Final = 6
 GRACE: Final = 2.0
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+# What live_loop holds while the engine does not run: no running loop (nor None) is ever it.
+_NOT_RUNNING: Final[Any] = object()
 
 
 class Engine:
@@ -75,8 +77,8 @@ class Engine:
         self.close_timeout = close_timeout
         self.lanes = [Lane(s, self.dead_letters, self.report_error) for s in self.sinks]
         self.writer = Writer(self.intake, builder, self.lanes, batch_size, self.report)
-        self.state = NEW
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.state = NEW
         # Called at interpreter exit and by multiprocessing's exit (os._exit children); a face
         # may replace it with its own close. A strong reference on purpose: a logger the
         # program dropped without closing still has entries in flight.
@@ -94,6 +96,18 @@ class Engine:
         _ENGINES.add(self)
 
     # -- binding ------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """new, starting, running, detached, closing or closed."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        # The async face's hot path compares this with the running loop: one identity test
+        # says "running, and on this loop".
+        self.live_loop = self.loop if value == RUNNING else _NOT_RUNNING
+
     @property
     def running(self) -> bool:
         """Whether the writer runs (on :attr:`loop`)."""

@@ -42,7 +42,10 @@ class Intake:
 
     def reset(self) -> None:
         """Start empty with fresh locks (a forked child: the parent's queue is the parent's)."""
-        self._buf: deque[Any] = deque()
+        if hasattr(self, "_buf"):
+            self._buf.clear()  # the same object: the faces and the Recorder hold it
+        else:
+            self._buf: deque[Any] = deque()
         self.buf = self._buf  # the Recorder appends directly on its hot path
         # Guards take() against drops (which delete from the middle) and marker pushes;
         # the Recorder's appends run under its own lock, which drops also hold.
@@ -59,6 +62,12 @@ class Intake:
         # slots, each with a reserved slot, so the bound holds and no herd wakes at once.
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.reserved = 0
+        self._gate()
+
+    def _gate(self) -> None:
+        # Derived from reserved and waiters, kept as a plain int for the async hot path: a
+        # producer may queue at once while len(buf) < admit_below (0 while others wait in line).
+        self.admit_below = 0 if self.waiters else self.limit - self.reserved
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the writer runs on (called from that loop's thread)."""
@@ -68,6 +77,7 @@ class Intake:
         self._sleeping = False
         self.waiters = deque()  # futures of a previous loop can never be resolved
         self.reserved = 0
+        self._gate()
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -165,16 +175,18 @@ class Intake:
                 future.set_result(None)
                 self.reserved += 1
                 free -= 1
+        self._gate()
 
     @property
     def must_wait(self) -> bool:
         """Whether an async producer must queue for a slot (block policy: full, or a line)."""
-        return len(self._buf) + self.reserved >= self.limit or bool(self.waiters)
+        return len(self._buf) >= self.admit_below
 
     async def admit(self) -> None:
         """Wait in line for a slot; the caller then holds a reservation: call :meth:`admitted`."""
         future = asyncio.get_running_loop().create_future()
         self.waiters.append(future)
+        self._gate()
         if len(self._buf) + self.reserved < self.limit:
             self._admit()  # room already: the line moves now
         try:
@@ -187,6 +199,7 @@ class Intake:
                     self.waiters.remove(future)
                 except ValueError:
                     pass
+                self._gate()
             raise
 
     def admitted(self) -> None:
@@ -194,6 +207,8 @@ class Intake:
         self.reserved -= 1
         if self.waiters:
             self._admit()
+        else:
+            self._gate()
 
     async def wait(self) -> None:
         """Sleep until something is pushed (writer side)."""
