@@ -351,3 +351,23 @@ def test_a_link_planted_at_the_dead_letter_file_is_not_written_through(tmp_path:
     assert target.read_text() == "precious\n"
     assert report["failing"].lost == 2 and not report.ok
     assert any("could not keep them" in str(e) for e in errors)
+
+
+async def test_verbs_awaitables_work_with_create_task_and_warn_nothing_unawaited(
+    tmp_path: Path,
+) -> None:
+    """What a verb returns is a coroutine to asyncio (create_task, gather take it); left
+    unawaited it warns nothing, and its entry is written all the same."""
+    import warnings
+
+    alog = AsyncSessionLogger(method="file", path=tmp_path / "log.jsonl")
+    async with alog:
+        await asyncio.create_task(alog.start_session("s"))  # first use: starts the logger
+        await asyncio.create_task(alog.log_entry("s", "task"))
+        await asyncio.gather(alog.log_entry("s", "gathered"), alog.log_entry("s", "too"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            alog.log_entry("s", "dropped unawaited")
+        await alog.close_session("s")
+    messages = [e["message"] for e in _lines(tmp_path / "log.jsonl") if e["event"] == "log"]
+    assert messages == ["task", "gathered", "too", "dropped unawaited"]
