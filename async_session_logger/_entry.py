@@ -10,6 +10,7 @@ from typing import Any, Final
 import orjson
 
 from ._encode import DUMPS_OPTIONS, describe, encode_entry, json_default
+from ._reader import entry_problem
 from ._validate import _LEVEL_NAMES, level_name
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
     "Masker",
     "Record",
     "format_timestamp",
-    "schema_problem",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -150,25 +150,6 @@ class Masker:
         return value
 
 
-def schema_problem(entry: dict[str, Any]) -> str | None:
-    """Return why ``entry`` lacks what a reader needs to place it in a session, or None.
-
-    The keys ``read_entries`` requires: a str ``session_id``, a non-negative int ``seq`` and a
-    str ``event``.
-    """
-    missing = [key for key in ("session_id", "seq", "event") if key not in entry]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    if not isinstance(entry["session_id"], str):
-        return "has a session_id that is not a string"
-    seq = entry["seq"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:  # bool: no sequence number
-        return "has a seq that is not a non-negative integer"
-    if not isinstance(entry["event"], str):
-        return "has an event that is not a string"
-    return None
-
-
 class EntryBuilder:
     """Turn records into schema-v1 dicts and JSON lines: the writer's I/O-free half."""
 
@@ -240,11 +221,11 @@ class EntryBuilder:
         if not isinstance(out, dict):
             entry["formatter_error"] = f"formatter returned {type(out).__name__}, expected dict"
             return entry
-        problem = schema_problem(out)
+        problem = entry_problem(out)
         if problem is not None:
-            # A line without these keys is refused by every reader: the entry would be
-            # "delivered" yet lost. Keep the unformatted entry, as for a formatter that raises.
-            entry["formatter_error"] = f"formatter output {problem}"
+            # A line the readers refuse would be "delivered" yet lost: keep the unformatted
+            # entry, as for a formatter that raises. The rule is the reader's own.
+            entry["formatter_error"] = f"formatter output is not a readable entry: {problem}"
             return entry
         return out
 

@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import orjson
 
-from ._entry import format_timestamp, schema_problem
+from ._entry import format_timestamp
 from ._errors import InvalidSessionIdError, SinkError
-from ._reader import ReaderWarning
+from ._reader import ReaderWarning, entry_problem
 from ._replay_claim import Claim
 from ._threads import run_blocking
 from ._validate import check_session_id
@@ -186,9 +186,9 @@ def _parse(line: bytes) -> _Letter | str:
     # A letter is data from a file anyone with write access may have edited: re-send only
     # what the logger itself could have written (an entry `{}` is no log line), and no id
     # that the logger would refuse, since sinks turn ids into file names and topics.
-    problem = schema_problem(entry)
+    problem = entry_problem(entry)
     if problem is not None:
-        return f"not a log entry (its entry {problem})"
+        return f"not a log entry ({problem})"
     try:
         check_session_id(entry["session_id"])
     except InvalidSessionIdError as exc:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from async_session_logger import SessionLogger, read_sessions
 from async_session_logger._encode import describe, encode_entry, sanitize
-from async_session_logger._entry import schema_problem
+from async_session_logger._entry import EntryBuilder, Masker
 
 from .cli.helpers import run_cli
 
@@ -198,16 +198,18 @@ def test_a_formatter_that_drops_schema_keys_is_treated_as_failing(tmp_path: Path
     assert "f" in done.stdout
 
 
-def test_schema_problem_names_what_is_missing() -> None:
-    """schema_problem says which reader-required key is missing or of the wrong type."""
-    assert schema_problem({"session_id": "s", "seq": 0, "event": "log"}) is None
-    assert schema_problem({}) == "lacks session_id, seq, event"
-    assert schema_problem({"session_id": 1, "seq": 0, "event": "log"}) == (
-        "has a session_id that is not a string"
+def test_formatter_output_is_checked_by_the_readers_own_rule() -> None:
+    """A formatter's output is held to the reader's entry_problem (one rule, no drift), and
+    formatter_error says which key is wrong."""
+    builder = EntryBuilder(lambda e: {**e, "seq": True}, Masker(None))
+    entry = builder.build((1, "s", 1, 0, 20, "m", None, 0))
+    assert entry["seq"] == 1
+    assert entry["formatter_error"] == (
+        "formatter output is not a readable entry: seq is not a non-negative integer"
     )
-    assert schema_problem({"session_id": "s", "seq": True, "event": "log"}) == (
-        "has a seq that is not a non-negative integer"
+    dropped = EntryBuilder(lambda e: {"message": "x"}, Masker(None)).build(
+        (1, "s", 1, 0, 20, "m", None, 0)
     )
-    assert schema_problem({"session_id": "s", "seq": 0, "event": 3}) == (
-        "has an event that is not a string"
+    assert dropped["formatter_error"] == (
+        "formatter output is not a readable entry: entry lacks session_id, seq, event"
     )

@@ -411,9 +411,7 @@ def test_letters_with_no_log_entry_or_an_unsafe_id_are_kept_not_replayed(tmp_pat
     with pytest.warns(ReaderWarning) as caught:
         report = _replay(dead, FileSink(out / "{session_id}.jsonl"))
     messages = [str(w.message) for w in caught]
-    assert messages[0] == (
-        f"{dead}:4: not a log entry (its entry lacks session_id, seq, event); kept"
-    )
+    assert messages[0] == (f"{dead}:4: not a log entry (entry lacks session_id, seq, event); kept")
     assert messages[1].startswith(f"{dead}:5: unsafe session id: session id '../../../x'")
     assert messages[2].startswith(f"{dead}:6: unsafe session id: session id must not be '..'")
     assert (report.resent, report.invalid, report.failed) == (3, 3, 0)

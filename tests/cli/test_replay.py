@@ -151,7 +151,7 @@ def test_a_letter_id_cannot_lead_the_target_path_out_of_its_directory(tmp_path: 
     assert warnings[0].startswith(f"async-session-logger: warning: {dead}:15: unsafe session id")
     assert warnings[1] == (
         f"async-session-logger: warning: {dead}:16: not a log entry "
-        "(its entry lacks session_id, seq, event); kept"
+        "(entry lacks session_id, seq, event); kept"
     )
     assert dead.read_bytes() == planted
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "b.jsonl"]
