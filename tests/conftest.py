@@ -137,6 +137,19 @@ class FaceFactory:
         return face
 
 
+SECRET = b"root:secret-hash:19000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A 0600 file outside the directories under test: what a planted link points at."""
+    target = tmp_path / "private" / "shadow"
+    target.parent.mkdir()
+    target.write_bytes(SECRET)
+    target.chmod(0o600)
+    return target
+
+
 @pytest.fixture(params=["sync", "async"])
 async def make_logger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FaceFactory]:
     """Yield a factory of loggers of the parametrized face (sync facade or async core)."""

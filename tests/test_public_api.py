@@ -76,3 +76,18 @@ def test_replay_and_the_command_line_are_public_and_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_async_faces_defaults_are_the_engines() -> None:
+    """AsyncSessionLogger spells out build_engine's keywords for its typed signature: the
+    defaults must be the same, or the two faces would differ (SessionLogger passes **kwargs)."""
+    import inspect
+
+    from async_session_logger import AsyncSessionLogger
+    from async_session_logger._config import build_engine
+
+    face = inspect.signature(AsyncSessionLogger.__init__).parameters
+    engine = inspect.signature(build_engine).parameters
+    shared = [name for name in engine if name not in ("method", "custom_formatter", "options")]
+    assert shared and all(name in face for name in shared)
+    assert {n: face[n].default for n in shared} == {n: engine[n].default for n in shared}

@@ -26,6 +26,7 @@ from async_session_logger import (
 from async_session_logger._deadletter import DeadLetters
 from async_session_logger.sinks import Batch, FileSink, MqttSink, PartialWriteError, Sink
 
+from .conftest import SECRET
 from .mqtt_broker import Broker, free_port
 
 
@@ -429,24 +430,11 @@ def test_letters_with_no_log_entry_or_an_unsafe_id_are_kept_not_replayed(tmp_pat
     ]
 
 
-SECRET = b"root:secret-hash:19000:0:99999:7:::\n"
-
-
-def _secret(tmp_path: Path) -> Path:
-    """Return a 0600 file outside the replay's directory: what a planted link points at."""
-    target = tmp_path / "private" / "shadow"
-    target.parent.mkdir()
-    target.write_bytes(SECRET)
-    target.chmod(0o600)
-    return target
-
-
-def test_a_link_planted_as_the_working_copy_is_refused(tmp_path: Path) -> None:
+def test_a_link_planted_as_the_working_copy_is_refused(tmp_path: Path, secret: Path) -> None:
     """dead.jsonl.replaying is a symlink: the replay refuses it (ELOOP), appends nothing to its
     target, and leaves the dead-letter file as it was."""
     dead = _make_dead_letters(tmp_path, sessions=1, entries=2)
     original = dead.read_bytes()
-    secret = _secret(tmp_path)
     work = Path(f"{dead}.replaying")
     work.symlink_to(secret)
     with pytest.raises(OSError) as caught:
@@ -476,10 +464,11 @@ def test_a_link_planted_as_the_working_copy_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_a_dead_letter_file_that_is_a_link_is_not_copied_anywhere(tmp_path: Path) -> None:
+def test_a_dead_letter_file_that_is_a_link_is_not_copied_anywhere(
+    tmp_path: Path, secret: Path
+) -> None:
     """dead.jsonl is a symlink to a 0600 file: refused before anything is renamed or copied,
     so the target's lines never land in a file readable by others."""
-    secret = _secret(tmp_path)
     dead = tmp_path / "dead.jsonl"
     dead.symlink_to(secret)
     with pytest.raises(OSError) as caught:

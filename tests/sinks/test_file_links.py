@@ -18,19 +18,7 @@ import pytest
 from async_session_logger import SessionLogger, SinkError, read_dead_letters
 from async_session_logger.sinks import Batch, FileSink, _rotation
 
-from ..conftest import FaceFactory, read_lines
-
-SECRET = b"root:secret-hash:19000:0:99999:7:::\n"
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    """A 0600 file outside the log directory: what a planted link points at."""
-    target = tmp_path / "private" / "shadow"
-    target.parent.mkdir()
-    target.write_bytes(SECRET)
-    target.chmod(0o600)
-    return target
+from ..conftest import SECRET, FaceFactory, read_lines
 
 
 @pytest.fixture
