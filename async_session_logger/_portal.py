@@ -55,11 +55,6 @@ class Portal:
         # Identity, not get_ident(): idents are reused once a thread ends.
         return threading.current_thread() is self._thread
 
-    @property
-    def alive(self) -> bool:
-        """Whether the loop thread still runs."""
-        return self._thread.is_alive()
-
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop and return its future.
 

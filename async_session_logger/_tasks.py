@@ -33,9 +33,6 @@ class TaskOwner:
         """The tasks still referenced (running, or just finished)."""
         return list(self._tasks)
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def cancel_all(self) -> None:
         """Cancel every task still running and wait for them to end."""
         tasks = [t for t in self._tasks if not t.done()]
@@ -43,7 +40,3 @@ class TaskOwner:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    def forget(self) -> None:
-        """Drop the references without touching the tasks (their loop is gone, or forked away)."""
-        self._tasks = set()
