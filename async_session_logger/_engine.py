@@ -12,12 +12,11 @@ import asyncio
 import atexit
 import concurrent.futures
 import dataclasses
-import multiprocessing.util
 import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._deadletter import DeadLetters
 from ._entry import EntryBuilder
@@ -30,6 +29,9 @@ from ._report import DeliveryReport, ErrorHandler, SinkStats, print_error
 from ._tasks import TaskOwner
 from ._writer import STOP, Flush, Writer
 from .sinks import Sink
+
+if TYPE_CHECKING:
+    import multiprocessing.util
 
 __all__ = ["CAP_FACTOR", "Engine"]
 
@@ -383,7 +385,10 @@ class Engine:
         self._hooked_pid = os.getpid()
         atexit.register(self.exit_hook)
         # multiprocessing runs its finalizers in children that end with os._exit() (fork and
-        # forkserver workers), where atexit does not run.
+        # forkserver workers), where atexit does not run. Imported here, at the first start,
+        # not with the package: it costs ~8 ms of import time.
+        import multiprocessing.util
+
         self._finalizer = multiprocessing.util.Finalize(None, self.exit_hook, exitpriority=100)
 
     def _unhook(self) -> None:
