@@ -276,7 +276,6 @@ class AsyncSessionLogger:
         message: str,
         level: int | str = logging.INFO,
         custom_fields: dict[str, Any] | None = None,
-        *,
         exc_info: ExcInfo = None,
     ) -> Awaitable[None]:
         """Queue one entry of an open session; awaiting waits only when the queue is full.
@@ -289,7 +288,10 @@ class AsyncSessionLogger:
         # Running on this loop, and room without waiting in line: queue and return.
         loop = _get_running_loop()
         if engine.live_loop is loop and len(self._buf) < self._intake.admit_below:
-            self._log(session_id, message, level, custom_fields, exception)
+            if exception is None:
+                self._log(session_id, message, level, custom_fields)
+            else:
+                self._log(session_id, message, level, custom_fields, exception)
             return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, exception)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)

@@ -128,16 +128,19 @@ class SessionLogger:
         message: str,
         level: int | str = logging.INFO,
         custom_fields: dict[str, Any] | None = None,
-        *,
         exc_info: ExcInfo = None,
     ) -> None:
         """Log one entry in an open session.
 
         ``exc_info=True`` adds the traceback being handled (an exception object: its
-        traceback) as the entry's ``exception``.
+        traceback) as the entry's ``exception``. (Not keyword-only: a keyword-only default
+        costs every call a dict lookup, on the hottest path there is.)
         """
-        exception = exception_text(exc_info) if exc_info else None
-        if self._recorder.log(session_id, message, level, custom_fields, exception):
+        if exc_info:
+            exception = exception_text(exc_info)
+            if self._recorder.log(session_id, message, level, custom_fields, exception):
+                self._wait_for_space()
+        elif self._recorder.log(session_id, message, level, custom_fields):
             self._wait_for_space()
 
     def close_session(self, session_id: str, status: str = "closed") -> None:
