@@ -317,7 +317,7 @@ class AsyncSessionLogger:
             commit(prepared)
             # Awaited on a loop (run_coroutine_threadsafe), the rest starts the logger there.
             return _DONE if engine.running else _Deferred(engine, commit, None)
-        ready = engine.running and engine.loop is loop
+        ready = engine.live_loop is loop
         if (droppable and intake.drops) or not intake.must_wait:
             commit(prepared)  # queued now; the awaitable only starts the logger if needed
             return self._done_on(loop) if ready else _Deferred(engine, commit, None)
