@@ -5,6 +5,7 @@ without blocking the caller, and are written in batches by a background task to 
 files, stdout, MQTT, email, or your own callables. Nothing accepted is lost silently.
 """
 
+from ._context import bind_session, current_session, run_in_executor, run_in_thread
 from ._core import AsyncSessionLogger
 from ._deadletter import read_dead_letters
 from ._entry import DEFAULT_MASK_KEYS, SCHEMA_VERSION
@@ -59,8 +60,12 @@ __all__ = [
     "UnknownSessionError",
     "WrongLoopError",
     "WrongThreadError",
+    "bind_session",
+    "current_session",
     "read_dead_letters",
     "read_entries",
     "read_sessions",
     "replay_dead_letters",
+    "run_in_executor",
+    "run_in_thread",
 ]

@@ -7,20 +7,35 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from ._config import DEFAULT_DEAD_LETTER_PATH, build_engine
 from ._engine import Engine
 from ._entry import DEFAULT_MASK_KEYS, Formatter
-from ._errors import SinkError
+from ._errors import InvalidFieldsError, SinkError
 from ._handles import AsyncSessionHandle
 from ._intake import Overflow
 from ._report import DeliveryReport, ErrorHandler
 from .sinks import Sink
 
-__all__ = ["AsyncSessionLogger", "ExcInfo", "exception_text"]
+__all__ = [
+    "ORIGIN_KEYS",
+    "AsyncSessionLogger",
+    "ExcInfo",
+    "exception_extra",
+    "exception_text",
+    "record_extra",
+]
 
 ExcInfo = bool | BaseException | None
 _get_running_loop = asyncio._get_running_loop  # None instead of raising: verbs work off-loop too
@@ -33,6 +48,39 @@ def exception_text(exc_info: ExcInfo) -> str | None:
     if exc_info is True:
         return traceback.format_exc() if sys.exc_info()[0] is not None else None
     return "".join(traceback.format_exception(exc_info))
+
+
+def exception_extra(exc_info: ExcInfo) -> dict[str, Any] | None:
+    """The entry's top-level ``exception`` key for ``exc_info``, or ``None``."""
+    text = exception_text(exc_info)
+    return None if text is None else {"exception": text}
+
+
+# Top-level keys an integration may set on a log entry, saying where it came from: the stdlib
+# logger's name, the source location, the stack at the call.
+ORIGIN_KEYS: Final = frozenset({"logger", "source", "stack"})
+
+
+def record_extra(exception: str | None, origin: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Check ``origin`` and return the top-level keys of an entry from another logging system.
+
+    Raises:
+        InvalidFieldsError: ``origin`` is not a mapping, or has a key not in ``ORIGIN_KEYS``
+            (it must never overwrite the schema's own keys).
+    """
+    extra: dict[str, Any] = {}
+    if origin is not None:
+        if not isinstance(origin, Mapping):
+            raise InvalidFieldsError(f"origin must be a mapping, not {type(origin).__name__}")
+        unknown = set(origin) - ORIGIN_KEYS
+        if unknown:
+            raise InvalidFieldsError(
+                f"origin keys must be among {sorted(ORIGIN_KEYS)}, got {sorted(map(str, unknown))}"
+            )
+        extra.update(origin)
+    if exception is not None:
+        extra["exception"] = str(exception)
+    return extra or None
 
 
 class _Done(Coroutine[Any, Any, None]):
@@ -284,16 +332,37 @@ class AsyncSessionLogger:
         traceback) as the entry's ``exception``.
         """
         engine = self._engine
-        exception = exception_text(exc_info) if exc_info else None
+        extra = exception_extra(exc_info) if exc_info else None
         # Running on this loop, and room without waiting in line: queue and return.
         loop = _get_running_loop()
         if engine.live_loop is loop and len(self._buf) < self._intake.admit_below:
-            if exception is None:
+            if extra is None:
                 self._log(session_id, message, level, custom_fields)
             else:
-                self._log(session_id, message, level, custom_fields, exception)
+                self._log(session_id, message, level, custom_fields, extra)
             return self._done if self._done_loop is loop else self._done_on(loop)
-        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, exception)
+        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
+        return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
+
+    def log_record(
+        self,
+        session_id: str,
+        message: str,
+        level: int | str,
+        custom_fields: dict[str, Any] | None = None,
+        *,
+        exception: str | None = None,
+        origin: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Queue an entry that comes from another logging system (the stdlib bridge's verb).
+
+        Like :meth:`log_entry`, plus ``exception`` (a traceback already formatted) and
+        ``origin``: top-level keys that say where the entry came from (``logger``,
+        ``source``, ``stack``; see :data:`ORIGIN_KEYS`).
+        """
+        engine = self._engine
+        extra = record_extra(exception, origin)
+        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
 
     def close_session(self, session_id: str, status: str = "closed") -> Awaitable[None]:
@@ -348,6 +417,12 @@ class AsyncSessionLogger:
                 any; what is not delivered then is dead-lettered and reported.
         """
         return await self._engine.stop(timeout)
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the logger begins to close, before it interrupts the
+        sessions still open: the moment to close a long-lived session with its own status
+        (the stdlib bridge closes its per-process session there). Errors are reported."""
+        self._engine.closing_hooks.append(callback)
 
     # -- introspection ------------------------------------------------------------------------
     def is_open(self, session_id: str) -> bool:

@@ -18,7 +18,9 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from ._context import spawn_internal
 from ._deadletter import DeadLetters
+from ._encode import describe
 from ._entry import EntryBuilder
 from ._errors import LoggerClosedError, SinkError, WrongLoopError
 from ._intake import Intake, Overflow
@@ -74,6 +76,7 @@ class Engine:
         self.sinks = list(sinks)
         self.intake = Intake(max_queue, overflow)
         self.recorder = Recorder(self.intake, max_message_chars=max_message_chars)
+        self.recorder.builder = builder
         self.dead_letters = DeadLetters(dead_letter_path)
         self.on_error: ErrorHandler = on_error or print_error
         self.close_timeout = close_timeout
@@ -85,6 +88,8 @@ class Engine:
         # may replace it with its own close. A strong reference on purpose: a logger the
         # program dropped without closing still has entries in flight.
         self.exit_hook: Callable[[], None] = self.close_at_exit
+        # Called when a close begins, before open sessions are interrupted (faces' on_close).
+        self.closing_hooks: list[Callable[[], object]] = []
         self._owner = TaskOwner()
         self._gen = 0
         self._writer_task: asyncio.Task[None] | None = None
@@ -175,7 +180,9 @@ class Engine:
             for lane in self.lanes:
                 if rebind:
                     lane.sink.reset()
-                await lane.sink.open()
+                # In an internal context: the tasks a sink starts (an MQTT client's) are the
+                # logger's own, not the caller's (see _context).
+                await spawn_internal(lane.sink.open(), f"async_session_logger.open[{lane.name}]")
                 opened.append(lane)
         except BaseException as exc:
             await self._failed_start(opened, exc)
@@ -266,6 +273,7 @@ class Engine:
         budget = self.close_timeout if timeout is None else timeout
         cap = loop.time() + (budget if timeout is not None else budget * CAP_FACTOR)
         self._progress_at = loop.time()
+        self._run_closing_hooks()
         interrupted = self.recorder.interrupt_all()
         self.intake.push(STOP)
         writer = self._writer_task
@@ -298,6 +306,16 @@ class Engine:
         if not report.ok:
             print_error_summary(report, self.report_error)
         return report
+
+    def _run_closing_hooks(self) -> None:
+        hooks, self.closing_hooks = self.closing_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception as exc:
+                self.report_error(
+                    SinkError(f"an on_close callback failed: {describe(exc)}", sink_name="*")
+                )
 
     async def _wait_progress(
         self, waitables: Iterable[asyncio.Future[Any]], cap: float, hard: bool = False

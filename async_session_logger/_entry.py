@@ -187,8 +187,9 @@ class EntryBuilder:
                 "message": message,
             }
             if kind == LOG:
-                if type(fields) is tuple:  # (custom_fields, exception text) from .exception()
-                    fields, entry["exception"] = fields
+                if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
+                    fields, extra = fields
+                    entry.update(extra)
                 if fields is not None:
                     if mask is not None:
                         if fields.keys() <= safe_keys:
@@ -201,6 +202,9 @@ class EntryBuilder:
                             fields = mask(fields)
                     entry["custom_fields"] = fields
             elif kind == START:
+                if type(fields) is tuple:  # (metadata, trace ids)
+                    fields, extra = fields
+                    entry.update(extra)
                 entry["metadata"] = (mask(fields) if mask else fields) if fields else {}
             else:  # CLOSE: duration_s, entries, status; GAP: dropped, dropped_seqs, overflow
                 entry.update(fields)

@@ -7,6 +7,7 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from ._context import CURRENT
 from ._encode import describe
 
 if TYPE_CHECKING:
@@ -26,6 +27,27 @@ _INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 def _failed(exc: BaseException | None) -> bool:
     # Whether the block ended with a failure (an ERROR entry with the traceback goes first).
     return exc is not None and not isinstance(exc, _INTERRUPTIONS)
+
+
+class _Current:
+    # Makes a handle current for its block; the reset tolerates an exit in another context
+    # (e.g. a framework that enters a dependency in one task and leaves it in another).
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: list[Any] = []
+
+    def push(self, handle: Any) -> None:
+        self._tokens.append(CURRENT.set(handle))
+
+    def pop(self) -> None:
+        if not self._tokens:
+            return
+        token = self._tokens.pop()
+        try:
+            CURRENT.reset(token)
+        except ValueError:  # created in another context: leave that context alone
+            pass
 
 
 def _status(exc_type: type[BaseException] | None) -> str:
@@ -50,9 +72,11 @@ class SessionHandle:
         self.logger = logger
         self.session_id = session_id
         self.metadata = metadata
+        self._current = _Current()
 
     def __enter__(self) -> Self:
         self.logger.start_session(self.session_id, self.metadata)
+        self._current.push(self)
         return self
 
     def __exit__(
@@ -61,6 +85,7 @@ class SessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._current.pop()
         if not self.logger.is_open(self.session_id):
             return  # closed inside the block (or by close()): nothing left to do
         if exc is not None and _failed(exc):
@@ -112,9 +137,11 @@ class AsyncSessionHandle:
         self.logger = logger
         self.session_id = session_id
         self.metadata = metadata
+        self._current = _Current()
 
     async def __aenter__(self) -> Self:
         await self.logger.start_session(self.session_id, self.metadata)
+        self._current.push(self)
         return self
 
     async def __aexit__(
@@ -123,6 +150,7 @@ class AsyncSessionHandle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._current.pop()
         if not self.logger.is_open(self.session_id):
             return  # closed inside the block (or by aclose()): nothing left to do
         if exc is not None and _failed(exc):

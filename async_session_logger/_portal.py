@@ -9,6 +9,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._context import internal_context, mark_thread_internal
 from ._errors import LoggerClosedError, WrongThreadError
 from ._threads import DaemonExecutor
 
@@ -33,6 +34,7 @@ class Portal:
         self._started.wait()
 
     def _run(self) -> None:
+        mark_thread_internal()
         asyncio.set_event_loop(self.loop)
         self.loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
         self.loop.call_soon(self._started.set)
@@ -72,7 +74,9 @@ class Portal:
             coro.close()
             raise LoggerClosedError("the logger's event-loop thread has stopped")
         try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+            # Scheduled from a fresh internal context, not the caller's: the task (and the
+            # sinks' tasks it starts) must not run in the caller's current session.
+            return internal_context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
         except RuntimeError as exc:  # the loop closed since the check above
             coro.close()
             raise LoggerClosedError("the logger's event-loop thread has stopped") from exc

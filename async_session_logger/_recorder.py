@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 from ._encode import describe
-from ._entry import CLOSE, LOG, START
+from ._entry import CLOSE, LOG, START, EntryBuilder
 from ._errors import (
     ConfigurationError,
     DuplicateSessionError,
@@ -20,12 +22,20 @@ from ._errors import (
     UnknownSessionError,
 )
 from ._intake import Intake
+from ._trace import trace_fields
 from ._validate import check_fields, check_session_id, resolve_level
 
-__all__ = ["STATUSES", "Recorder"]
+__all__ = ["STATUSES", "TAPS", "Recorder", "Tap"]
 
 STATUSES: Final = ("closed", "interrupted", "error")
 _RECENTLY_CLOSED: Final = 10_000
+_OTEL: Final = "opentelemetry.trace"
+_modules = sys.modules
+
+# Observers of every record handed off by any recorder, at call time (testing.capture_sessions):
+# called as tap(recorder, record) under the recorder's lock, so in seq order.
+Tap = Callable[["Recorder", Any], None]
+TAPS: list[Tap] = []
 
 
 class _Session:
@@ -53,6 +63,9 @@ class Recorder:
         if max_message_chars is not None and max_message_chars < 1:
             raise ConfigurationError("max_message_chars must be >= 1 or None")
         self.intake = intake
+        # The engine's entry builder (formatter, masking): capture_sessions() builds the
+        # entries it shows at call time with its own copy of it.
+        self.builder: EntryBuilder | None = None
         self.max_message_chars = max_message_chars or 0
         self.accepted = 0
         self.closed = False
@@ -87,9 +100,12 @@ class Recorder:
         message: object,
         level: object,
         custom_fields: object,
-        exception: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> bool:
         """Hand off one log entry of an open session; return whether the intake is now full.
+
+        ``extra`` holds top-level keys the faces add (``exception``, ``logger``, ``source``);
+        ``trace_id``/``span_id`` join it when an OpenTelemetry span is current.
 
         The hot path: :meth:`prepare_log` and :meth:`commit_log` written out in one body,
         since two extra calls would cost about a tenth of the verb. Keep the three in step.
@@ -109,8 +125,10 @@ class Recorder:
                 if type(custom_fields) is dict
                 else check_fields(custom_fields, "custom_fields")
             )
-        if exception is not None:
-            fields = (fields, exception)
+        if _OTEL in _modules:
+            extra = trace_fields(_modules[_OTEL], extra)
+        if extra is not None:
+            fields = (fields, extra)
         intake = self.intake
         buf = intake.buf
         with self._lock:
@@ -125,6 +143,8 @@ class Recorder:
                 session.errors += 1
             self.accepted += 1
             record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
+            if TAPS:
+                _tap(self, record)
             if intake.drops and len(buf) >= intake.maxsize:
                 intake.overflow_log(record)  # a drop policy: never wait
                 return False
@@ -136,7 +156,11 @@ class Recorder:
     def prepare_start(self, session_id: object, metadata: object) -> tuple[str, Any]:
         """Check a start now (errors at the call site); :meth:`commit_start` hands it off later."""
         sid = check_session_id(session_id)
-        fields = check_fields(metadata, "metadata")
+        fields: Any = check_fields(metadata, "metadata")
+        if _OTEL in _modules:
+            extra = trace_fields(_modules[_OTEL], None)
+            if extra is not None:
+                fields = (fields, extra)
         self._check_open()
         if sid in self._open:
             raise DuplicateSessionError(
@@ -158,7 +182,10 @@ class Recorder:
             self._recently_closed.pop(sid, None)
             self._inherited.pop(sid, None)
             self.accepted += 1
-            self.intake.push((START, sid, 0, now, 20, "Session started", fields, session.run))
+            record = (START, sid, 0, now, 20, "Session started", fields, session.run)
+            if TAPS:
+                _tap(self, record)
+            self.intake.push(record)
 
     def prepare_log(
         self,
@@ -166,7 +193,7 @@ class Recorder:
         message: object,
         level: object,
         custom_fields: object,
-        exception: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[str, str, int, Any]:
         """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
         levelno = level if type(level) is int and level >= 0 else resolve_level(level)
@@ -183,8 +210,10 @@ class Recorder:
                 if type(custom_fields) is dict
                 else check_fields(custom_fields, "custom_fields")
             )
-        if exception is not None:
-            fields = (fields, exception)
+        if _OTEL in _modules:
+            extra = trace_fields(_modules[_OTEL], extra)
+        if extra is not None:
+            fields = (fields, extra)
         if not self.is_open(session_id):
             self._missing(session_id)
         return session_id, text, levelno, fields
@@ -202,6 +231,8 @@ class Recorder:
                 session.errors += 1
             self.accepted += 1
             record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
+            if TAPS:
+                _tap(self, record)
             if intake.drops and len(intake.buf) >= intake.maxsize:
                 intake.overflow_log(record)
                 return
@@ -250,7 +281,7 @@ class Recorder:
     def _push_close(self, session_id: str, session: _Session, status: str) -> None:
         # Under the lock: nothing of this session can be handed off after its close entry.
         now = time.time_ns()
-        summary = {
+        summary: Any = {
             "duration_s": round((time.monotonic_ns() - session.start_mono) / 1e9, 6),
             "entries": session.seq,
             "status": status,
@@ -259,10 +290,22 @@ class Recorder:
         self._recently_closed[session_id] = None
         if len(self._recently_closed) > _RECENTLY_CLOSED:
             self._recently_closed.popitem(last=False)
+        if _OTEL in _modules:
+            summary = trace_fields(_modules[_OTEL], summary)
         self.accepted += 1
-        self.intake.push(
-            (CLOSE, session_id, session.seq + 1, now, level, "Session closed", summary, session.run)
+        record = (
+            CLOSE,
+            session_id,
+            session.seq + 1,
+            now,
+            level,
+            "Session closed",
+            summary,
+            session.run,
         )
+        if TAPS:
+            _tap(self, record)
+        self.intake.push(record)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -302,6 +345,14 @@ class Recorder:
         """Whether an open session logged ERROR or worse."""
         session = self._open.get(session_id)
         return bool(session and session.errors)
+
+
+def _tap(recorder: Recorder, record: Any) -> None:
+    for tap in TAPS:
+        try:
+            tap(recorder, record)
+        except Exception:  # an observer never breaks a verb
+            pass
 
 
 def _to_str(message: object) -> str:

@@ -7,11 +7,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from types import FrameType, TracebackType
 from typing import Any, Final, Self
 
 from ._config import build_engine
-from ._core import ExcInfo, exception_text
+from ._core import ExcInfo, exception_extra, record_extra
 from ._engine import CAP_FACTOR, GRACE
 from ._entry import Formatter
 from ._errors import ConfigurationError, LoggerClosedError, WrongThreadError
@@ -137,10 +138,30 @@ class SessionLogger:
         costs every call a dict lookup, on the hottest path there is.)
         """
         if exc_info:
-            exception = exception_text(exc_info)
-            if self._recorder.log(session_id, message, level, custom_fields, exception):
+            extra = exception_extra(exc_info)
+            if self._recorder.log(session_id, message, level, custom_fields, extra):
                 self._wait_for_space()
         elif self._recorder.log(session_id, message, level, custom_fields):
+            self._wait_for_space()
+
+    def log_record(
+        self,
+        session_id: str,
+        message: str,
+        level: int | str,
+        custom_fields: dict[str, Any] | None = None,
+        *,
+        exception: str | None = None,
+        origin: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Log an entry that comes from another logging system (the stdlib bridge's verb).
+
+        Like :meth:`log_entry`, plus ``exception`` (a traceback already formatted) and
+        ``origin``: top-level keys that say where the entry came from (``logger``,
+        ``source``, ``stack``).
+        """
+        extra = record_extra(exception, origin)
+        if self._recorder.log(session_id, message, level, custom_fields, extra):
             self._wait_for_space()
 
     def close_session(self, session_id: str, status: str = "closed") -> None:
@@ -251,6 +272,12 @@ class SessionLogger:
             if interrupts:
                 raise KeyboardInterrupt
             return report
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the logger begins to close, before it interrupts the
+        sessions still open (see ``AsyncSessionLogger.on_close``). It runs on the logger's
+        loop thread: it may call the non-blocking verbs, not ``save_logs()``."""
+        self._engine.closing_hooks.append(callback)
 
     def is_open(self, session_id: str) -> bool:
         """Whether a session with this id is open now."""

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._context import spawn_internal
+
 __all__ = ["TaskOwner"]
 
 T = TypeVar("T")
@@ -23,7 +25,9 @@ class TaskOwner:
 
     def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """Start ``coro`` on the running loop as ``async_session_logger.<name>``."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"async_session_logger.{name}")
+        # A fresh internal context: no caller's current session, and marked as the logger's
+        # own, so the stdlib bridge never feeds the sinks' own records back (see _context).
+        task = spawn_internal(coro, f"async_session_logger.{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from ._context import mark_thread_internal
+
 __all__ = ["DaemonExecutor", "io_executor", "run_blocking"]
 
 P = ParamSpec("P")
@@ -59,6 +61,7 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         return future
 
     def _work(self) -> None:
+        mark_thread_internal()
         while True:
             with self._lock:
                 self._idle += 1

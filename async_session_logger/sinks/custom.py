@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from .._context import mark_thread_internal
 from .._errors import ConfigurationError
 from ._base import Batch, PartialWriteError, Sink
 
@@ -96,6 +97,7 @@ class CustomSink(Sink):
         return await asyncio.shield(future)
 
     def _worker(self) -> None:
+        mark_thread_internal()  # what the handler logs through stdlib is not fed back
         while True:
             job = self._jobs.get()
             if job is None:
