@@ -292,14 +292,12 @@ def test_clear_forgets_and_goes_on(memory_logger: tuple[SessionLogger, MemorySin
         assert capture.messages("s") == ["after"]
 
 
-def test_fixture_captures_in_this_suite(
-    session_log: SessionCapture, memory_logger: tuple[SessionLogger, MemorySink]
-) -> None:
-    """The session_log fixture is there without any conftest line, and captures."""
-    log, _ = memory_logger
-    with log.session("fixture") as s:
-        s.error("boom")
+async def test_fixture_captures_in_an_async_test(session_log: SessionCapture) -> None:
+    """The session_log fixture is there without any conftest line, and works in async tests."""
+    async with AsyncSessionLogger(sinks=[MemorySink()]) as alog, alog.session("fixture") as s:
+        await s.error("boom")
     assert session_log.levels("fixture") == ["ERROR"]
+    assert session_log.status("fixture") == "closed"
 
 
 GENERATED_TESTS = """
