@@ -363,6 +363,12 @@ class AsyncSessionLogger:
         engine = self._engine
         extra = record_extra(exception, origin)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
+        loop = _get_running_loop()
+        if loop is not None and engine.other_loop_alive(loop):
+            # A record from a thread that runs a loop of its own (a library's): nobody can
+            # await here for this logger's loop, so queue it now without waiting for room.
+            engine.recorder.commit_log(prepared)
+            return _DONE
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
 
     def close_session(self, session_id: str, status: str = "closed") -> Awaitable[None]:

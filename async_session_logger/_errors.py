@@ -71,7 +71,11 @@ class InvalidMessageError(SessionLoggerError, TypeError):
 
 
 class EntryTooLargeError(SessionLoggerError, ValueError):
-    """Raised when a message is longer than the logger's ``max_message_chars``."""
+    """Raised when a message is longer than the logger's ``max_message_chars`` (``limit``)."""
+
+    def __init__(self, message: str, *, limit: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class LoggerClosedError(SessionLoggerError, RuntimeError):

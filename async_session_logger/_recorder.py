@@ -115,7 +115,8 @@ class Recorder:
         if self.max_message_chars and len(text) > self.max_message_chars:
             raise EntryTooLargeError(
                 f"message is {len(text)} characters long, the limit is "
-                f"{self.max_message_chars} (max_message_chars)"
+                f"{self.max_message_chars} (max_message_chars)",
+                limit=self.max_message_chars,
             )
         fields: Any = None
         if custom_fields is not None:
@@ -201,7 +202,8 @@ class Recorder:
         if self.max_message_chars and len(text) > self.max_message_chars:
             raise EntryTooLargeError(
                 f"message is {len(text)} characters long, the limit is "
-                f"{self.max_message_chars} (max_message_chars)"
+                f"{self.max_message_chars} (max_message_chars)",
+                limit=self.max_message_chars,
             )
         fields: Any = None
         if custom_fields is not None:

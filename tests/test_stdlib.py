@@ -1,0 +1,388 @@
+"""The stdlib bridge: logging records into the current session, fallbacks, no feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.config
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from async_session_logger import (
+    AsyncSessionLogger,
+    ConfigurationError,
+    SessionLogger,
+    current_session,
+    read_sessions,
+)
+from async_session_logger.sinks import MemorySink, MqttSink
+from async_session_logger.stdlib import (
+    SessionLogHandler,
+    install,
+    process_session_id,
+    reinstall,
+    uninstall,
+)
+
+from .mqtt_broker import Broker
+
+log = logging.getLogger("tests.app")
+
+
+@pytest.fixture(autouse=True)
+def clean_logging() -> Iterator[None]:
+    """Restore the root logger's level and handlers after each test."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
+        named = logging.getLogger(name)
+        named.handlers.clear()
+        named.propagate = True
+        named.setLevel(logging.NOTSET)
+
+
+def _logs(mem: MemorySink, session_id: str) -> list[dict[str, Any]]:
+    return [e for e in mem.for_session(session_id) if e["event"] == "log"]
+
+
+def test_record_becomes_an_entry_of_the_current_session() -> None:
+    """Level, % args, logger, source, exception, stack and masked extra= all land."""
+    mem = MemorySink()
+    with SessionLogger(sinks=[mem], dead_letter_path=None) as slog:
+        handler = install(slog, level=logging.DEBUG)
+        with slog.session("s1"):
+            log.debug("n=%d name=%s", 3, "ada", extra={"order": 7, "api_key": "k"})
+            try:
+                {}["missing"]
+            except KeyError:
+                log.exception("lookup failed")
+            log.warning("with stack", stack_info=True)
+        slog.save_logs()
+        uninstall(handler)
+    debug, error, warning = _logs(mem, "s1")
+    assert debug["level"] == "DEBUG" and debug["levelno"] == 10
+    assert debug["message"] == "n=3 name=ada"
+    assert debug["logger"] == "tests.app"
+    assert debug["source"]["function"] == "test_record_becomes_an_entry_of_the_current_session"
+    assert debug["source"]["module"] == "test_stdlib"
+    assert debug["source"]["file"] == __file__
+    assert isinstance(debug["source"]["line"], int)
+    assert debug["custom_fields"] == {"api_key": "***", "order": 7}
+    assert error["level"] == "ERROR" and "KeyError: 'missing'" in error["exception"]
+    assert "Traceback" in error["exception"]
+    assert "Stack (most recent call last)" in warning["stack"]
+    assert handler.stats()["current"] == 3
+
+
+async def test_async_face_interleaved_tasks_no_cross_talk(tmp_path: Path) -> None:
+    """50 interleaving requests logging through stdlib: each session holds only its own."""
+    path = tmp_path / "l.jsonl"
+    async with AsyncSessionLogger(path=str(path), dead_letter_path=None) as alog:
+        handler = install(alog)
+
+        async def request(i: int) -> None:
+            async with alog.session(f"req-{i}"):
+                for step in range(4):
+                    log.info("step", extra={"req": i, "step": step})
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(request(i) for i in range(50)))
+        uninstall(handler)
+    sessions = {s.session_id: s for s in read_sessions(path)}
+    assert len(sessions) == 50
+    for sid, session in sessions.items():
+        fields = [e["custom_fields"] for e in session.entries if e["event"] == "log"]
+        assert [f["step"] for f in fields] == [0, 1, 2, 3]
+        assert {f["req"] for f in fields} == {int(sid.split("-")[1])}
+
+
+def test_eight_threads_each_in_their_own_session(tmp_path: Path) -> None:
+    """8 threads each in `with logger.session()`, logging through stdlib: no cross-talk."""
+    path = tmp_path / "l.jsonl"
+    barrier = threading.Barrier(8)
+    with SessionLogger(path=str(path), dead_letter_path=None) as slog:
+        handler = install(slog)
+
+        def worker(i: int) -> None:
+            with slog.session(f"thread-{i}"):
+                barrier.wait()
+                for step in range(200):
+                    log.info("work %d", step, extra={"worker": i})
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        uninstall(handler)
+    sessions = {s.session_id: s for s in read_sessions(path)}
+    assert sorted(sessions) == [f"thread-{i}" for i in range(8)]
+    for sid, session in sessions.items():
+        logs = [e for e in session.entries if e["event"] == "log"]
+        assert len(logs) == 200
+        assert {e["custom_fields"]["worker"] for e in logs} == {int(sid.split("-")[1])}
+        assert [e["message"] for e in logs] == [f"work {n}" for n in range(200)]
+
+
+def test_no_session_goes_to_the_process_session() -> None:
+    """Outside any session a record lands in process-<host>-<pid>, closed 'closed' at close."""
+    mem = MemorySink()
+    slog = SessionLogger(sinks=[mem], dead_letter_path=None)
+    handler = install(slog)
+    log.info("outside %s", "any session")
+    log.warning("again")
+    report = slog.close()
+    uninstall(handler)
+    sid = process_session_id()
+    host = socket.gethostname()
+    assert sid.startswith("process-") and sid.endswith(f"-{os.getpid()}")
+    entries = mem.for_session(sid)
+    start, first, second, close = entries
+    assert start["metadata"]["kind"] == "process"
+    assert start["metadata"]["pid"] == os.getpid()
+    assert start["metadata"]["hostname"] == host
+    assert start["metadata"]["argv"] == sys.argv
+    assert [first["message"], second["message"]] == ["outside any session", "again"]
+    assert close["status"] == "closed"  # not "interrupted": the bridge closes it on close
+    assert report.interrupted_sessions == 0
+    assert handler.stats()["fallback"] == 2
+
+
+def test_named_and_dropping_fallbacks() -> None:
+    """fallback='session' uses (or starts) the named session; 'drop' counts what it drops."""
+    mem = MemorySink()
+    with SessionLogger(sinks=[mem], dead_letter_path=None) as slog:
+        named = SessionLogHandler(slog, fallback="session", fallback_session="app")
+        dropping = SessionLogHandler(slog, fallback="drop")
+        for handler in (named, dropping):
+            log.addHandler(handler)
+        try:
+            log.error("no session here")
+            with slog.session("inside"):
+                log.warning("in a session")
+        finally:
+            for handler in (named, dropping):
+                log.removeHandler(handler)
+        slog.save_logs()
+    assert [e["message"] for e in _logs(mem, "app")] == ["no session here"]
+    # Both handlers wrote the in-session record into the session; only one was dropped.
+    assert [e["message"] for e in _logs(mem, "inside")] == ["in a session"] * 2
+    assert dropping.stats()["dropped"] == 1 and dropping.stats()["current"] == 1
+    assert named.stats()["fallback"] == 1
+    assert mem.for_session("app")[-1]["status"] == "closed"
+
+
+def test_bad_configuration_raises_at_construction() -> None:
+    """Unknown fallback, a missing or unsafe fallback_session: ConfigurationError / id error."""
+    slog = SessionLogger(method="stdout", dead_letter_path=None)
+    with pytest.raises(ConfigurationError):
+        SessionLogHandler(slog, fallback="nowhere")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        SessionLogHandler(slog, fallback="session")
+    with pytest.raises(ValueError, match="session id"):
+        SessionLogHandler(slog, fallback="session", fallback_session="../etc")
+    slog.close()
+
+
+def test_hostile_records_never_raise(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad % args, a huge message, unencodable extras, a closed logger: no exception escapes."""
+    mem = MemorySink()
+    slog = SessionLogger(sinks=[mem], dead_letter_path=None, max_message_chars=1000)
+    handler = SessionLogHandler(slog)
+    # Its own logger, not propagating: pytest's capture handler on the root logger would
+    # itself raise on the bad % args.
+    hostile = logging.getLogger("tests.hostile")
+    hostile.propagate = False
+    hostile.addHandler(handler)
+    try:
+        with slog.session("h"):
+            hostile.warning("bad args %d", "not a number")
+            hostile.warning("x" * 5000)
+            hostile.warning("odd extra", extra={"obj": object(), "raw": b"\xff"})
+        slog.close()
+        hostile.error("after close")  # the logger is closed: stderr, counted
+    finally:
+        hostile.removeHandler(handler)
+        hostile.propagate = True
+    bad, huge, _ = _logs(mem, "h")
+    assert "bad args %d" in bad["message"] and "not applied" in bad["message"]
+    assert len(huge["message"]) <= 1000 and "truncated: 5000 characters" in huge["message"]
+    (line,) = [json.loads(x) for x in mem.lines if b"odd extra" in x]
+    assert "object object" in line["custom_fields"]["obj"]
+    assert line["custom_fields"]["raw"] == "\\xff"
+    err = capsys.readouterr().err
+    assert "after close" in err
+    assert handler.stats()["failed"] == 1
+
+
+def test_a_session_closed_inside_its_block_falls_back() -> None:
+    """A record after the current session was closed goes to the fallback, not lost."""
+    mem = MemorySink()
+    with SessionLogger(sinks=[mem], dead_letter_path=None) as slog:
+        handler = install(slog)
+        with slog.session("short") as s:
+            slog.close_session("short")
+            assert current_session() is s
+            log.info("late")
+        slog.save_logs()
+        uninstall(handler)
+    assert [e["message"] for e in _logs(mem, process_session_id())] == ["late"]
+
+
+def test_custom_handler_logging_through_stdlib_is_not_fed_back() -> None:
+    """A custom handler that logs through stdlib: counted as internal, no endless loop."""
+    seen: list[str] = []
+
+    def handler_fn(line: str) -> None:
+        seen.append(line)
+        logging.getLogger("tests.handler").warning("handled one line")
+
+    slog = SessionLogger(method="custom", custom_handler=handler_fn, dead_letter_path=None)
+    bridge = install(slog)
+    with slog.session("c"):
+        slog.log_entry("c", "one")
+    slog.save_logs()
+    slog.close()
+    uninstall(bridge)
+    assert len(seen) == 3  # start, log, close: nothing more
+    assert bridge.stats()["internal"] == 3
+
+
+async def test_mqtt_client_records_are_not_fed_back(tmp_path: Path) -> None:
+    """aiomqtt/paho DEBUG records under a root handler at DEBUG: no feedback loop."""
+    with Broker(workdir=tmp_path / "broker") as broker:
+        sink = MqttSink("127.0.0.1", broker.port, qos=1)
+        mem = MemorySink()
+        async with AsyncSessionLogger(sinks=[sink, mem], dead_letter_path=None) as alog:
+            bridge = install(alog, level=logging.DEBUG)
+            async with alog.session("m") as s:
+                for i in range(20):
+                    await s.info(f"entry {i}")
+            await alog.save_logs()
+            await asyncio.sleep(0.2)  # let the client log what it logs after publishing
+            published = alog.stats()["sinks"][sink.name]["delivered"]
+        uninstall(bridge)
+    assert published == 22
+    stats = bridge.stats()
+    assert stats["internal"] > 0  # the client did log, and it was kept out
+    assert stats["fallback"] == stats["current"] == stats["failed"] == 0
+    assert {e["session_id"] for e in mem.entries} == {"m"}  # no process session was fed
+
+
+def test_install_reaches_uvicorn_loggers_after_dictconfig(tmp_path: Path) -> None:
+    """uvicorn's dictConfig (propagate=False) drops the handler; reinstall() restores it."""
+    mem = MemorySink()
+    with SessionLogger(sinks=[mem], dead_letter_path=None) as slog:
+        handler = install(slog)
+        # What uvicorn.run() does after the app module was imported.
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {"null": {"class": "logging.NullHandler"}},
+                "loggers": {
+                    "uvicorn": {"handlers": ["null"], "level": "INFO", "propagate": False},
+                    "uvicorn.error": {"level": "INFO"},
+                    "uvicorn.access": {"handlers": ["null"], "level": "INFO", "propagate": False},
+                },
+            }
+        )
+        with slog.session("r"):
+            logging.getLogger("uvicorn.access").info("lost before reinstall")
+            reinstall()
+            logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET / HTTP/1.1" 200')
+            logging.getLogger("uvicorn.error").info("Application startup complete.")
+            logging.getLogger("aiohttp.access").info("aiohttp propagates to the root")
+            reinstall()  # idempotent: nothing attached twice
+            logging.getLogger("uvicorn.access").info("once")
+        slog.save_logs()
+        uninstall(handler)
+    assert [(e["logger"], e["message"]) for e in _logs(mem, "r")] == [
+        ("uvicorn.access", '127.0.0.1 - "GET / HTTP/1.1" 200'),
+        ("uvicorn.error", "Application startup complete."),
+        ("aiohttp.access", "aiohttp propagates to the root"),
+        ("uvicorn.access", "once"),
+    ]
+    assert handler not in logging.getLogger("uvicorn.access").handlers  # uninstalled
+
+
+def test_install_lowers_a_stricter_root_level() -> None:
+    """install(level=INFO) lowers root from WARNING, and never raises a lower level."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    slog = SessionLogger(method="stdout", dead_letter_path=None)
+    handler = install(slog, level=logging.INFO)
+    assert root.level == logging.INFO
+    uninstall(handler)
+    root.setLevel(logging.DEBUG)
+    handler = install(slog, level=logging.INFO)
+    assert root.level == logging.DEBUG
+    uninstall(handler)
+    slog.close()
+
+
+def test_record_from_a_thread_running_its_own_loop_is_queued(tmp_path: Path) -> None:
+    """A library with its own loop in another thread logs into the async logger's session."""
+    path = tmp_path / "l.jsonl"
+
+    async def main() -> None:
+        async with AsyncSessionLogger(path=str(path), dead_letter_path=None) as alog:
+            handler = install(alog, fallback="session", fallback_session="bg")
+
+            def other_loop() -> None:
+                async def job() -> None:
+                    log.info("from another loop")
+
+                asyncio.run(job())
+
+            thread = threading.Thread(target=other_loop)
+            thread.start()
+            await asyncio.to_thread(thread.join)
+            uninstall(handler)
+
+    asyncio.run(main())
+    (session,) = read_sessions(path)
+    assert session.session_id == "bg"
+    assert [e["message"] for e in session.entries if e["event"] == "log"] == ["from another loop"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_forked_child_gets_its_own_process_session(tmp_path: Path) -> None:
+    """After fork, the child's records go to process-<host>-<child pid>."""
+    path = tmp_path / "l.jsonl"
+    slog = SessionLogger(path=str(path), dead_letter_path=None)
+    handler = install(slog)
+    log.info("parent")
+    slog.save_logs()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            log.info("child")
+            slog.close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    slog.close()
+    uninstall(handler)
+    assert os.waitstatus_to_exitcode(status) == 0
+    sessions = {s.session_id: s for s in read_sessions(path)}
+    parent = process_session_id()
+    child = parent.rsplit("-", 1)[0] + f"-{pid}"
+    assert sorted(sessions) == sorted([parent, child])
+    assert [e["message"] for e in sessions[child].entries if e["event"] == "log"] == ["child"]
+    assert sessions[child].status == "closed"
