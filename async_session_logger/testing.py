@@ -43,10 +43,10 @@ class SessionNotCapturedError(SessionLoggerError, KeyError):
 class SessionCapture:
     """The entries captured by :func:`capture_sessions`, as the sinks receive them.
 
-    Thread-safe. Entries are built when read (the recorder only hands over the call-time
-    record), so reading costs what the writer's formatting would; the hot path pays an append.
-    Every query reads the entries captured so far; entries logged later show up at the next
-    read.
+    Thread-safe. Entries are built when read, from the call-time records: a logging call pays
+    only a copy of its fields' containers and an append, and reading runs the logger's
+    formatter once more per entry, in the reading thread. Every query reads the entries
+    captured so far; entries logged later show up at the next read.
     """
 
     def __init__(self) -> None:

@@ -258,6 +258,7 @@ def test_overlapping_captures_in_threads(
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
+    assert sorted(captures) == ["x", "y"]
     for capture in captures.values():
         assert sorted(capture.session_ids) == ["x", "y"]
         assert capture.messages("x") == ["hello from x"]
