@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,30 @@ async def test_both_faces_and_loggers_made_inside_the_block(make_logger: FaceFac
         await inside.log_entry("b", "from inside")
     assert capture.session_ids == ["a", "b"]
     assert [e["message"] for e in capture.find(event="log")] == ["from before", "from inside"]
+
+
+def test_stdlib_bridge_records_are_captured() -> None:
+    """Stdlib records routed by the bridge into the current session are captured, as the sink
+    gets them (logger, source, extra= as masked custom_fields)."""
+    from async_session_logger.stdlib import install, uninstall
+
+    root = logging.getLogger()
+    level = root.level
+    sink = MemorySink()
+    log = SessionLogger(sinks=[sink])
+    handler = install(log, fallback="drop")
+    try:
+        with capture_sessions() as capture, log.session("web"):
+            logging.getLogger("tests.app").warning("%d left", 3, extra={"token": "t"})
+            (entry,) = capture.find(event="log")
+            assert entry["message"] == "3 left" and entry["logger"] == "tests.app"
+            assert entry["custom_fields"] == {"token": "***"}
+        log.save_logs()
+        assert capture.entries == sink.entries
+    finally:
+        uninstall(handler)
+        root.setLevel(level)
+        log.close()
 
 
 def test_queries(memory_logger: tuple[SessionLogger, MemorySink]) -> None:
