@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -114,6 +115,31 @@ def sessions_in(log: Path) -> dict[str, list[dict[str, Any]]]:
     return sessions
 
 
+def split_process_session(
+    sessions: dict[str, list[dict[str, Any]]], server: Server
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Return the server process's own session and the request sessions."""
+    [process_id] = [
+        sid for sid, entries in sessions.items() if entries[0]["metadata"].get("kind") == "process"
+    ]
+    assert process_id.startswith("process-") and process_id.endswith(f"-{server.process.pid}")
+    assert sessions[process_id][0]["metadata"]["pid"] == server.process.pid
+    requests = {sid: entries for sid, entries in sessions.items() if sid != process_id}
+    return sessions[process_id], requests
+
+
+def access_records(process: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return the process session's aiohttp.access entries by the session id each names."""
+    records = {}
+    for entry in process[1:-1]:
+        assert entry["logger"] == "aiohttp.access", entry
+        session_id = entry["custom_fields"]["response_header"]["X-Session-ID"]
+        assert entry["message"].endswith(f" session={session_id}")
+        assert session_id not in records
+        records[session_id] = entry
+    return records
+
+
 def log_mentions(log: Path, text: str) -> bool:
     """Return whether ``log`` exists and holds ``text``."""
     return log.exists() and text in log.read_text(encoding="utf-8")
@@ -127,6 +153,33 @@ def files_in(directory: Path) -> list[str]:
 def logged(entries: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
     """Return (level, message, custom_fields) of a session's log entries."""
     return [(e["level"], e["message"], e.get("custom_fields")) for e in entries[1:-1]]
+
+
+def greeted(name: str) -> list[tuple[str, str, Any]]:
+    """Return what a /hello?name=``name`` session logs."""
+    return [
+        ("INFO", "Greeting", {"name": name}),
+        ("INFO", f"Greeted {name}", {"greeting": f"Hello, {name}!"}),
+        ("INFO", "Response", {"status_code": 200, "route": "/hello"}),
+    ]
+
+
+FAILED = [
+    ("INFO", "Failing on purpose", None),
+    ("WARNING", "About to fail on purpose", None),
+    ("ERROR", "Response", {"status_code": 500, "route": "/fail"}),
+    ("ERROR", "Session failed: RuntimeError: simulated failure", None),
+]
+
+
+def assert_failed(entries: list[dict[str, Any]]) -> None:
+    """Assert a /fail session: its entries, the traceback, the close status error."""
+    assert logged(entries) == FAILED
+    assert entries[2]["logger"] == "web_app"
+    traceback = entries[4]["exception"]
+    assert 'web_app.py", line' in traceback and ", in fail\n" in traceback
+    assert traceback.endswith("RuntimeError: simulated failure\n")
+    assert (entries[-1]["status"], entries[-1]["level"]) == ("error", "ERROR")
 
 
 async def test_web_app_logs_one_session_per_request(tmp_path: Path) -> None:
@@ -149,16 +202,31 @@ async def test_web_app_logs_one_session_per_request(tmp_path: Path) -> None:
     sessions = sessions_in(log)
     accepted = sum(len(entries) for entries in sessions.values())
     assert rest == f"session log {log}: ok: {accepted} accepted; file: {accepted} delivered\n"
+    process, requests = split_process_session(sessions, server)
     # One session per request, and every response names its own.
-    assert sorted(sessions) == sorted(reply.session_id for reply in replies)
+    assert sorted(requests) == sorted(reply.session_id for reply in replies)
+    routes = {"/hello": "/hello", "/fail": "/fail", "/": "/", "/missing": None}
     for reply in replies:
-        entries = sessions[reply.session_id]
+        entries = requests[reply.session_id]
+        path = reply.path.partition("?")[0]
         assert entries[0]["metadata"] == {
             "method": "GET",
-            "path": reply.path.partition("?")[0],
-            "remote": "127.0.0.1",
+            "path": path,
+            "route": routes[path],
+            "client": "127.0.0.1",
             "user_agent": USER_AGENT,
+            "scheme": "http",
+            "http_version": "1.1",
         }
+    # aiohttp's access log is written once the request's session has closed: its records go
+    # to the process session, one per request, each naming the request's session.
+    records = access_records(process)
+    assert sorted(records) == sorted(requests)
+    for reply in replies:
+        fields = records[reply.session_id]["custom_fields"]
+        assert fields["first_request_line"] == f"GET {reply.path} HTTP/1.1"
+        assert fields["response_status"] == reply.status
+    assert process[-1]["status"] == "closed"
 
     *hellos, custom, hostile, failed, missing, index = replies
     assert custom.session_id == "req-custom-1"
@@ -170,11 +238,10 @@ async def test_web_app_logs_one_session_per_request(tmp_path: Path) -> None:
 
     for name, reply in zip([*names, "custom", "hostile"], [*hellos, custom, hostile], strict=True):
         assert (reply.status, json.loads(reply.body)) == (200, {"message": f"Hello, {name}!"})
-        entries = sessions[reply.session_id]
-        assert logged(entries) == [
-            ("INFO", "Greeting sent", {"name": name, "greeting": f"Hello, {name}!"}),
-            ("INFO", "Response 200", {"status": 200}),
-        ]
+        entries = requests[reply.session_id]
+        assert logged(entries) == greeted(name)
+        assert entries[2]["logger"] == "web_app"
+        assert entries[2]["source"]["function"] == "hello"
         assert entries[-1]["status"] == "closed"
 
     assert failed.status == 500
@@ -182,24 +249,55 @@ async def test_web_app_logs_one_session_per_request(tmp_path: Path) -> None:
         "error": "internal server error",
         "session_id": failed.session_id,
     }
-    entries = sessions[failed.session_id]
-    assert logged(entries) == [
-        ("WARNING", "About to fail on purpose", None),
-        ("ERROR", "Session failed: RuntimeError: simulated failure", None),
-    ]
-    assert entries[2]["exception"].endswith("RuntimeError: simulated failure\n")
-    assert (entries[-1]["status"], entries[-1]["level"]) == ("error", "ERROR")
+    assert_failed(requests[failed.session_id])
 
     assert missing.status == 404
-    entries = sessions[missing.session_id]
-    assert logged(entries) == [("WARNING", "Response 404", {"status": 404})]
+    entries = requests[missing.session_id]
+    assert logged(entries) == [("WARNING", "Response", {"status_code": 404})]
     assert entries[-1]["status"] == "closed"
 
     assert index.status == 200
-    assert logged(sessions[index.session_id]) == [
+    assert logged(requests[index.session_id]) == [
         ("DEBUG", "Index served", None),
-        ("INFO", "Response 200", {"status": 200}),
+        ("INFO", "Response", {"status_code": 200, "route": "/"}),
     ]
+
+
+async def test_web_app_keeps_200_concurrent_sessions_apart(tmp_path: Path) -> None:
+    """200 concurrent requests, logging through current_session() and a stdlib logger with
+    awaits between: every session holds exactly its own entries; /fail closes error with the
+    traceback; the access log lands in the process session."""
+    log = tmp_path / "sessions.jsonl"
+    tokens = [f"tok{i:03d}" for i in range(180)]
+    fails = [f"fail-{i:02d}" for i in range(20)]
+    async with web_app(tmp_path, log) as server:
+        # limit=0: all 200 requests in flight at once, each on its own connection.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            replies = await asyncio.wait_for(
+                asyncio.gather(
+                    *(get(http, server, f"/hello?name={token}") for token in tokens),
+                    *(get(http, server, "/fail", request_id=fail) for fail in fails),
+                ),
+                60,
+            )
+        _, stderr = await stop(server, signal.SIGTERM)
+
+    assert stderr == ""
+    process, requests = split_process_session(sessions_in(log), server)
+    assert len(requests) == 200
+    for token, reply in zip(tokens, replies[: len(tokens)], strict=True):
+        assert (reply.status, json.loads(reply.body)) == (200, {"message": f"Hello, {token}!"})
+        entries = requests[reply.session_id]
+        # Exactly its own entries: a record of another request would add or change a line.
+        assert logged(entries) == greeted(token)
+        assert entries[-1]["status"] == "closed"
+    for fail, reply in zip(fails, replies[len(tokens) :], strict=True):
+        assert (reply.status, reply.session_id) == (500, fail)
+        assert_failed(requests[fail])
+    assert sorted(access_records(process)) == sorted(requests)
+    # The requests did interleave: sessions were open at the same time.
+    spans = sorted((e[0]["timestamp"], e[-1]["timestamp"]) for e in requests.values())
+    assert any(later_start < end for (_, end), (later_start, _) in itertools.pairwise(spans))
 
 
 async def test_web_app_stops_on_sigint_and_logs_to_its_default_file(tmp_path: Path) -> None:
@@ -210,14 +308,15 @@ async def test_web_app_stops_on_sigint_and_logs_to_its_default_file(tmp_path: Pa
         rest, stderr = await stop(server, signal.SIGINT)
 
     assert stderr == ""
-    assert rest == "session log web_app_sessions.jsonl: ok: 4 accepted; file: 4 delivered\n"
+    # The request's 5 entries, and the process session's start, access record and close.
+    assert rest == "session log web_app_sessions.jsonl: ok: 8 accepted; file: 8 delivered\n"
     assert files_in(tmp_path) == ["web_app_sessions.jsonl"]
-    sessions = sessions_in(tmp_path / "web_app_sessions.jsonl")
-    assert list(sessions) == [reply.session_id]
-    assert logged(sessions[reply.session_id]) == [
-        ("INFO", "Greeting sent", {"name": "Ada", "greeting": "Hello, Ada!"}),
-        ("INFO", "Response 200", {"status": 200}),
-    ]
+    process, requests = split_process_session(
+        sessions_in(tmp_path / "web_app_sessions.jsonl"), server
+    )
+    assert list(requests) == [reply.session_id]
+    assert logged(requests[reply.session_id]) == greeted("Ada")
+    assert list(access_records(process)) == [reply.session_id]
 
 
 async def test_web_app_finishes_a_request_in_flight_at_sigterm(tmp_path: Path) -> None:
@@ -239,14 +338,16 @@ async def test_web_app_finishes_a_request_in_flight_at_sigterm(tmp_path: Path) -
 
     assert (reply.status, json.loads(reply.body)) == (200, {"slept_ms": 1000})
     assert stderr == ""
-    assert rest == f"session log {log}: ok: 5 accepted; file: 5 delivered\n"
-    sessions = sessions_in(log)
-    assert list(sessions) == [reply.session_id]
-    entries = sessions[reply.session_id]
+    assert rest == f"session log {log}: ok: 8 accepted; file: 8 delivered\n"
+    process, requests = split_process_session(sessions_in(log), server)
+    assert list(requests) == [reply.session_id]
+    entries = requests[reply.session_id]
     assert logged(entries) == [
         ("INFO", "Working", {"ms": 1000}),
-        ("INFO", "Done", None),
-        ("INFO", "Response 200", {"status": 200}),
+        ("INFO", "Done after 1000 ms", None),
+        ("INFO", "Response", {"status_code": 200, "route": "/slow"}),
     ]
     assert entries[-1]["status"] == "closed"
     assert entries[-1]["duration_s"] >= 1.0
+    # The access record of the request in flight was written before the logger closed.
+    assert list(access_records(process)) == [reply.session_id]
