@@ -350,7 +350,7 @@ class Recorder:
 
 
 def _tap(recorder: Recorder, record: Any) -> None:
-    for tap in TAPS:
+    for tap in tuple(TAPS):  # a tap removed meanwhile must not make the loop skip one
         try:
             tap(recorder, record)
         except Exception:  # an observer never breaks a verb

@@ -23,6 +23,7 @@ from async_session_logger import (
     current_session,
     read_sessions,
 )
+from async_session_logger.cli import main
 from async_session_logger.sinks import MemorySink, MqttSink
 from async_session_logger.stdlib import (
     SessionLogHandler,
@@ -386,3 +387,20 @@ def test_forked_child_gets_its_own_process_session(tmp_path: Path) -> None:
     assert sorted(sessions) == sorted([parent, child])
     assert [e["message"] for e in sessions[child].entries if e["event"] == "log"] == ["child"]
     assert sessions[child].status == "closed"
+
+
+def test_show_renders_bridged_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`show` puts the logger name before the message and the source as file:line in function;
+    a hostile logger name is escaped."""
+    path = tmp_path / "l.jsonl"
+    with SessionLogger(path=str(path), dead_letter_path=None) as slog:
+        handler = install(slog)
+        with slog.session("s"):
+            logging.getLogger("lib.db").warning("slow query")
+            logging.getLogger("evil\x1b[2J").warning("x")
+        uninstall(handler)
+    assert main(["show", "s", str(path), "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING  lib.db: slow query" in out
+    assert f"source: {__file__}:" in out and "in test_show_renders_bridged_records" in out
+    assert "evil\\x1b[2J: x" in out and "\x1b" not in out

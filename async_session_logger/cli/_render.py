@@ -43,6 +43,7 @@ _HEADLINE_KEYS: Final = frozenset(
         "entries",
         "status",
         "dropped",
+        "logger",
     )
 )
 _RESET: Final = "\x1b[0m"
@@ -208,6 +209,9 @@ def entry_lines(
         message += f" ({', '.join(details)})"
     elif event == "gap":
         message += f" ({escape(str(entry.get('dropped', '?')))} entries dropped)"
+    logger = entry.get("logger")
+    if isinstance(logger, str):  # a stdlib record's logger name, as stdlib formats put it
+        message = f"{escape(logger)}: {message}"
     lines = message.split("\n")
     session = f"{escape(str(entry.get('session_id')))}  " if with_session else ""
     seq = escape(str(entry.get("seq", "?")))
@@ -227,8 +231,15 @@ def entry_lines(
             out += _indented(key, value, style)
     for key, value in entry.items():
         if key not in _HEADLINE_KEYS:
-            out += _indented(key, value, style)
+            out += _indented(key, _source_text(value) if key == "source" else value, style)
     return out
+
+
+def _source_text(value: Any) -> Any:
+    # The stdlib bridge's {"file", "line", "function", "module"} as "file:line in function".
+    if isinstance(value, dict) and {"file", "line", "function"} <= value.keys():
+        return f"{value['file']}:{value['line']} in {value['function']}"
+    return value
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int]) -> list[str]:
