@@ -23,6 +23,7 @@ from async_session_logger import (
     read_sessions,
 )
 from async_session_logger.aiohttp import logger_context, session_middleware, setup
+from async_session_logger.stdlib import SessionLogHandler, install, uninstall
 
 UUID_HEX = re.compile(r"[0-9a-f]{32}")
 USER_AGENT = "test-aiohttp-middleware/1.0"
@@ -286,7 +287,8 @@ async def test_streaming_response_closes_when_the_body_ends(tmp_path: Path) -> N
 
 async def test_failure_after_the_response_began_closes_error(tmp_path: Path) -> None:
     """A handler that raises mid-stream closes its session error with the traceback; no 500
-    can follow the streamed headers, so the client sees the body cut off."""
+    can follow the streamed headers, so the client sees the body cut off; aiohttp's record of
+    it lands in the process session."""
 
     async def broken(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -297,22 +299,42 @@ async def test_failure_after_the_response_began_closes_error(tmp_path: Path) -> 
     def routes(app: web.Application) -> None:
         app.router.add_get("/broken", broken)
 
-    async with (
-        served(tmp_path, routes) as server,
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/broken") as response,
-    ):
-        session_id = response.headers["X-Session-ID"]
-        assert response.status == 200
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await asyncio.wait_for(response.read(), 30)
+    bridges: list[SessionLogHandler] = []
+    root_level = logging.getLogger().level  # install() lowers it to INFO: put it back after
 
-    session = server.sessions()[session_id]
+    def with_bridge(app: web.Application, alog: AsyncSessionLogger) -> None:
+        setup(app, alog)
+        bridges.append(install(alog))
+
+    try:
+        async with (
+            served(tmp_path, routes, with_bridge) as server,
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/broken") as response,
+        ):
+            session_id = response.headers["X-Session-ID"]
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 30)
+    finally:
+        for bridge in bridges:
+            uninstall(bridge)
+        logging.getLogger().setLevel(root_level)
+
+    sessions = server.sessions()
+    session = sessions.pop(session_id)
     assert logged(session) == [
         ("ERROR", "Session failed: RuntimeError: lost the backend mid-stream", None),
     ]
     assert "in broken" in session.entries[0]["exception"]
     assert session.status == "error"
+    # aiohttp's own record of the failure is written after the middleware returned: it goes
+    # to the process session, as docs/aiohttp.md says.
+    [process] = sessions.values()
+    assert process.metadata["kind"] == "process"
+    assert [(e["logger"], e["message"]) for e in process.entries] == [
+        ("aiohttp.server", "Error handling request from 127.0.0.1")
+    ]
 
 
 async def test_websocket_connection_is_one_session(tmp_path: Path) -> None:
