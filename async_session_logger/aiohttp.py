@@ -10,7 +10,7 @@ the handler, in other middlewares the session middleware wraps, in tasks the han
 so handlers log with ``await current_session().info(...)`` and, with the stdlib bridge
 installed, with any ``logging`` logger.
 
-Needs aiohttp: ``pip install 'async-session-logger[aiohttp]'``.
+Needs aiohttp: ``pip install -e '.[aiohttp]'`` in a checkout.
 """
 
 from __future__ import annotations

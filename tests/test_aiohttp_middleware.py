@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from async_session_logger import (
     AsyncSessionHandle,
@@ -91,10 +92,13 @@ async def test_session_per_request_with_metadata_route_and_header(tmp_path: Path
     """A request's session has its metadata (route template included), the handler's and its
     tasks' entries, the Response entry, a close entry; X-Session-ID names it."""
 
+    async def audit() -> None:
+        await handle().debug("From a task")
+
     async def user(request: web.Request) -> web.Response:
         await handle().info("Looking up", {"id": request.match_info["id"]})
         # A task created in the handler logs into the request's session too.
-        await asyncio.create_task(handle().debug("From a task"))
+        await asyncio.create_task(audit())
         return web.json_response({"id": request.match_info["id"]})
 
     def routes(app: web.Application) -> None:
@@ -138,10 +142,10 @@ async def test_request_id_header_is_used_only_when_safe(tmp_path: Path) -> None:
         refused = [await fetch(http, f"{server.url}/", {"X-Request-ID": h}) for h in hostile]
 
     assert safe[1] == "req-1.a_b:c"
-    ids = [session_id for _, session_id, _ in refused]
-    assert all(i is not None and UUID_HEX.fullmatch(i) for i in ids), ids
+    ids = [session_id or "(none)" for _, session_id, _ in refused]
+    assert all(UUID_HEX.fullmatch(i) for i in ids), ids
     assert len(set(ids)) == len(hostile)
-    assert sorted(server.sessions()) == sorted(["req-1.a_b:c", *ids])  # type: ignore[list-item]
+    assert sorted(server.sessions()) == sorted(["req-1.a_b:c", *ids])
 
 
 async def test_duplicate_concurrent_request_ids_get_two_sessions(tmp_path: Path) -> None:
@@ -437,12 +441,15 @@ async def test_closed_logger_still_serves_requests(
     ]
 
 
-async def test_metadata_callable_and_custom_request_id_header(tmp_path: Path) -> None:
-    """metadata= adds keys to the start entry; request_id_header= names the header to trust;
-    setup() puts the session middleware outside the app's own middlewares."""
+async def test_metadata_callable_and_custom_request_id_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """metadata= adds keys to the start entry (one that raises is reported and left out);
+    request_id_header= names the header to trust; setup() puts the session middleware outside
+    the app's own middlewares."""
 
     @web.middleware
-    async def inner(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def inner(request: web.Request, handler: Handler) -> web.StreamResponse:
         await handle().debug("Inner middleware")
         return await handler(request)
 
@@ -455,19 +462,27 @@ async def test_metadata_callable_and_custom_request_id_header(tmp_path: Path) ->
             app,
             alog,
             request_id_header="X-Correlation-ID",
-            metadata=lambda request: {"tenant": request.headers.get("X-Tenant")},
+            metadata=lambda request: {"tenant": request.headers["X-Tenant"]},
         )
 
     def routes(app: web.Application) -> None:
         app.router.add_get("/", ok)
 
+    caplog.set_level(logging.WARNING, logger="async_session_logger.aiohttp")
     async with served(tmp_path, routes, install) as server, aiohttp.ClientSession() as http:
         reply = await fetch(http, f"{server.url}/", {"X-Correlation-ID": "c-1", "X-Tenant": "t"})
+        untenanted = await fetch(http, f"{server.url}/", {"X-Correlation-ID": "c-2"})
 
-    assert reply == (200, "c-1", "ok")
-    session = server.sessions()["c-1"]
-    assert session.metadata["tenant"] == "t"
-    assert logged(session)[0] == ("DEBUG", "Inner middleware", None)
+    assert (reply, untenanted) == ((200, "c-1", "ok"), (200, "c-2", "ok"))
+    sessions = server.sessions()
+    assert sessions["c-1"].metadata["tenant"] == "t"
+    assert logged(sessions["c-1"])[0] == ("DEBUG", "Inner middleware", None)
+    # The callable raised KeyError for c-2: its session has the default metadata only.
+    assert "tenant" not in sessions["c-2"].metadata
+    assert sessions["c-2"].metadata["path"] == "/"
+    assert sessions["c-2"].status == "closed"
+    reported = [r.getMessage() for r in caplog.records if r.name == "async_session_logger.aiohttp"]
+    assert reported == ["aiohttp request logged incompletely: KeyError: 'X-Tenant'"]
 
 
 async def test_cancelled_handler_closes_interrupted(tmp_path: Path) -> None:
