@@ -70,10 +70,10 @@ def record_extra(exception: str | None, origin: Mapping[str, Any] | None) -> dic
     """
     extra: dict[str, Any] = {}
     if origin is not None:
-        if not isinstance(origin, Mapping):
+        if type(origin) is not dict and not isinstance(origin, Mapping):
             raise InvalidFieldsError(f"origin must be a mapping, not {type(origin).__name__}")
-        unknown = set(origin) - ORIGIN_KEYS
-        if unknown:
+        if not origin.keys() <= ORIGIN_KEYS:
+            unknown = set(origin) - ORIGIN_KEYS
             raise InvalidFieldsError(
                 f"origin keys must be among {sorted(ORIGIN_KEYS)}, got {sorted(map(str, unknown))}"
             )
@@ -362,8 +362,11 @@ class AsyncSessionLogger:
         """
         engine = self._engine
         extra = record_extra(exception, origin)
-        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         loop = _get_running_loop()
+        if engine.live_loop is loop and len(self._buf) < self._intake.admit_below:
+            self._log(session_id, message, level, custom_fields, extra)  # as log_entry's
+            return self._done if self._done_loop is loop else self._done_on(loop)
+        prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         if loop is not None and engine.other_loop_alive(loop):
             # A record from a thread that runs a loop of its own (a library's): nobody can
             # await here for this logger's loop, so queue it now without waiting for room.

@@ -19,6 +19,7 @@ import pytest
 from async_session_logger import (
     AsyncSessionLogger,
     ConfigurationError,
+    InvalidFieldsError,
     SessionLogger,
     current_session,
     read_sessions,
@@ -404,3 +405,22 @@ def test_show_renders_bridged_records(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "WARNING  lib.db: slow query" in out
     assert f"source: {__file__}:" in out and "in test_show_renders_bridged_records" in out
     assert "evil\\x1b[2J: x" in out and "\x1b" not in out
+
+
+async def test_log_record_checks_origin_at_the_call_site(tmp_path: Path) -> None:
+    """origin may only hold logger/source/stack: anything else raises, on both faces."""
+    slog = SessionLogger(path=str(tmp_path / "s.jsonl"), dead_letter_path=None)
+    async with AsyncSessionLogger(path=str(tmp_path / "a.jsonl"), dead_letter_path=None) as alog:
+        await alog.start_session("a")
+        slog.start_session("a")
+        for face in (alog, slog):
+            with pytest.raises(InvalidFieldsError, match="seq"):
+                face.log_record("a", "m", "INFO", origin={"seq": 99})
+            with pytest.raises(InvalidFieldsError, match="mapping"):
+                face.log_record("a", "m", "INFO", origin=["logger"])  # type: ignore[arg-type]
+            face.log_record("a", "ok", "INFO", origin={"logger": "x"}, exception="tb")
+    slog.close()
+    for name in ("s.jsonl", "a.jsonl"):
+        (session,) = read_sessions(tmp_path / name)
+        (entry,) = session.entries
+        assert (entry["seq"], entry["logger"], entry["exception"]) == (1, "x", "tb")
