@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -350,6 +351,14 @@ def starlette_app(alog: AsyncSessionLogger) -> Starlette:
 
         return StreamingResponse(chunks(), media_type="application/octet-stream")
 
+    async def background(request: Request) -> Response:
+        async def work() -> None:
+            session = current_session()
+            assert session is not None
+            await session.info("background work")
+
+        return PlainTextResponse("accepted", background=BackgroundTask(work))
+
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept()
         while True:  # WebSocketDisconnect ends it, raised out of the app
@@ -364,6 +373,7 @@ def starlette_app(alog: AsyncSessionLogger) -> Starlette:
             Route("/items/{item_id:int}", item),
             Route("/stream", stream),
             Route("/endless", endless),
+            Route("/background", background),
             WebSocketRoute("/ws", echo),
         ],
         middleware=[Middleware(SessionMiddleware, logger=alog)],
@@ -400,6 +410,18 @@ async def test_streaming_response_closes_after_last_chunk(
     last_chunk = session.entries[2]
     assert last_chunk["seq"] < session.close["seq"]
     assert response_entry(session)["custom_fields"]["response_bytes"] == len(reply.content)
+    assert session.status == "closed"
+
+
+async def test_background_task_logs_into_the_request_session(
+    alog: AsyncSessionLogger, log_path: Path
+) -> None:
+    """A Starlette background task runs before the app returns: its entries are the request's."""
+    async with served(starlette_app(alog)) as server, client(server) as http:
+        reply = await http.get("/background")
+    assert reply.text == "accepted"
+    session = by_id(log_path)[reply.headers["X-Session-ID"]]
+    assert messages(session) == ["background work", "Response"]
     assert session.status == "closed"
 
 
