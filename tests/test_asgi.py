@@ -546,6 +546,37 @@ async def test_lifespan_opens_logger_before_app_startup_and_closes_after_shutdow
     assert messages(sessions["app-shutdown"]) == ["stopping"]
 
 
+CANNOT_START = """
+import asyncio, uvicorn
+from async_session_logger import AsyncSessionLogger
+from async_session_logger.asgi import SessionMiddleware
+
+async def app(scope, receive, send):
+    raise RuntimeError("no lifespan here")
+
+async def main():
+    alog = AsyncSessionLogger(method="file", path="never.jsonl")
+    await alog.start()
+    await alog.aclose()  # a closed logger never starts again
+    config = uvicorn.Config(SessionMiddleware(app, alog), host="127.0.0.1", port=0)
+    await uvicorn.Server(config).serve()
+
+asyncio.run(main())
+"""
+
+
+async def test_logger_that_cannot_start_fails_server_startup(tmp_path: Path) -> None:
+    """A logger that cannot start fails uvicorn's start-up (exit 3), saying why."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CANNOT_START, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(child.communicate(), HANG_GUARD_S)
+    assert child.returncode == 3  # uvicorn's STARTUP_FAILURE
+    lines = stderr.decode().splitlines()
+    assert "ERROR:    session logger: LoggerClosedError('the logger is closed')" in lines
+    assert "ERROR:    Application startup failed. Exiting." in lines
+
+
 async def test_lifespan_helper_opens_and_closes_logger(
     alog: AsyncSessionLogger, log_path: Path
 ) -> None:
