@@ -17,7 +17,9 @@ that drift spreads evenly), sends ``--requests / 10`` warm-up requests, then tim
 ``--requests`` requests over ``--connections`` keep-alive connections from a minimal asyncio
 HTTP/1.1 client in this process (cheaper than httpx, so the server is what is measured). After
 the server's SIGTERM the session variant's log is checked: one whole session per request,
-warm-up included. The table shows the medians and the ratio session/plain of the same run.
+warm-up included. The table shows the medians and the ratio session/plain of the same run, and
+the server process's CPU time per timed request (from /proc, Linux): on a busy machine the
+requests/s move with the neighbours' load, the CPU time per request much less.
 """
 
 from __future__ import annotations
@@ -106,6 +108,17 @@ async def _load(port: int, requests: int, connections: int) -> float:
     return time.perf_counter() - started
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """Return the user + system CPU seconds process ``pid`` used so far (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of proc(5), counted after the command name: utime and stime in ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _count_sessions(path: Path) -> tuple[int, int]:
     """Return (whole sessions, lines) of a session log: start + route entry + Response + close."""
     events: dict[str, list[str]] = {}
@@ -132,6 +145,7 @@ class Run:
     requests: int
     seconds: float
     rps: float
+    cpu_us_per_request: float | None = None
     sessions_checked: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -156,12 +170,16 @@ async def run_round(variant: str, index: int, args: argparse.Namespace, workdir:
         port = int(await asyncio.wait_for(child.stdout.readline(), 60))
         warmup = max(args.requests // 10, args.connections)
         await _load(port, warmup, args.connections)
+        cpu_before = _cpu_seconds(child.pid)
         seconds = await _load(port, args.requests, args.connections)
+        cpu_after = _cpu_seconds(child.pid)
     finally:
         if child.returncode is None:
             child.send_signal(signal.SIGTERM)
         await asyncio.wait_for(child.wait(), 120)
     run = Run(variant, index, args.requests, seconds, args.requests / seconds)
+    if cpu_before is not None and cpu_after is not None:
+        run.cpu_us_per_request = (cpu_after - cpu_before) / args.requests * 1e6
     if child.returncode != 0:
         run.notes.append(f"server exit code {child.returncode}")
     if variant == "session":
@@ -182,11 +200,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 run = await run_round(variant, index, args, Path(tmp))
                 runs.append(run)
                 notes = f"  [{'; '.join(run.notes)}]" if run.notes else ""
+                cpu = f", server CPU {run.cpu_us_per_request:5.0f} us/request"
                 print(
-                    f"round {index + 1}/{args.rounds} {variant:>7}: {run.rps:9,.0f} req/s{notes}",
+                    f"round {index + 1}/{args.rounds} {variant:>7}: {run.rps:9,.0f} req/s"
+                    f"{cpu if run.cpu_us_per_request is not None else ''}{notes}",
                     flush=True,
                 )
     medians = {v: statistics.median(r.rps for r in runs if r.variant == v) for v in VARIANTS}
+    cpu = {v: statistics.median(c) if (c := _cpu_of(runs, v)) else None for v in VARIANTS}
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -196,8 +217,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "median_rps": medians,
         "ratio_session_to_plain": medians["session"] / medians["plain"],
+        "median_cpu_us_per_request": cpu,
         "runs": [asdict(r) for r in runs],
     }
+
+
+def _cpu_of(runs: list[Run], variant: str) -> list[float]:
+    """Return the server CPU figures of ``variant``'s runs."""
+    return [r.cpu_us_per_request for r in runs if r.variant == variant and r.cpu_us_per_request]
 
 
 def main() -> None:
@@ -215,13 +242,19 @@ def main() -> None:
         return
     result = asyncio.run(bench(args))
     print()
-    print(f"{'variant':>8} {'median req/s':>13} {'min':>9} {'max':>9}")
+    print(f"{'variant':>8} {'median req/s':>13} {'min':>9} {'max':>9} {'server CPU us/req':>18}")
     for variant in VARIANTS:
         rps = [r["rps"] for r in result["runs"] if r["variant"] == variant]
+        cpu = result["median_cpu_us_per_request"][variant]
         print(
-            f"{variant:>8} {result['median_rps'][variant]:13,.0f} {min(rps):9,.0f} {max(rps):9,.0f}"
+            f"{variant:>8} {result['median_rps'][variant]:13,.0f} {min(rps):9,.0f} "
+            f"{max(rps):9,.0f} {cpu if cpu is None else round(cpu):>18}"
         )
-    print(f"ratio session/plain (medians): {result['ratio_session_to_plain']:.3f}")
+    print(f"ratio session/plain (median req/s): {result['ratio_session_to_plain']:.3f}")
+    cpu = result["median_cpu_us_per_request"]
+    if cpu["plain"] and cpu["session"]:
+        extra = cpu["session"] - cpu["plain"]
+        print(f"server CPU per request: +{extra:.0f} us with the middleware")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
