@@ -3,8 +3,9 @@
 Pure ASGI (no Starlette import), so it serves Starlette, FastAPI, Litestar, Quart and hand-written
 apps alike::
 
-    app = SessionMiddleware(app, logger=alog)              # any ASGI app
-    app.add_middleware(SessionMiddleware, logger=alog)     # Starlette / FastAPI
+    app = SessionMiddleware(app, logger=alog)           # any ASGI app: wrap it whole
+    app.add_middleware(SessionMiddleware, logger=alog)  # or inside Starlette/FastAPI's own
+                                                        # error middleware (docs/web.md)
 
 Each exchange gets a session whose id is the client's ``X-Request-ID`` when that is a safe id
 no open session uses, else a fresh uuid4 hex; the response carries it back as
