@@ -36,7 +36,7 @@ try:
     from fastapi.responses import StreamingResponse
 except ImportError as exc:
     raise SystemExit(
-        f"examples/fastapi_app.py needs FastAPI and uvicorn ({exc}): "
+        f"examples/fastapi_app.py needs {exc.name or 'fastapi and uvicorn'} ({exc}): "
         "pip install -e '.[examples]' in a checkout"
     ) from exc
 
