@@ -343,7 +343,8 @@ def install(
     attaches the handler to each logger named in ``also`` that does not pass its records up
     to it (uvicorn's). A server that configures logging later (``uvicorn.run(app)`` does,
     after your module imported) removes it from those: :func:`reinstall` puts it back, and
-    the web integrations' lifespan helpers call it at start-up.
+    the web integrations' lifespan helpers call it at start-up. When ``logger`` closes, the
+    handler is detached (:func:`uninstall`).
     """
     handler = SessionLogHandler(
         logger,
@@ -359,6 +360,10 @@ def install(
     with _installed_lock:
         _installed.append((handler, names))
         _attach(handler, names)
+    # Once the logger closes, the handler has nowhere to write: detach it then, so that what
+    # is logged afterwards (uvicorn's "Application shutdown complete.") goes to the other
+    # handlers as if it had never been installed, not to stderr as a failure.
+    logger.on_close(lambda: uninstall(handler))
     return handler
 
 

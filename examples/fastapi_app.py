@@ -42,7 +42,7 @@ except ImportError as exc:
 
 from async_session_logger import AsyncSessionHandle, AsyncSessionLogger, current_session
 from async_session_logger.asgi import SessionMiddleware
-from async_session_logger.stdlib import install, uninstall
+from async_session_logger.stdlib import install
 
 HOST = "127.0.0.1"
 DEFAULT_LOG = "fastapi_sessions.jsonl"
@@ -53,9 +53,8 @@ log = logging.getLogger("fastapi_app")
 alog = AsyncSessionLogger(method="file", path=os.environ.get("FASTAPI_APP_LOG", DEFAULT_LOG))
 # Every stdlib record (this app's, uvicorn's access log) goes into the current session;
 # records outside any request go to a per-process session.
-bridge = install(alog)
-# uvicorn still logs a line or two after the logger closed: leave those to its own handlers.
-alog.on_close(lambda: uninstall(bridge))
+# (Detached again when the logger closes: uvicorn's last lines go to its own handlers.)
+install(alog)
 
 api = FastAPI(title="async_session_logger FastAPI example")
 

@@ -424,3 +424,16 @@ async def test_log_record_checks_origin_at_the_call_site(tmp_path: Path) -> None
         (session,) = read_sessions(tmp_path / name)
         (entry,) = session.entries
         assert (entry["seq"], entry["logger"], entry["exception"]) == (1, "x", "tb")
+
+
+def test_install_detaches_when_its_logger_closes(capsys: pytest.CaptureFixture[str]) -> None:
+    """After the logger closed, install()'s handler is gone: later records reach the other
+    handlers as before, with no failure notice on stderr."""
+    slog = SessionLogger(method="stdout", dead_letter_path=None)
+    handler = install(slog)
+    assert handler in logging.getLogger().handlers
+    slog.close()
+    assert handler not in logging.getLogger().handlers
+    log.warning("after close")
+    assert handler.stats()["records"] == 0
+    assert "could not be logged" not in capsys.readouterr().err
