@@ -205,7 +205,14 @@ class EntryBuilder:
                 if type(fields) is tuple:  # (metadata, trace ids)
                     fields, extra = fields
                     entry.update(extra)
-                entry["metadata"] = (mask(fields) if mask else fields) if fields else {}
+                if not fields:
+                    fields = {}
+                elif mask is not None and (
+                    not fields.keys() <= safe_keys
+                    or any(type(value) not in _SCALARS for value in fields.values())
+                ):
+                    fields = mask(fields)  # as for custom fields: known-safe flat keys skip it
+                entry["metadata"] = fields
             else:  # CLOSE: duration_s, entries, status; GAP: dropped, dropped_seqs, overflow
                 entry.update(fields)
             if formatter is not None:
