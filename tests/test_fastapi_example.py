@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,8 @@ import httpx
 
 from async_session_logger import Session, read_sessions
 
+from .example_server import Server, example_server, stop
+
 ROOT = Path(__file__).parents[1]
 FASTAPI_APP = ROOT / "examples" / "fastapi_app.py"
 UUID_HEX = re.compile(r"[0-9a-f]{32}")
@@ -27,54 +25,9 @@ PROCESS_ID = re.compile(r"process-.+-\d+")
 HANG_GUARD_S = 30
 
 
-@dataclass
-class Server:
-    """A running fastapi_app.py process and the port it listens on."""
-
-    process: asyncio.subprocess.Process
-    port: int
-
-    @property
-    def url(self) -> str:
-        """Return the server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-
-@asynccontextmanager
-async def fastapi_app(cwd: Path, log: Path | None) -> AsyncIterator[Server]:
+def fastapi_app(cwd: Path, log: Path | None) -> AbstractAsyncContextManager[Server]:
     """Start fastapi_app.py on port 0 in ``cwd``, logging to ``log`` or its default file."""
-    env = {k: v for k, v in os.environ.items() if k != "FASTAPI_APP_LOG"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    if log is not None:
-        env["FASTAPI_APP_LOG"] = str(log)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(FASTAPI_APP),
-        "--port",
-        "0",
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), HANG_GUARD_S)).decode()
-        match = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)\n", line)
-        assert match is not None, line
-        yield Server(process, int(match.group(1)))
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def stop(server: Server, sig: signal.Signals) -> tuple[str, str]:
-    """Send ``sig``, wait for exit code 0, and return the rest of stdout and all of stderr."""
-    server.process.send_signal(sig)
-    stdout, stderr = await asyncio.wait_for(server.process.communicate(), HANG_GUARD_S)
-    assert server.process.returncode == 0, stderr.decode()
-    return stdout.decode(), stderr.decode()
+    return example_server(FASTAPI_APP, "FASTAPI_APP_LOG", cwd, log)
 
 
 def sessions_by_id(log: Path) -> dict[str, Session]:
@@ -128,7 +81,7 @@ async def test_fastapi_example_keeps_200_concurrent_requests_apart(tmp_path: Pat
     fail_ids = [f"fail-{i:02d}" for i in range(20)]
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with fastapi_app(tmp_path, log) as server:
-        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60) as http:
             requests = [
                 *(
                     # Half choose their session id, half let the server pick one.
@@ -229,7 +182,7 @@ async def test_fastapi_example_websocket_and_sigint_with_default_log(tmp_path: P
     async with fastapi_app(tmp_path, None) as server:
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(f"{server.url}/ws", headers={"X-Request-ID": "ws-1"}) as ws,
+            http.ws_connect(f"{server.base}/ws", headers={"X-Request-ID": "ws-1"}) as ws,
         ):
             echoes = []
             for text in ("one", "two"):

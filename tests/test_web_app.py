@@ -5,34 +5,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from .example_server import Server, example_server, exited, stop
+
 ROOT = Path(__file__).parents[1]
 WEB_APP = ROOT / "examples" / "web_app.py"
 USER_AGENT = "test-web-app/1.0"
 UUID_HEX = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass
-class Server:
-    """A running web_app.py process and the port it listens on."""
-
-    process: asyncio.subprocess.Process
-    port: int
-
-    def url(self, path: str) -> str:
-        """Return the URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @dataclass
@@ -45,48 +32,9 @@ class Reply:
     body: str
 
 
-@asynccontextmanager
-async def web_app(cwd: Path, log: Path | None) -> AsyncIterator[Server]:
+def web_app(cwd: Path, log: Path | None) -> AbstractAsyncContextManager[Server]:
     """Start web_app.py on port 0 in ``cwd``, logging to ``log`` or its default; kill it at exit."""
-    env = {k: v for k, v in os.environ.items() if k != "WEB_APP_LOG"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    if log is not None:
-        env["WEB_APP_LOG"] = str(log)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(WEB_APP),
-        "--port",
-        "0",
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        match = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)\n", line)
-        assert match is not None, line
-        port = int(match.group(1))
-        assert port > 0
-        yield Server(process, port)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def stop(server: Server, sig: signal.Signals) -> tuple[str, str]:
-    """Send ``sig``, wait for a clean exit, and return the rest of stdout and all of stderr."""
-    server.process.send_signal(sig)
-    return await exited(server)
-
-
-async def exited(server: Server) -> tuple[str, str]:
-    """Wait for a clean exit and return the rest of stdout and all of stderr."""
-    stdout, stderr = await asyncio.wait_for(server.process.communicate(), 30)
-    assert server.process.returncode == 0, stderr.decode()
-    return stdout.decode(), stderr.decode()
+    return example_server(WEB_APP, "WEB_APP_LOG", cwd, log)
 
 
 async def get(
