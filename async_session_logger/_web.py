@@ -82,3 +82,14 @@ def response_fields(
     if response_bytes is not None:
         fields["response_bytes"] = response_bytes
     return fields
+
+
+def client_address(peer: object) -> str | None:
+    """Return a peer address as ``host:port`` (``[v6]:port``), a unix socket's path as it is,
+    or ``None`` (the same form in every integration)."""
+    if not peer:
+        return None
+    if isinstance(peer, tuple | list) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)

@@ -28,6 +28,7 @@ from ._web import (
     REQUEST_ID_HEADER,
     RESPONSE_MESSAGE,
     SESSION_ID_HEADER,
+    client_address,
     close_status,
     response_fields,
     response_level,
@@ -205,7 +206,11 @@ class _Sessions:
             "method": request.method,
             "path": request.path,
             "route": route,
-            "client": request.remote,
+            # host:port of the peer, as the ASGI middleware writes it (request.remote would
+            # be the host alone).
+            "client": client_address(
+                request.transport.get_extra_info("peername") if request.transport else None
+            ),
             "user_agent": request.headers.get("User-Agent"),
             "scheme": request.scheme,
             "http_version": f"{version.major}.{version.minor}",

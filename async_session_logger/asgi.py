@@ -35,6 +35,7 @@ from ._web import (
     REQUEST_ID_HEADER,
     RESPONSE_MESSAGE,
     SESSION_ID_HEADER,
+    client_address,
     close_status,
     response_fields,
     response_level,
@@ -86,14 +87,6 @@ def lifespan(
             await logger.aclose()
 
     return session_logger_lifespan
-
-
-def _client(scope: Scope) -> str | None:
-    client = scope.get("client")
-    if not client:
-        return None
-    host, port = client[0], client[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _route(scope: Scope) -> str | None:
@@ -234,7 +227,7 @@ class SessionMiddleware:
         if scope["type"] == "http":
             fields["method"] = scope.get("method")
         fields["path"] = scope.get("path")
-        fields["client"] = _client(scope)
+        fields["client"] = client_address(scope.get("client"))
         fields["user_agent"] = user_agent.decode("latin-1") if user_agent is not None else None
         fields["scheme"] = scope.get("scheme")
         fields["http_version"] = scope.get("http_version")

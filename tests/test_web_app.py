@@ -157,11 +157,12 @@ async def test_web_app_logs_one_session_per_request(tmp_path: Path) -> None:
     for reply in replies:
         entries = requests[reply.session_id]
         path = reply.path.partition("?")[0]
-        assert entries[0]["metadata"] == {
+        metadata = dict(entries[0]["metadata"])
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", metadata.pop("client"))
+        assert metadata == {
             "method": "GET",
             "path": path,
             "route": routes[path],
-            "client": "127.0.0.1",
             "user_agent": USER_AGENT,
             "scheme": "http",
             "http_version": "1.1",
