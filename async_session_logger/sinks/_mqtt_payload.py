@@ -13,11 +13,13 @@ from .._errors import InvalidSessionIdError
 from .._validate import check_session_id
 from ._base import Batch
 
-__all__ = ["Message", "Plan", "ReplayBuffer", "build_messages", "publish_size"]
+__all__ = ["Message", "ParentBook", "Plan", "ReplayBuffer", "build_messages", "publish_size"]
 
 # MQTT's own ceiling: a remaining length is at most four varint bytes (MQTT 3.1.1 §2.2.3).
 MQTT_MAX_PACKET: Final = 1 + 4 + 268_435_455
 _MAX_TOPIC_BYTES: Final = 65_535
+# Open child sessions whose parent the close status must still name; past it, the oldest go.
+_MAX_PARENTS: Final = 65_536
 
 
 class Message(NamedTuple):
@@ -41,10 +43,45 @@ class Plan:
 
     messages: list[Message] = field(default_factory=list)
     rejected: dict[str, list[int]] = field(default_factory=dict)
+    closed: list[str] = field(default_factory=list)  # sessions whose last entry here closes
 
     def reject(self, index: int, reason: str) -> None:
         """Set entry ``index`` aside for the dead-letter file."""
         self.rejected.setdefault(reason, []).append(index)
+
+
+class ParentBook:
+    """The parent of each open child session, from its start entry, for its close status.
+
+    The close entry does not repeat ``parent_session_id``; the retained close status replaces
+    the start's, so the sink remembers it. Bounded: past 65,536 open children the oldest are
+    forgotten (their close status then says ``null``).
+    """
+
+    def __init__(self, limit: int = _MAX_PARENTS) -> None:
+        self.limit = limit
+        self._parents: dict[str, str] = {}
+
+    def started(self, session_id: str, parent: str | None) -> None:
+        """Note a session's start: a child's parent, or that the id is no child any more."""
+        self._parents.pop(session_id, None)
+        if parent is None:
+            return
+        self._parents[session_id] = parent
+        if len(self._parents) > self.limit:
+            del self._parents[next(iter(self._parents))]
+
+    def get(self, session_id: str) -> str | None:
+        """Return the parent of ``session_id``, or None."""
+        return self._parents.get(session_id)
+
+    def forget(self, session_ids: Sequence[str]) -> None:
+        """Drop closed sessions (once their close status is published)."""
+        for sid in session_ids:
+            self._parents.pop(sid, None)
+
+    def __len__(self) -> int:
+        return len(self._parents)
 
 
 def _varint_len(value: int) -> int:
@@ -88,20 +125,37 @@ def _topic_for(template: str, sid: object) -> tuple[str | None, str]:
     return topic, ""
 
 
-def _status_message(topic: str, entry: dict[str, Any], index: int, sizer: _Sizer) -> Message:
+def _status_message(
+    topic: str, entry: dict[str, Any], index: int, sizer: _Sizer, parent: str | None
+) -> Message:
     if entry.get("event") == "session_start":
         body: dict[str, Any] = {"status": "open", "metadata": entry.get("metadata", {})}
+        bulky = "metadata"
     else:
         body = {k: entry.get(k) for k in ("status", "duration_s", "entries")}
+        # Fixed keys with their defaults, so a dashboard reads every close status alike: the
+        # entry writes `discarded` and `summary` only when there are some.
+        levels, summary = entry.get("levels"), entry.get("summary")
+        body["levels"] = levels if isinstance(levels, dict) else {}
+        body["discarded"] = entry.get("discarded", 0)
+        body["summary"] = summary if isinstance(summary, dict) else {}
+        bulky = "summary"
+    body["parent_session_id"] = parent
     body["session_id"] = entry.get("session_id")
     body["timestamp"] = entry.get("timestamp")
     payload = orjson.dumps(body, default=repr)
     if not sizer.fits(f"{topic}/status", len(payload), 1):
-        # The start entry carries the metadata anyway; the status must still reach the broker.
-        body["metadata"] = {"omitted": f"{len(payload)} bytes: larger than a packet may be"}
+        # The entry itself carries the metadata or summary; the status must still reach the
+        # broker.
+        body[bulky] = {"omitted": f"{len(payload)} bytes: larger than a packet may be"}
         payload = orjson.dumps(body, default=repr)
     # Retained and QoS 1 whatever the sink's QoS: a late subscriber must find the last status.
     return Message(f"{topic}/status", payload, retain=True, qos=1, entries=0, indices=(index,))
+
+
+def _parent_of(entry: dict[str, Any]) -> str | None:
+    parent = entry.get("parent_session_id")
+    return parent if isinstance(parent, str) else None
 
 
 def build_messages(
@@ -115,6 +169,7 @@ def build_messages(
     v5: bool = True,
     skip: Sequence[int] = (),
     no_status: Sequence[int] = (),
+    parents: ParentBook | None = None,
 ) -> Plan:
     """Return the messages for ``batch`` in an order that keeps each session's order.
 
@@ -123,6 +178,8 @@ def build_messages(
             split to fit, and an entry too large to fit alone is rejected.
         skip: batch positions already given up on. no_status: positions whose status
             message must not be built again (the broker refused it).
+        parents: the sink's book of open child sessions, updated from start entries (a batch
+            built again reads the same); the caller forgets ``Plan.closed`` once published.
     """
     lines = batch.lines()
     sizer = _Sizer(limit, qos, v5)
@@ -134,6 +191,8 @@ def build_messages(
     pending_status: dict[str, list[Message]] = {}
     group_bytes: dict[str, int] = {}
     out = plan.messages
+    book = parents if parents is not None else ParentBook()
+    ended: dict[str, bool] = {}
 
     def flush(t: str) -> None:
         group = groups.pop(t, None)
@@ -155,16 +214,22 @@ def build_messages(
         if t is None:
             plan.reject(i, why)
             continue
+        event = entry.get("event")
+        # Before any size check: a start too large to publish still has a parent to name.
+        if event == "session_start":
+            book.started(key, _parent_of(entry))
+            ended[key] = False
+        elif event == "session_close":
+            ended[key] = True
         line = lines[i]
         if not sizer.fits(t, len(line)):
             plan.reject(i, f"entry of {len(line)} bytes exceeds the broker's packet limit")
             continue
-        event = entry.get("event")
         wants_status = status and event in ("session_start", "session_close") and i not in silent
         if entries_per_message == 1:
             out.append(Message(t, line, indices=(i,)))
             if wants_status:
-                out.append(_status_message(t, entry, i, sizer))
+                out.append(_status_message(t, entry, i, sizer, book.get(key)))
             continue
         # Packed: one more line costs its bytes plus a separator; past the limit, send first.
         size = group_bytes.get(t, -1) + 1 + len(line)
@@ -174,13 +239,16 @@ def build_messages(
         groups.setdefault(t, []).append(i)
         group_bytes[t] = size
         if wants_status:
-            pending_status.setdefault(t, []).append(_status_message(t, entry, i, sizer))
+            pending_status.setdefault(t, []).append(
+                _status_message(t, entry, i, sizer, book.get(key))
+            )
         if event == "session_close" or len(groups[t]) >= entries_per_message:
             flush(t)
     for t in list(groups):
         flush(t)
     for t in list(pending_status):
         flush(t)
+    plan.closed = [sid for sid, closed in ended.items() if closed]
     return plan
 
 

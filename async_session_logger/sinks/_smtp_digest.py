@@ -13,7 +13,8 @@ from typing import Any, Final
 
 import orjson
 
-from .._validate import level_name
+from .._errors import InvalidLevelError
+from .._validate import level_name, resolve_level
 
 __all__ = ["Alert", "Key", "MailFormat", "SessionDigest", "compose", "safe_header"]
 
@@ -26,6 +27,20 @@ _HEADER_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _BODY_BREAK: Final = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
 _BODY_UNSAFE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x84\x86-\x9f]")
 _MAX_SUBJECT: Final = 200
+# The summary table's bounds: the close entry in the attachment holds the whole summary.
+_MAX_SUMMARY_ROWS: Final = 50
+_MAX_SUMMARY_KEY: Final = 40
+_MAX_SUMMARY_VALUE: Final = 300
+# Distinct level names counted per session (a formatter could invent one per entry).
+_MAX_LEVEL_NAMES: Final = 32
+# Statuses that are no clean end: digest_on="error" mails them (any status but these two).
+_CLEAN: Final = frozenset(("closed", "open"))
+_WHY_CLOSED: Final = {
+    "timeout": "Closed by idle_timeout: no activity for that long.",
+    "evicted": "Closed by max_open_sessions: the least recently active session when a new "
+    "one would have exceeded the bound.",
+    "interrupted": "Interrupted: still open when its task was cancelled or the logger closed.",
+}
 
 
 def safe_header(text: str) -> str:
@@ -63,7 +78,10 @@ class SessionDigest:
     __slots__ = (
         "alerted",
         "below_level",
+        "close_levels",
+        "counted_levels",
         "data",
+        "discarded",
         "duration_s",
         "entries",
         "errors",
@@ -73,9 +91,11 @@ class SessionDigest:
         "log_entries",
         "overflow",
         "overflow_seqs",
+        "parent_session_id",
         "session_id",
         "start_key",
         "status",
+        "summary",
         "tail",
     )
 
@@ -91,6 +111,11 @@ class SessionDigest:
         self.last_key: Key | None = None
         self.status = "open"
         self.duration_s: float | None = None
+        self.parent_session_id: str | None = None
+        self.close_levels: dict[str, Any] | None = None  # the close entry's counts
+        self.counted_levels: dict[str, list[int]] = {}  # name -> [levelno, count] seen here
+        self.summary: dict[str, Any] = {}
+        self.discarded = 0
         self.listable = 0
         self.below_level = 0
         self.overflow = 0  # entries that did not fit the attachment (dead-lettered)
@@ -111,13 +136,13 @@ class SessionDigest:
             self.log_entries += 1
             if levelno >= logging.ERROR:
                 self.errors += 1
+            self._count_level(entry.get("level"), levelno)
         elif event == "session_start":
             self.start_key = key
+            parent = entry.get("parent_session_id")
+            self.parent_session_id = parent if isinstance(parent, str) else None
         elif event == "session_close":
-            status = entry.get("status")
-            self.status = status if isinstance(status, str) else "closed"
-            duration = entry.get("duration_s")
-            self.duration_s = duration if isinstance(duration, int | float) else None
+            self._closed_by(entry)
         lifecycle = event in _LIFECYCLE
         if not lifecycle and len(self.data) + len(line) + 1 > fmt.max_attachment_bytes:
             self.overflow += 1
@@ -139,11 +164,48 @@ class SessionDigest:
             self.below_level += 1
         return True
 
+    def _count_level(self, name: object, levelno: int) -> None:
+        if not isinstance(name, str):
+            return
+        seen = self.counted_levels.get(name)
+        if seen is not None:
+            seen[1] += 1
+        elif len(self.counted_levels) < _MAX_LEVEL_NAMES:
+            self.counted_levels[name] = [levelno, 1]
+
+    def _closed_by(self, entry: dict[str, Any]) -> None:
+        """Take the close entry's status, duration, level counts, summary and discards."""
+        status = entry.get("status")
+        self.status = status if isinstance(status, str) else "closed"
+        duration = entry.get("duration_s")
+        self.duration_s = duration if isinstance(duration, int | float) else None
+        levels = entry.get("levels")
+        self.close_levels = levels if isinstance(levels, dict) else None
+        summary = entry.get("summary")
+        self.summary = summary if isinstance(summary, dict) else {}
+        discarded = entry.get("discarded")
+        if isinstance(discarded, int) and not isinstance(discarded, bool) and discarded > 0:
+            self.discarded = discarded
+
+    def levels(self) -> list[tuple[str, object]]:
+        """Return ``(level name, count)`` pairs, least severe first.
+
+        The close entry's counts when it has them, else the entries this digest received.
+        """
+        if self.close_levels is not None:
+            return sorted(self.close_levels.items(), key=lambda kv: _severity(kv[0]))
+        counted = sorted(self.counted_levels.items(), key=lambda kv: kv[1][0])
+        return [(name, count) for name, (_, count) in counted]
+
     def qualifies(self, digest_on: str) -> bool:
-        """Whether this session gets a digest under ``digest_on``."""
+        """Whether this session gets a digest under ``digest_on``.
+
+        ``"error"``: it logged ERROR or worse, raised an alert, or did not end cleanly (any
+        status but ``closed``: ``error``, ``interrupted``, ``timeout``, ``evicted``).
+        """
         if digest_on == "always":
             return True
-        return self.errors > 0 or self.alerted or self.status in ("error", "interrupted")
+        return self.errors > 0 or self.alerted or self.status not in _CLEAN
 
     @property
     def filename(self) -> str:
@@ -157,6 +219,8 @@ class SessionDigest:
             status=self.status,
             entries=self.log_entries,
             errors=self.errors,
+            parent_session_id=self.parent_session_id or "",
+            discarded=self.discarded,
         )
 
     def render(self, fmt: MailFormat) -> str:
@@ -166,10 +230,20 @@ class SessionDigest:
             f"Session {self.session_id}: status {self.status}{duration}, "
             f"{self.log_entries} entries, {self.errors} at ERROR or worse",
         ]
+        if self.status in _WHY_CLOSED:
+            lines.append(_WHY_CLOSED[self.status])
+        if self.parent_session_id is not None:
+            lines.append(f"Child session of {self.parent_session_id}")
+        levels = self.levels()
+        if levels:
+            lines.append("Levels: " + ", ".join(f"{name} {n}" for name, n in levels))
         spans = [*self.head, *self.tail]
         first = orjson.loads(self.data[spans[0][0] : spans[0][1]]) if spans else {}
         if first.get("event") == "session_start" and first.get("metadata"):
             lines.append(f"Metadata: {_json(first['metadata'])}")
+        if self.summary:
+            lines.extend(_summary_table(self.summary))
+        lines = [_body_text(line) for line in lines]
         lines.append("")
         lines.extend(_entry_line(orjson.loads(self.data[a:b])) for a, b in self.head)
         skipped = self.listable - len(self.head) - len(self.tail)
@@ -185,6 +259,8 @@ class SessionDigest:
                 f"{self.below_level} entries below {level_name(fmt.digest_level)} are not "
                 "listed; they are in the attachment."
             )
+        if self.discarded:
+            lines.append(_discarded_note(self.discarded, self.status, self.errors))
         lines.append(f"The attachment {self.filename} holds {self.entries} entries (JSON Lines).")
         if self.overflow:
             seqs = "-".join(map(str, self.overflow_seqs))
@@ -194,6 +270,43 @@ class SessionDigest:
                 "dead-letter file."
             )
         return "\n".join(lines)
+
+
+def _severity(name: object) -> tuple[int, str]:
+    """Order level names by their number; names no level knows go last."""
+    try:
+        return resolve_level(name), str(name)
+    except InvalidLevelError:
+        return 1 << 30, str(name)
+
+
+def _summary_table(summary: dict[str, Any]) -> list[str]:
+    """Return the summary as aligned ``key  value`` rows, bounded (values are masked)."""
+    rows = list(summary.items())
+    keys = [_cut(str(k), _MAX_SUMMARY_KEY) for k, _ in rows[:_MAX_SUMMARY_ROWS]]
+    width = max(map(len, keys), default=0)
+    out = ["Summary:"]
+    for key, (_, value) in zip(keys, rows, strict=False):
+        text = value if isinstance(value, str) else _json(value)
+        out.append(f"  {key:<{width}}  {_cut(text, _MAX_SUMMARY_VALUE)}")
+    if len(rows) > _MAX_SUMMARY_ROWS:
+        out.append(
+            f"  ... {len(rows) - _MAX_SUMMARY_ROWS} more fields: the close entry in the "
+            "attachment holds them all"
+        )
+    return out
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _discarded_note(discarded: int, status: str, errors: int) -> str:
+    """Say why entries held by ``buffer_level`` are in no file (they are not lost)."""
+    held = f"{discarded} entries held back by buffer_level were not written"
+    if status == "closed" and not errors:
+        return f"{held}: the session did not fail."
+    return f"{held}: the oldest held entries, evicted past buffer_max."
 
 
 @dataclass

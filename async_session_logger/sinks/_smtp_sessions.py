@@ -15,10 +15,12 @@ _CLOSED_MEMORY: Final = 4096
 class SessionBook:
     """Open sessions' digests, fed entry by entry in the order the lane delivers them.
 
-    An entry is identified by ``(timestamp, seq)``, which grows within a session. The lane
-    re-sends a batch only after ``write_batch`` raised; an entry at or below the last key seen
-    for its session (open, or among the last 4,096 closed) is skipped, so no digest counts an
-    entry twice and no session is digested twice.
+    An entry is identified by ``(timestamp, seq)``. The lane re-sends a batch only after
+    ``write_batch`` raised; an entry at or below the last seq seen for its session (open, or
+    among the last 4,096 closed), or older than that session's start (an earlier session of
+    the same id), is skipped, so no digest counts an entry twice and no session is digested
+    twice. Within a session only seq grows: entries held by ``buffer_level`` and written when
+    it fails keep their call-time timestamps, older than those of entries with lower seqs.
     """
 
     def __init__(self, fmt: MailFormat, digest_on: str | None, alert_level: int | None) -> None:
@@ -67,8 +69,16 @@ class SessionBook:
         closed = self._closed.get(sid)
         if start:
             return key == (session and session.start_key) or key == (closed and closed[0])
-        last = session.last_key if session is not None else closed[1] if closed else None
-        return last is not None and key <= last
+        if session is not None:
+            first, last = session.start_key, session.last_key
+        elif closed is not None:
+            first, last = closed
+        else:
+            return False
+        # An entry logged before this session's start belongs to an earlier one of the same id.
+        if first is not None and key[0] < first[0]:
+            return True
+        return last is not None and key[1] <= last[1]
 
     def finish(self, session: SessionDigest) -> SessionDigest | None:
         """Close a session's book; return its digest if ``digest_on`` wants a mail."""

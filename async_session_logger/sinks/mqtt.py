@@ -30,7 +30,7 @@ from paho.mqtt import client as paho_client
 
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
-from ._mqtt_payload import MQTT_MAX_PACKET, Message, ReplayBuffer, build_messages
+from ._mqtt_payload import MQTT_MAX_PACKET, Message, ParentBook, ReplayBuffer, build_messages
 
 __all__ = ["MqttSink"]
 
@@ -80,7 +80,8 @@ class MqttSink(Sink):
         entries_per_message: above 1, up to that many entries of one session travel in one
             message as JSON Lines (the way to high rates).
         status: publish a retained ``{topic}/status`` message when a session starts (``open``)
-            and closes (its status), for subscribers that connect later.
+            and closes (its status, duration, level counts, discarded entries, summary), for
+            subscribers that connect later; both name the parent of a child session.
         logger_topic: retained ``online`` / ``offline`` status of this process, with a last will
             so the broker marks it ``offline`` if the process dies (default
             ``session_loggers/{client_id}``: outside the session topics, so a ``logs/#`` consumer
@@ -184,6 +185,7 @@ class MqttSink(Sink):
         self._task: asyncio.Task[None] | None = None
         self._replay = ReplayBuffer(replay_window, replay_bytes)
         self._replay_pending = False
+        self._parents = ParentBook()
         self._incident = False
         self.counters: dict[str, int] = {
             "published_messages": 0,
@@ -401,6 +403,7 @@ class MqttSink(Sink):
                 v5=self.protocol == "5",
                 skip=sorted(skip),
                 no_status=sorted(no_status),
+                parents=self._parents if self.status else None,
             )
             for reason, indices in plan.rejected.items():
                 self._refuse(refused, skip, reason, indices)
@@ -423,6 +426,7 @@ class MqttSink(Sink):
                 self.counters["published_messages"] += len(plan.messages)
                 self.counters["published_entries"] += len(batch) - len(skip)
                 self._replay.extend(plan.messages)
+                self._parents.forget(plan.closed)
                 for reason, indices in refused.items():
                     await self.dead_letter(batch.select(indices), reason)
                 return

@@ -32,7 +32,14 @@ __all__ = ["SmtpSink"]
 
 DigestOn = Literal["always", "error"]
 
-_SUBJECT_FIELDS: Final = {"session_id": "x", "status": "closed", "entries": 1, "errors": 0}
+_SUBJECT_FIELDS: Final = {
+    "session_id": "x",
+    "status": "closed",
+    "entries": 1,
+    "errors": 0,
+    "parent_session_id": "",
+    "discarded": 0,
+}
 _ALERT_FIELDS: Final = {"level": "CRITICAL", "count": 1, "session_id": "x"}
 
 
@@ -51,12 +58,15 @@ class SmtpSink(Sink):
         tls_context: the ``ssl.SSLContext`` to verify with (e.g. one trusting a private CA).
         timeout: seconds for each SMTP step (connecting, each command); also the lane's limit
             for ``write_batch`` and for ``close()``.
-        subject: digest subject: ``{session_id}``, ``{status}``, ``{entries}`` (log entries),
-            ``{errors}`` (entries at ERROR or worse).
+        subject: digest subject: ``{session_id}``, ``{status}`` (``closed``, ``error``,
+            ``interrupted``, ``timeout``, ``evicted``, or ``open``), ``{entries}`` (log entries),
+            ``{errors}`` (entries at ERROR or worse), ``{parent_session_id}`` (empty unless a
+            child session), ``{discarded}`` (entries ``buffer_level`` held and never wrote).
         alert_subject: alert subject: ``{level}`` (the worst), ``{count}``, ``{session_id}``
             (of the first alert).
         digest_on: ``"always"``; ``"error"``: only sessions that logged ERROR or worse, raised
-            an alert or closed with status ``error`` / ``interrupted``; ``None``: alerts only.
+            an alert or did not close cleanly (status ``error``, ``interrupted``, ``timeout``
+            or ``evicted``); ``None``: alerts only.
         digest_level: entries below it are not listed in the body (the attachment has them).
         max_digest_entries: most entries listed in a body (the first and last halves); also
             the most alerts one mail lists.
