@@ -117,6 +117,10 @@ def build_engine(
     dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
     close_timeout: float = 10.0,
     max_message_chars: int | None = 1_000_000,
+    buffer_level: int | str | None = None,
+    buffer_max: int = 1_000,
+    idle_timeout: float | None = None,
+    max_open_sessions: int | None = None,
     **options: Any,
 ) -> Engine:
     """Check the options both faces take and build their engine (no I/O).
@@ -143,5 +147,11 @@ def build_engine(
         dead_letter_path=dead_letter_path,
         on_error=on_error,
         close_timeout=close_timeout,
-        max_message_chars=max_message_chars,
+        sessions={
+            "max_message_chars": max_message_chars,
+            "buffer_level": buffer_level,
+            "buffer_max": buffer_max,
+            "idle_timeout": idle_timeout,
+            "max_open_sessions": max_open_sessions,
+        },
     )

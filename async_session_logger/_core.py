@@ -23,7 +23,7 @@ from ._config import DEFAULT_DEAD_LETTER_PATH, build_engine
 from ._engine import Engine
 from ._entry import DEFAULT_MASK_KEYS, Formatter
 from ._errors import InvalidFieldsError, SinkError
-from ._handles import AsyncSessionHandle
+from ._handles import AsyncSessionHandle, SessionRef, parent_id_of
 from ._intake import Overflow
 from ._report import DeliveryReport, ErrorHandler
 from .sinks import Sink
@@ -235,6 +235,15 @@ class AsyncSessionLogger:
             without a timeout) stop waiting for the sinks; a sink that keeps delivering is
             waited for, up to 6 x ``close_timeout`` in all.
         max_message_chars: longest message accepted (``None``: no limit).
+        buffer_level: hold a session's entries at or below this level (``"DEBUG"``) and write
+            them only if the session fails (it logs ERROR, or closes ``error`` or
+            ``interrupted``); on a clean close they are discarded and counted in the close
+            entry's ``discarded``. Per session: ``start_session(..., buffer_level=)``.
+        buffer_max: most entries held per session; the oldest are evicted (counted).
+        idle_timeout: close a session with no activity for this many seconds (``timeout``).
+        max_open_sessions: when a new session would exceed it, close the least recently
+            active one (``evicted``). Entries for a session the logger closed on its own are
+            counted in ``stats()["late_entries"]``, never raised.
         **options: per-method options: ``path=``, ``custom_handler=``, ``file={...}``,
             ``stdout={...}``, ``custom={...}``, ``mqtt={...}``, ``smtp={...}``.
     """
@@ -253,6 +262,10 @@ class AsyncSessionLogger:
         dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
         close_timeout: float = 10.0,
         max_message_chars: int | None = 1_000_000,
+        buffer_level: int | str | None = None,
+        buffer_max: int = 1_000,
+        idle_timeout: float | None = None,
+        max_open_sessions: int | None = None,
         **options: Any,
     ) -> None:
         self._engine = build_engine(
@@ -267,6 +280,10 @@ class AsyncSessionLogger:
             dead_letter_path=dead_letter_path,
             close_timeout=close_timeout,
             max_message_chars=max_message_chars,
+            buffer_level=buffer_level,
+            buffer_max=buffer_max,
+            idle_timeout=idle_timeout,
+            max_open_sessions=max_open_sessions,
             **options,
         )
         self.sinks: list[Sink] = self._engine.sinks
@@ -311,12 +328,32 @@ class AsyncSessionLogger:
 
     # -- verbs --------------------------------------------------------------------------------
     def start_session(
-        self, session_id: str, metadata: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        parent_id: str | None = None,
+        buffer_level: int | str | None = None,
     ) -> Awaitable[None]:
-        """Start a session and queue its start entry (with ``metadata``); await for room."""
+        """Start a session and queue its start entry (with ``metadata``); await for room.
+
+        ``parent_id`` (a session id, or another process's :meth:`token`) makes it a child:
+        its start entry carries ``parent_session_id``. ``buffer_level`` overrides the
+        logger's for this session (``"NOTSET"``: hold nothing).
+        """
         engine = self._engine
-        prepared = engine.recorder.prepare_start(session_id, metadata)
+        prepared = engine.recorder.prepare_start(session_id, metadata, parent_id, buffer_level)
         return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
+
+    def annotate(self, session_id: str, **fields: Any) -> None:
+        """Merge ``fields`` into the session's close-entry ``summary`` (masked like custom
+        fields); no I/O, nothing to await."""
+        self._engine.recorder.annotate(session_id, fields)
+
+    def token(self, session_id: str) -> str:
+        """Return a continuation token of an open session: another process passes it as
+        ``start_session(child_id, parent_id=token)`` to open a child of it."""
+        return self._engine.recorder.token(session_id)
 
     def log_entry(
         self,
@@ -402,11 +439,19 @@ class AsyncSessionLogger:
         return _Deferred(engine, commit, prepared)
 
     def session(
-        self, session_id: str, metadata: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        parent: SessionRef | None = None,
+        buffer_level: int | str | None = None,
     ) -> AsyncSessionHandle:
         """Return an ``async with`` handle: starts the session, closes it (``error`` if it
-        raised); its level methods queue at call time like the logger's verbs."""
-        return AsyncSessionHandle(self, session_id, metadata)
+        raised); its level methods queue at call time like the logger's verbs. ``parent``
+        (a handle, a session id or a token) makes it a child session."""
+        return AsyncSessionHandle(
+            self, session_id, metadata, parent=parent_id_of(parent), buffer_level=buffer_level
+        )
 
     async def save_logs(self, timeout: float | None = None) -> DeliveryReport:
         """Wait until every entry accepted so far is delivered or given up by every sink.

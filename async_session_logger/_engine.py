@@ -71,11 +71,12 @@ class Engine:
         dead_letter_path: str | os.PathLike[str] | None,
         on_error: ErrorHandler | None,
         close_timeout: float,
-        max_message_chars: int | None,
+        sessions: dict[str, Any],
     ) -> None:
         self.sinks = list(sinks)
         self.intake = Intake(max_queue, overflow)
-        self.recorder = Recorder(self.intake, max_message_chars=max_message_chars)
+        # max_message_chars, buffer_level, buffer_max, idle_timeout, max_open_sessions.
+        self.recorder = Recorder(self.intake, **sessions)
         self.recorder.builder = builder
         self.dead_letters = DeadLetters(dead_letter_path)
         self.on_error: ErrorHandler = on_error or print_error
@@ -194,6 +195,8 @@ class Engine:
             for lane, gen in zip(self.lanes, gens, strict=True)
         ]
         self._writer_task = owner.spawn(self._write(self._gen), "writer")
+        if self.recorder.idle_timeout is not None:
+            owner.spawn(self._close_idle(self.recorder.idle_timeout), "idle")
         self.state = RUNNING
         self._hook()
         starting.set_result(None)
@@ -306,6 +309,14 @@ class Engine:
         if not report.ok:
             print_error_summary(report, self.report_error)
         return report
+
+    async def _close_idle(self, idle_timeout: float) -> None:
+        # Sweeps a few times per idle_timeout (at most once a second): a session closes
+        # between idle_timeout and about 1.25 x idle_timeout after its last activity.
+        interval = min(max(idle_timeout / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.recorder.close_idle(time.time_ns())
 
     def _run_closing_hooks(self) -> None:
         hooks, self.closing_hooks = self.closing_hooks, []
@@ -499,6 +510,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Counters: accepted entries, queue depth, open sessions, and per-sink stats."""
         gaps = self.intake.gaps
+        recorder = self.recorder
         return {
             "accepted": self.recorder.accepted,
             "dropped": gaps.dropped,
@@ -506,6 +518,12 @@ class Engine:
             "overflow": self.intake.overflow,
             "queued": len(self.intake),
             "open_sessions": len(self.recorder.open_sessions),
+            "held": recorder.held_now,
+            "discarded": recorder.discarded,
+            "buffer_evicted": recorder.buffer_evicted,
+            "timed_out": recorder.timed_out,
+            "evicted_sessions": recorder.evicted_sessions,
+            "late_entries": recorder.late_entries,
             "state": self.state,
             "sinks": {lane.name: _copy_stats(lane, gaps.dropped).as_dict() for lane in self.lanes},
         }

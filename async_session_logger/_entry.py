@@ -213,8 +213,10 @@ class EntryBuilder:
                 ):
                     fields = mask(fields)  # as for custom fields: known-safe flat keys skip it
                 entry["metadata"] = fields
-            else:  # CLOSE: duration_s, entries, status; GAP: dropped, dropped_seqs, overflow
+            else:  # CLOSE: duration_s, entries, status, levels...; GAP: dropped, dropped_seqs...
                 entry.update(fields)
+                if mask is not None and "summary" in fields:
+                    entry["summary"] = mask(fields["summary"])  # annotate(): masked like fields
             if formatter is not None:
                 entry = self._format(entry)
             append(entry)

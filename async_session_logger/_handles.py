@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from ._context import CURRENT
 from ._encode import describe
@@ -16,7 +16,21 @@ if TYPE_CHECKING:
     from ._core import AsyncSessionLogger
     from ._sync import SessionLogger
 
-__all__ = ["AsyncSessionHandle", "SessionHandle"]
+__all__ = ["AsyncSessionHandle", "SessionHandle", "SessionRef", "parent_id_of"]
+
+# What names a parent session: a handle, a session id, or a continuation token.
+SessionRef: TypeAlias = "SessionHandle | AsyncSessionHandle | str"
+
+
+def parent_id_of(parent: object) -> str | None:
+    """Return the parent id (or token) for ``parent=``: a handle's id, or the string itself."""
+    if parent is None or isinstance(parent, str):
+        return parent
+    if isinstance(parent, SessionHandle | AsyncSessionHandle):
+        return parent.session_id
+    raise TypeError(
+        f"parent must be a session handle, a session id or a token, not {type(parent).__name__}"
+    )
 
 
 # Exceptions that stop a block without it having failed: Ctrl-C, exit, task cancellation
@@ -67,15 +81,25 @@ class SessionHandle:
     """
 
     def __init__(
-        self, logger: SessionLogger, session_id: str, metadata: dict[str, Any] | None
+        self,
+        logger: SessionLogger,
+        session_id: str,
+        metadata: dict[str, Any] | None,
+        *,
+        parent: str | None = None,
+        buffer_level: int | str | None = None,
     ) -> None:
         self.logger = logger
         self.session_id = session_id
         self.metadata = metadata
+        self.parent = parent
+        self.buffer_level = buffer_level
         self._current = _Current()
 
     def __enter__(self) -> Self:
-        self.logger.start_session(self.session_id, self.metadata)
+        self.logger.start_session(
+            self.session_id, self.metadata, parent_id=self.parent, buffer_level=self.buffer_level
+        )
         self._current.push(self)
         return self
 
@@ -93,6 +117,15 @@ class SessionHandle:
                 self.session_id, f"Session failed: {describe(exc)}", logging.ERROR, exc_info=exc
             )
         self.logger.close_session(self.session_id, status=_status(exc_type))
+
+    def annotate(self, **fields: Any) -> None:
+        """Merge ``fields`` into the close entry's ``summary`` (masked like custom fields)."""
+        self.logger.annotate(self.session_id, **fields)
+
+    def token(self) -> str:
+        """Return a continuation token: another process opens a child of this session with
+        ``start_session(child_id, parent_id=token)``."""
+        return self.logger.token(self.session_id)
 
     def log(
         self, level: int | str, message: str, custom_fields: dict[str, Any] | None = None
@@ -132,15 +165,25 @@ class AsyncSessionHandle:
     """
 
     def __init__(
-        self, logger: AsyncSessionLogger, session_id: str, metadata: dict[str, Any] | None
+        self,
+        logger: AsyncSessionLogger,
+        session_id: str,
+        metadata: dict[str, Any] | None,
+        *,
+        parent: str | None = None,
+        buffer_level: int | str | None = None,
     ) -> None:
         self.logger = logger
         self.session_id = session_id
         self.metadata = metadata
+        self.parent = parent
+        self.buffer_level = buffer_level
         self._current = _Current()
 
     async def __aenter__(self) -> Self:
-        await self.logger.start_session(self.session_id, self.metadata)
+        await self.logger.start_session(
+            self.session_id, self.metadata, parent_id=self.parent, buffer_level=self.buffer_level
+        )
         self._current.push(self)
         return self
 
@@ -158,6 +201,15 @@ class AsyncSessionHandle:
                 self.session_id, f"Session failed: {describe(exc)}", logging.ERROR, exc_info=exc
             )
         await self.logger.close_session(self.session_id, status=_status(exc_type))
+
+    def annotate(self, **fields: Any) -> None:
+        """Merge ``fields`` into the close entry's ``summary`` (masked like custom fields)."""
+        self.logger.annotate(self.session_id, **fields)
+
+    def token(self) -> str:
+        """Return a continuation token: another process opens a child of this session with
+        ``start_session(child_id, parent_id=token)``."""
+        return self.logger.token(self.session_id)
 
     def log(
         self, level: int | str, message: str, custom_fields: dict[str, Any] | None = None

@@ -22,13 +22,18 @@ from ._errors import (
     UnknownSessionError,
 )
 from ._intake import Intake
+from ._session import CLOSE_LEVELS, FAILED, STATUSES, SessionState, make_token, parent_from
 from ._trace import trace_fields
 from ._validate import check_fields, check_session_id, resolve_level
 
 __all__ = ["STATUSES", "TAPS", "Recorder", "Tap"]
 
-STATUSES: Final = ("closed", "interrupted", "error")
+Hold = int  # a levelno: entries at or below it are held (buffer_level); -1 holds nothing
+
 _RECENTLY_CLOSED: Final = 10_000
+# Statuses the logger gives sessions itself: a late entry for such a session is counted, not
+# raised (the request that owned it may still be running).
+_CLOSED_BY_LOGGER: Final = frozenset({"timeout", "evicted"})
 _OTEL: Final = "opentelemetry.trace"
 _modules = sys.modules
 
@@ -36,19 +41,6 @@ _modules = sys.modules
 # called as tap(recorder, record) under the recorder's lock, so in seq order.
 Tap = Callable[["Recorder", Any], None]
 TAPS: list[Tap] = []
-
-
-class _Session:
-    # seq counts the log entries too: the start entry is seq 0, so entries logged == seq.
-    __slots__ = ("errors", "run", "seq", "start_mono", "start_ns")
-
-    def __init__(self, start_ns: int, run: int) -> None:
-        # Tells apart the runs of a reused id, whose records may be queued at the same time.
-        self.run = run
-        self.seq = 0
-        self.errors = 0
-        self.start_ns = start_ns
-        self.start_mono = time.monotonic_ns()
 
 
 class Recorder:
@@ -59,9 +51,38 @@ class Recorder:
     intake in order, and nothing can follow its close entry), and pushes it to the intake.
     """
 
-    def __init__(self, intake: Intake, *, max_message_chars: int | None) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        max_message_chars: int | None,
+        buffer_level: int | str | None = None,
+        buffer_max: int = 1_000,
+        idle_timeout: float | None = None,
+        max_open_sessions: int | None = None,
+    ) -> None:
         if max_message_chars is not None and max_message_chars < 1:
             raise ConfigurationError("max_message_chars must be >= 1 or None")
+        if buffer_max < 1:
+            raise ConfigurationError("buffer_max must be >= 1")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ConfigurationError("idle_timeout must be > 0 seconds or None")
+        if max_open_sessions is not None and max_open_sessions < 1:
+            raise ConfigurationError("max_open_sessions must be >= 1 or None")
+        self.hold_at = _hold_level(buffer_level)
+        self.buffer_max = buffer_max
+        self.idle_timeout = idle_timeout
+        self.max_open_sessions = max_open_sessions
+        # Recency order of the open sessions, kept only when something needs it.
+        self.tracking = idle_timeout is not None or max_open_sessions is not None
+        # Counters for stats(): held entries now and in all, discarded, evicted from a buffer;
+        # sessions closed for idleness or evicted; entries for sessions the logger closed.
+        self.held_now = 0
+        self.discarded = 0
+        self.buffer_evicted = 0
+        self.timed_out = 0
+        self.evicted_sessions = 0
+        self.late_entries = 0
         self.intake = intake
         # The engine's entry builder (formatter, masking): capture_sessions() builds the
         # entries it shows at call time with its own copy of it.
@@ -70,9 +91,11 @@ class Recorder:
         self.accepted = 0
         self.closed = False
         self._lock = threading.Lock()
-        self._open: dict[str, _Session] = {}
+        self._open: dict[str, SessionState] = OrderedDict() if self.tracking else {}
         self._runs = itertools.count()
-        self._recently_closed: OrderedDict[str, None] = OrderedDict()
+        # id -> the status it closed with; bounded (the larger of 10,000 and the open bound).
+        self._recently_closed: OrderedDict[str, str] = OrderedDict()
+        self._closed_bound = max(_RECENTLY_CLOSED, max_open_sessions or 0)
         # Sessions a parent process had open when this process forked from it: id -> parent pid.
         self._inherited: dict[str, int] = {}
 
@@ -84,13 +107,20 @@ class Recorder:
         """
         self._lock = threading.Lock()
         self._inherited = dict.fromkeys(self._open, parent_pid)
-        self._open = {}
+        self._open = OrderedDict() if self.tracking else {}
         self.accepted = 0
+        self.held_now = 0
 
     # -- verbs --------------------------------------------------------------------------------
-    def start(self, session_id: object, metadata: object) -> str:
+    def start(
+        self,
+        session_id: object,
+        metadata: object,
+        parent_id: object = None,
+        buffer_level: int | str | None = None,
+    ) -> str:
         """Register a session and hand off its start entry; return the checked id."""
-        prepared = self.prepare_start(session_id, metadata)
+        prepared = self.prepare_start(session_id, metadata, parent_id, buffer_level)
         self.commit_start(prepared)
         return prepared[0]
 
@@ -138,12 +168,23 @@ class Recorder:
             except TypeError:  # unhashable: certainly not a session id
                 session = None
             if session is None:
-                self._missing(session_id)
-            seq = session.seq = session.seq + 1
+                return self._late(session_id)
+            now = time.time_ns()
+            if levelno <= session.hold_at:
+                self._hold(session, (now, levelno, text, fields))
+                return False
             if levelno >= 40:
                 session.errors += 1
+                if session.hold_at >= 0:  # the session failed: its held entries go first
+                    self._release(session_id, session)
+            if self.tracking:
+                session.last_ns = now
+                self._open.move_to_end(session_id)  # type: ignore[attr-defined]
+            seq = session.seq = session.seq + 1
+            levels = session.levels
+            levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
-            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
+            record = (LOG, session_id, seq, now, levelno, text, fields, session.run)
             if TAPS:
                 _tap(self, record)
             if intake.drops and len(buf) >= intake.maxsize:
@@ -154,24 +195,37 @@ class Recorder:
                 intake.wake()
         return len(buf) >= intake.limit
 
-    def prepare_start(self, session_id: object, metadata: object) -> tuple[str, Any]:
-        """Check a start now (errors at the call site); :meth:`commit_start` hands it off later."""
+    def prepare_start(
+        self,
+        session_id: object,
+        metadata: object,
+        parent_id: object = None,
+        buffer_level: int | str | None = None,
+    ) -> tuple[str, Any, str | None, str | None, int]:
+        """Check a start now (errors at the call site); :meth:`commit_start` hands it off later.
+
+        ``parent_id`` is a session id or a continuation token (:meth:`token`);
+        ``buffer_level`` overrides the logger's for this session (``0``/``"NOTSET"``: off).
+        """
         sid = check_session_id(session_id)
         fields: Any = check_fields(metadata, "metadata")
+        parent, root = (None, None) if parent_id is None else parent_from(parent_id)
+        hold_at = self.hold_at if buffer_level is None else _hold_level(buffer_level)
+        extra: dict[str, Any] | None = None if parent is None else {"parent_session_id": parent}
         if _OTEL in _modules:
-            extra = trace_fields(_modules[_OTEL], None)
-            if extra is not None:
-                fields = (fields, extra)
+            extra = trace_fields(_modules[_OTEL], extra)
+        if extra is not None:
+            fields = (fields, extra)
         self._check_open()
         if sid in self._open:
             raise DuplicateSessionError(
                 f"session {sid!r} is already open; close it first", session_id=sid
             )
-        return sid, fields
+        return sid, fields, parent, root, hold_at
 
-    def commit_start(self, prepared: tuple[str, Any]) -> None:
+    def commit_start(self, prepared: tuple[str, Any, str | None, str | None, int]) -> None:
         """Hand off a start checked by :meth:`prepare_start` (re-checked under the lock)."""
-        sid, fields = prepared
+        sid, fields, parent, root, hold_at = prepared
         now = time.time_ns()
         with self._lock:
             self._check_open()
@@ -179,7 +233,17 @@ class Recorder:
                 raise DuplicateSessionError(
                     f"session {sid!r} is already open; close it first", session_id=sid
                 )
-            session = self._open[sid] = _Session(now, next(self._runs))
+            bound = self.max_open_sessions
+            if bound is not None:
+                while len(self._open) >= bound:  # the least recently active one makes room
+                    old_id, old = self._open.popitem(last=False)  # type: ignore[call-arg]
+                    self.evicted_sessions += 1
+                    self._push_close(old_id, old, "evicted")
+            if parent is not None and root is None:
+                known = self._open.get(parent)
+                root = known.root if known is not None else parent
+            session = SessionState(now, next(self._runs), hold_at, parent, root or sid)
+            self._open[sid] = session
             self._recently_closed.pop(sid, None)
             self._inherited.pop(sid, None)
             self.accepted += 1
@@ -216,7 +280,7 @@ class Recorder:
             extra = trace_fields(_modules[_OTEL], extra)
         if extra is not None:
             fields = (fields, extra)
-        if not self.is_open(session_id):
+        if not self.is_open(session_id) and not self._closed_by_logger(session_id):
             self._missing(session_id)
         return session_id, text, levelno, fields
 
@@ -227,12 +291,24 @@ class Recorder:
         with self._lock:
             session = self._open.get(session_id)
             if session is None:
-                self._missing(session_id)
-            seq = session.seq = session.seq + 1
+                self._late(session_id)
+                return
+            now = time.time_ns()
+            if levelno <= session.hold_at:
+                self._hold(session, (now, levelno, text, fields))
+                return
             if levelno >= 40:
                 session.errors += 1
+                if session.hold_at >= 0:
+                    self._release(session_id, session)
+            if self.tracking:
+                session.last_ns = now
+                self._open.move_to_end(session_id)  # type: ignore[attr-defined]
+            seq = session.seq = session.seq + 1
+            levels = session.levels
+            levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
-            record = (LOG, session_id, seq, time.time_ns(), levelno, text, fields, session.run)
+            record = (LOG, session_id, seq, now, levelno, text, fields, session.run)
             if TAPS:
                 _tap(self, record)
             if intake.drops and len(intake.buf) >= intake.maxsize:
@@ -246,7 +322,7 @@ class Recorder:
         """Check a close now; :meth:`close` hands it off later."""
         if status not in STATUSES:
             raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
-        if not self.is_open(session_id):
+        if not self.is_open(session_id) and not self._closed_by_logger(session_id):
             self._missing(session_id)
         return session_id
 
@@ -260,8 +336,56 @@ class Recorder:
             except TypeError:
                 session = None
             if session is None:
+                if self._closed_by_logger(session_id):
+                    return  # the logger closed it already (idle, evicted): nothing to close
                 self._missing(session_id)
             self._push_close(session_id, session, status)
+
+    def annotate(self, session_id: str, fields: dict[str, Any]) -> None:
+        """Merge ``fields`` into the session's close-entry ``summary`` (call-time snapshot)."""
+        snapshot = check_fields(fields, "annotate() fields")
+        with self._lock:
+            try:
+                session = self._open.get(session_id)
+            except TypeError:
+                session = None
+            if session is None:
+                self._late(session_id, count=False)
+                return
+            if snapshot:
+                if session.summary is None:
+                    session.summary = {}
+                session.summary.update(snapshot)
+            if self.tracking:
+                session.last_ns = time.time_ns()
+                self._open.move_to_end(session_id)  # type: ignore[attr-defined]
+
+    def token(self, session_id: str) -> str:
+        """Return the continuation token of an open session (see ``parent_id=``)."""
+        with self._lock:
+            session = self._open.get(session_id)
+            if session is None:
+                self._missing(session_id)
+            return make_token(session_id, session.root)
+
+    def close_idle(self, now_ns: int) -> int:
+        """Close the sessions idle for ``idle_timeout`` seconds (status ``timeout``)."""
+        if self.idle_timeout is None:
+            return 0
+        cutoff = now_ns - int(self.idle_timeout * 1e9)
+        closed = 0
+        with self._lock:
+            open_ = self._open
+            while open_:
+                sid = next(iter(open_))  # the least recently active (recency order)
+                session = open_[sid]
+                if session.last_ns > cutoff:
+                    break
+                del open_[sid]
+                self.timed_out += 1
+                self._push_close(sid, session, "timeout")
+                closed += 1
+        return closed
 
     def interrupt_all(self) -> int:
         """Close every open session with status ``interrupted``; return how many; stop intake."""
@@ -269,7 +393,7 @@ class Recorder:
             self.closed = True
             count = len(self._open)
             for sid, session in list(self._open.items()):
-                self._push_close(sid, session, "interrupted")
+                self._push_close(sid, session, "interrupted")  # held entries are written
             self._open.clear()
         return count
 
@@ -280,34 +404,82 @@ class Recorder:
             self._open.clear()  # verbs on them now find no session, then the closed logger
 
     # -- helpers ------------------------------------------------------------------------------
-    def _push_close(self, session_id: str, session: _Session, status: str) -> None:
+    def _push_close(self, session_id: str, session: SessionState, status: str) -> None:
         # Under the lock: nothing of this session can be handed off after its close entry.
-        now = time.time_ns()
-        summary: Any = {
-            "duration_s": round((time.monotonic_ns() - session.start_mono) / 1e9, 6),
-            "entries": session.seq,
-            "status": status,
-        }
-        level = 40 if status == "error" else 30 if status == "interrupted" else 20
-        self._recently_closed[session_id] = None
-        if len(self._recently_closed) > _RECENTLY_CLOSED:
+        if session.held:
+            if status in FAILED:
+                self._release(session_id, session)
+            else:
+                self.held_now -= len(session.held)
+                self.discarded += len(session.held)
+                session.evicted += len(session.held)
+                session.held = None
+        fields: Any = session.close_fields(status, session.evicted)
+        self._recently_closed[session_id] = status
+        self._recently_closed.move_to_end(session_id)
+        if len(self._recently_closed) > self._closed_bound:
             self._recently_closed.popitem(last=False)
         if _OTEL in _modules:
-            summary = trace_fields(_modules[_OTEL], summary)
+            fields = trace_fields(_modules[_OTEL], fields)
         self.accepted += 1
         record = (
             CLOSE,
             session_id,
             session.seq + 1,
-            now,
-            level,
+            time.time_ns(),
+            CLOSE_LEVELS.get(status, 20),
             "Session closed",
-            summary,
+            fields,
             session.run,
         )
         if TAPS:
             _tap(self, record)
         self.intake.push(record)
+
+    def _hold(self, session: SessionState, entry: tuple[int, int, str, Any]) -> None:
+        # Under the lock: keep an entry at or below buffer_level until the session fails.
+        if session.hold(entry, self.buffer_max):
+            self.buffer_evicted += 1
+            self.discarded += 1
+        else:
+            self.held_now += 1
+
+    def _release(self, session_id: str, session: SessionState) -> None:
+        # Under the lock: the session failed; write what it held, each with the next seq (in
+        # call order, call-time timestamps), before the entry that made it fail.
+        held = session.take_held()
+        self.held_now -= len(held)
+        levels = session.levels
+        intake = self.intake
+        for time_ns, levelno, text, fields in held:
+            seq = session.seq = session.seq + 1
+            levels[levelno] = levels.get(levelno, 0) + 1
+            self.accepted += 1
+            record = (LOG, session_id, seq, time_ns, levelno, text, fields, session.run)
+            if TAPS:
+                _tap(self, record)
+            if intake.drops and len(intake.buf) >= intake.maxsize:
+                intake.overflow_log(record)
+            else:
+                intake.buf.append(record)  # past the bound: held entries are bounded per session
+        if held and intake.sleeping:
+            intake.wake()
+
+    def _closed_by_logger(self, session_id: Any) -> bool:
+        try:
+            return self._recently_closed.get(session_id) in _CLOSED_BY_LOGGER
+        except TypeError:
+            return False
+
+    def _late(self, session_id: object, count: bool = True) -> bool:
+        # Under the lock: a verb for a session that is not open. The logger closed it on its
+        # own (idle_timeout, max_open_sessions): counted, not raised into the request that
+        # still holds it. Anything else is the caller's error.
+        if self._closed_by_logger(session_id):
+            if count:
+                self.late_entries += 1
+            return False
+        self._missing(session_id)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -347,6 +519,14 @@ class Recorder:
         """Whether an open session logged ERROR or worse."""
         session = self._open.get(session_id)
         return bool(session and session.errors)
+
+
+def _hold_level(level: int | str | None) -> int:
+    # buffer_level -> the highest levelno held; None, 0 and "NOTSET" hold nothing.
+    if level is None:
+        return -1
+    levelno = resolve_level(level)
+    return levelno if levelno > 0 else -1
 
 
 def _tap(recorder: Recorder, record: Any) -> None:

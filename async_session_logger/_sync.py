@@ -16,7 +16,7 @@ from ._core import ExcInfo, exception_extra, record_extra
 from ._engine import CAP_FACTOR, GRACE
 from ._entry import Formatter
 from ._errors import ConfigurationError, LoggerClosedError, WrongThreadError
-from ._handles import SessionHandle
+from ._handles import SessionHandle, SessionRef, parent_id_of
 from ._portal import Portal
 from ._recorder import Recorder
 from ._report import DeliveryReport
@@ -115,13 +115,35 @@ class SessionLogger:
         return self._portal
 
     # -- the seed's API -----------------------------------------------------------------------
-    def start_session(self, session_id: str, metadata: dict[str, Any] | None = None) -> None:
-        """Start a session; its start entry carries ``metadata``."""
+    def start_session(
+        self,
+        session_id: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        parent_id: str | None = None,
+        buffer_level: int | str | None = None,
+    ) -> None:
+        """Start a session; its start entry carries ``metadata``.
+
+        ``parent_id`` (a session id, or another process's :meth:`token`) makes it a child:
+        its start entry carries ``parent_session_id``. ``buffer_level`` overrides the
+        logger's for this session (``"NOTSET"``: hold nothing).
+        """
         if self._engine.state == "new":
             self._ready_portal()  # a forked child's first verb
         if self._intake.full:
             self._wait_for_space()
-        self._recorder.start(session_id, metadata)
+        self._recorder.start(session_id, metadata, parent_id, buffer_level)
+
+    def annotate(self, session_id: str, **fields: Any) -> None:
+        """Merge ``fields`` into the session's close-entry ``summary`` (masked like custom
+        fields)."""
+        self._recorder.annotate(session_id, fields)
+
+    def token(self, session_id: str) -> str:
+        """Return a continuation token of an open session: another process passes it as
+        ``start_session(child_id, parent_id=token)`` to open a child of it."""
+        return self._recorder.token(session_id)
 
     def log_entry(
         self,
@@ -207,9 +229,19 @@ class SessionLogger:
             )
 
     # -- extras -------------------------------------------------------------------------------
-    def session(self, session_id: str, metadata: dict[str, Any] | None = None) -> SessionHandle:
-        """Return a ``with`` handle that starts and closes the session."""
-        return SessionHandle(self, session_id, metadata)
+    def session(
+        self,
+        session_id: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        parent: SessionRef | None = None,
+        buffer_level: int | str | None = None,
+    ) -> SessionHandle:
+        """Return a ``with`` handle that starts and closes the session; ``parent`` (a handle,
+        a session id or a token) makes it a child session."""
+        return SessionHandle(
+            self, session_id, metadata, parent=parent_id_of(parent), buffer_level=buffer_level
+        )
 
     def close(self, timeout: float | None = None) -> DeliveryReport:
         """Close open sessions (``interrupted``), drain the sinks, stop the thread; idempotent.
