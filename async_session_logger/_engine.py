@@ -95,6 +95,7 @@ class Engine:
         self._gen = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._lane_tasks: list[asyncio.Task[None]] = []
+        self._idle_task: asyncio.Task[None] | None = None
         self._progress_at = 0.0
         self._starting: asyncio.Future[None] | None = None
         self._final: concurrent.futures.Future[DeliveryReport] = concurrent.futures.Future()
@@ -196,7 +197,7 @@ class Engine:
         ]
         self._writer_task = owner.spawn(self._write(self._gen), "writer")
         if self.recorder.idle_timeout is not None:
-            owner.spawn(self._close_idle(self.recorder.idle_timeout), "idle")
+            self._idle_task = owner.spawn(self._close_idle(self.recorder.idle_timeout), "idle")
         self.state = RUNNING
         self._hook()
         starting.set_result(None)
@@ -276,6 +277,8 @@ class Engine:
         budget = self.close_timeout if timeout is None else timeout
         cap = loop.time() + (budget if timeout is not None else budget * CAP_FACTOR)
         self._progress_at = loop.time()
+        if self._idle_task is not None:
+            self._idle_task.cancel()  # the drain waits for every task it owns
         self._run_closing_hooks()
         interrupted = self.recorder.interrupt_all()
         self.intake.push(STOP)
