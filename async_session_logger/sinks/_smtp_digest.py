@@ -304,9 +304,11 @@ def _cut(text: str, limit: int) -> str:
 def _discarded_note(discarded: int, status: str, errors: int) -> str:
     """Say why entries held by ``buffer_level`` are in no file (they are not lost)."""
     held = f"{discarded} entries held back by buffer_level were not written"
-    if status == "closed" and not errors:
-        return f"{held}: the session did not fail."
-    return f"{held}: the oldest held entries, evicted past buffer_max."
+    # The logger writes held entries when the session fails: an ERROR entry, or a close with
+    # status error or interrupted (timeout and evicted are no failure: they are discarded).
+    if errors or status in ("error", "interrupted"):
+        return f"{held}: the oldest held entries, evicted past buffer_max before it failed."
+    return f"{held}: the session did not fail."
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from async_session_logger import AsyncSessionLogger
 from async_session_logger.sinks import Batch, MqttSink
 from async_session_logger.sinks.smtp import SmtpSink
 
@@ -288,3 +289,77 @@ async def test_flushed_entries_with_older_timestamps_are_digested_once(server: S
     assert "Levels: DEBUG 2, INFO 1, ERROR 1" in failed.body
     assert "4 entries, 1 at ERROR or worse" in failed.body
     assert sink.stats()["digests_sent"] == 2
+
+
+# -- end to end: a real logger produces the fields ----------------------------------------------
+async def _session_story(alog: AsyncSessionLogger) -> None:
+    """A request with a child job (annotated, DEBUG held and discarded), a failing job whose
+    held entries are written, and a session evicted by max_open_sessions."""
+    async with alog.session("req") as req:
+        async with alog.session("job", parent=req) as job:
+            for i in range(3):
+                await job.debug(f"detail {i}")
+            await job.info("done")
+            job.annotate(rows=42, password="hunter2")
+        async with alog.session("bad", parent=req.token()) as bad:
+            await bad.debug("held 1")
+            await bad.debug("held 2")
+            await bad.error("boom")
+            bad.annotate(rows=0)
+    await alog.start_session("a")
+    await alog.start_session("b")
+    await alog.start_session("c")  # max_open_sessions=2: "a" is evicted
+
+
+async def test_a_real_logger_fills_the_mqtt_statuses(broker: Broker, tmp_path: Path) -> None:
+    """Statuses of a real logger's sessions: parent, summary (masked), discarded, evicted."""
+    sink = MqttSink("127.0.0.1", broker.port)
+    async with AsyncSessionLogger(
+        sinks=[sink], dead_letter_path=None, buffer_level="DEBUG", max_open_sessions=2
+    ) as alog:
+        await _session_story(alog)
+        assert (await alog.save_logs()).ok
+        found = await asyncio.to_thread(_statuses, broker, 6)
+    job, bad = found["logs/job/status"], found["logs/bad/status"]
+    assert (job["status"], job["parent_session_id"], job["entries"]) == ("closed", "req", 1)
+    assert (job["levels"], job["discarded"]) == ({"INFO": 1}, 3)
+    assert job["summary"] == {"rows": 42, "password": "***"}
+    assert (bad["status"], bad["parent_session_id"], bad["discarded"]) == ("closed", "req", 0)
+    assert bad["levels"] == {"DEBUG": 2, "ERROR": 1}
+    assert found["logs/req/status"]["parent_session_id"] is None
+    assert found["logs/a/status"]["status"] == "evicted"
+    assert {found[f"logs/{s}/status"]["status"] for s in ("b", "c")} == {"open"}
+
+
+async def test_a_real_logger_fills_the_smtp_digests(server: Server) -> None:
+    """Digests of a real logger's sessions, and a timeout mailed under digest_on='error'."""
+    sink = SmtpSink(**smtp_options(server.port, max_emails_per_minute=None, **FAST))
+    async with AsyncSessionLogger(
+        sinks=[sink], dead_letter_path=None, buffer_level="DEBUG", max_open_sessions=2
+    ) as alog:
+        await _session_story(alog)
+    idle = SmtpSink(**smtp_options(server.port, digest_on="error", **FAST), name="idle")
+    async with AsyncSessionLogger(sinks=[idle], dead_letter_path=None, idle_timeout=0.05) as alog:
+        await alog.start_session("sleepy")
+        await alog.start_session("brief")
+        await alog.close_session("brief")
+        # The 7th mail: "sleepy" closed by idle_timeout while the logger runs.
+        mails = _by_session(await asyncio.to_thread(server.wait_for, 7))
+    assert sorted(mails) == ["a", "b", "bad", "c", "job", "req", "sleepy"]
+    job = mails["job"]
+    assert job.message["Subject"] == "[closed] session job"
+    assert "Child session of req" in job.body and "Levels: INFO 1" in job.body
+    assert "Summary:\n  rows      42\n  password  ***\n" in job.body
+    assert "3 entries held back by buffer_level were not written: the session did not fail." in (
+        job.body
+    )
+    bad = mails["bad"]
+    assert [e["message"] for e in bad.attachments()["bad.jsonl"]] == [
+        "Session started", "held 1", "held 2", "boom", "Session closed",
+    ]  # fmt: skip
+    assert "Levels: DEBUG 2, ERROR 1" in bad.body and "held back" not in bad.body
+    assert mails["a"].message["Subject"] == "[evicted] session a"
+    sleepy = mails["sleepy"]
+    assert sleepy.message["Subject"] == "[timeout] session sleepy"
+    assert "Closed by idle_timeout" in sleepy.body
+    assert idle.stats()["sessions_skipped"] == 1  # "brief" closed cleanly: no mail
