@@ -500,3 +500,50 @@ def test_letters_put_back_keep_the_files_permissions(tmp_path: Path) -> None:
     assert report.failed == 4 and modes == [0o600]
     assert dead.stat().st_mode & 0o777 == 0o600
     assert len(list(read_dead_letters(dead))) == 4
+
+
+async def _log_issue12_fields(tmp_path: Path) -> None:
+    """Log sessions with every issue-12 field through a file sink that cannot write."""
+    down = FileSink(tmp_path / "down" / "{session_id}.jsonl", mkdir=False, retries=0)
+    ref = FileSink(tmp_path / "reference.jsonl", name="reference")
+    async with AsyncSessionLogger(
+        sinks=[down, ref],
+        dead_letter_path=tmp_path / "dead.jsonl",
+        on_error=lambda e: None,
+        buffer_level="DEBUG",
+    ) as alog:
+        async with alog.session("parent") as parent:
+            async with alog.session("child", parent=parent) as child:
+                await child.debug("held and discarded")
+                await child.info("kept")
+                child.annotate(rows=3, api_token="secret", note="é\u2028")
+            async with alog.session("failed", parent=parent.token()) as failed:
+                await failed.debug("held, then written")
+                await failed.info("written at once")
+                await failed.error("boom")
+        await alog.save_logs()
+
+
+def test_letters_with_the_issue_12_fields_replay_byte_identical(tmp_path: Path) -> None:
+    """Start entries with parent_session_id, close entries with levels, summary and discarded,
+    and held entries written late (older timestamps) replay exactly as the file sink wrote."""
+    asyncio.run(_log_issue12_fields(tmp_path))
+    dead = tmp_path / "dead.jsonl"
+    letters = [d["entry"] for d in read_dead_letters(dead)]
+    closes = {e["session_id"]: e for e in letters if e["event"] == "session_close"}
+    assert closes["child"]["discarded"] == 1 and closes["child"]["levels"] == {"INFO": 1}
+    assert closes["child"]["summary"] == {"rows": 3, "api_token": "***", "note": "é\u2028"}
+    assert closes["failed"]["levels"] == {"DEBUG": 1, "INFO": 1, "ERROR": 1}
+    failed = [e for e in letters if e["session_id"] == "failed" and e["event"] == "log"]
+    assert [e["message"] for e in failed] == ["written at once", "held, then written", "boom"]
+    assert failed[1]["timestamp"] < failed[0]["timestamp"]  # its call time, a lower seq later
+    starts = {e["session_id"]: e for e in letters if e["event"] == "session_start"}
+    assert starts["child"]["parent_session_id"] == starts["failed"]["parent_session_id"]
+    assert starts["child"]["parent_session_id"] == "parent"
+    (tmp_path / "down").mkdir()
+    report = _replay(dead, FileSink(tmp_path / "down" / "{session_id}.jsonl"))
+    assert report.ok and report.resent == len(letters) == 10
+    for sid in ("parent", "child", "failed"):
+        replayed = (tmp_path / "down" / f"{sid}.jsonl").read_bytes()
+        assert replayed.splitlines(keepends=True) == _reference_lines(tmp_path, sid)
+    assert not dead.exists()
