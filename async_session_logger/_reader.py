@@ -13,11 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
 from ._errors import SessionLoggerError
+from ._validate import level_name
 
 __all__ = [
     "CorruptLogError",
@@ -40,6 +41,13 @@ _CLOSE = "session_close"
 _WARN_DEPTH = 4
 
 _by_seq = operator.itemgetter("seq")
+
+# Level names counted per session before the rest are lumped together: a hostile log could
+# otherwise make a session's count grow with every entry (each with a level name of its own).
+MAX_LEVEL_NAMES: Final = 64
+OTHER_LEVELS: Final = "(other)"
+# Ids named in a parent-cycle warning; a longer cycle is summed up by its length.
+_CYCLE_IDS_SHOWN = 5
 
 
 class ReaderWarning(UserWarning):
@@ -97,6 +105,12 @@ def read_sessions(*paths: str | os.PathLike[str], strict: bool = False) -> list[
         *paths: The files to read.
         strict: Raise on a corrupt line instead of warning and skipping it.
 
+    Children are linked to their parent: a session whose start entry names a
+    ``parent_session_id`` read here is in that session's :attr:`Session.children` (and in the
+    list returned, like every session). A parent id used by several sessions (a reused id)
+    names the one that started last at or before the child. Sessions that name each other as
+    parent (a cycle, which no logger writes) are all read as roots, with a :class:`ReaderWarning`.
+
     Returns:
         The sessions, in order of first appearance.
 
@@ -108,7 +122,7 @@ def read_sessions(*paths: str | os.PathLike[str], strict: bool = False) -> list[
     # One more frame than read_entries: the warning should name read_sessions' caller.
     for entry in _read_paths(_checked(paths), strict, _WARN_DEPTH + 1):
         builder.add(entry)
-    return builder.finish()
+    return builder._finish()
 
 
 @dataclass
@@ -118,6 +132,11 @@ class Session:
     ``entries`` holds the ``log`` and ``gap`` entries (and any entry of an unknown event)
     sorted by ``seq``; ``start`` and ``close`` are the lifecycle entries, ``None`` when
     absent (a start rotated away, a session still open or cut short by a crash).
+
+    ``children`` holds the sessions of the same read whose start entry names this one as
+    parent, in start order (filled by :func:`read_sessions` and :meth:`SessionBuilder.finish`).
+    Entries of a flushed ``buffer_level`` block carry their call-time timestamps: timestamps
+    need not increase with ``seq``.
     """
 
     session_id: str
@@ -125,16 +144,53 @@ class Session:
     entries: list[dict[str, Any]] = field(default_factory=list, repr=False)
     start: dict[str, Any] | None = None
     close: dict[str, Any] | None = None
+    # Not compared: two reads of one session are equal whether or not its children were read.
+    children: list[Session] = field(default_factory=list, repr=False, compare=False)
     _duplicates: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def status(self) -> str:
-        """Return the close entry's status (``closed``, ``interrupted``, ``error``), or ``open``."""
+        """Return the close entry's status, or ``open`` when there is no close entry.
+
+        The logger writes ``closed``, ``interrupted``, ``error``, ``timeout`` (``idle_timeout``
+        closed it) and ``evicted`` (``max_open_sessions`` closed it); any other string in the
+        file is returned as it is.
+        """
         if self.close is None:
             return "open"
         status = self.close.get("status")
         # A formatter may drop or mangle the key; the session is still closed.
         return status if isinstance(status, str) else "closed"
+
+    @property
+    def parent_session_id(self) -> str | None:
+        """Return the parent session's id the start entry records, or None (a root)."""
+        return parent_of(self.start)
+
+    @property
+    def levels(self) -> dict[str, int]:
+        """Return how many log entries were written per level name, e.g. ``{"INFO": 3}``.
+
+        From the close entry's ``levels``; for a session with no close entry, counted from
+        the ``log`` entries read. ``{}`` for a close entry without ``levels`` (written before
+        the key existed). Items that are not a name and a count are left out.
+        """
+        if self.close is not None:
+            return recorded_levels(self.close)
+        counts = LevelCounter()
+        for entry in self.entries:
+            counts.add(entry)
+        return counts.levels
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Return the close entry's ``summary`` (the fields ``annotate()`` merged), or ``{}``."""
+        return summary_of(self.close)
+
+    @property
+    def discarded(self) -> int:
+        """Return how many entries ``buffer_level`` held and never wrote (the close says so)."""
+        return discarded_of(self.close)
 
     @property
     def started_at(self) -> datetime | None:
@@ -301,6 +357,142 @@ def parse_timestamp(value: object) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+# -- the fields of issue 12 -------------------------------------------------------------------
+def _count(value: object) -> int | None:
+    # bool is an int subclass; true is no count.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def parent_of(start: dict[str, Any] | None) -> str | None:
+    """Return a start entry's ``parent_session_id`` if it is a non-empty string, else None."""
+    value = None if start is None else start.get("parent_session_id")
+    return value if isinstance(value, str) and value else None
+
+
+def recorded_levels(close: dict[str, Any]) -> dict[str, int]:
+    """Return a close entry's ``levels``: its items with a str name and a count, at most 64."""
+    raw = close.get("levels")
+    if not isinstance(raw, dict):
+        return {}
+    counts = LevelCounter()
+    for name, value in raw.items():
+        count = _count(value)
+        if count is not None:
+            counts.add_count(name, count)
+    return counts.levels
+
+
+def summary_of(close: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a close entry's ``summary`` if it is an object, else ``{}``."""
+    value = None if close is None else close.get("summary")
+    return value if isinstance(value, dict) else {}
+
+
+def discarded_of(close: dict[str, Any] | None) -> int:
+    """Return a close entry's ``discarded`` if it is a count, else 0."""
+    return (_count(close.get("discarded")) or 0) if close is not None else 0
+
+
+class LevelCounter:
+    """Count log entries per level name, holding at most ``MAX_LEVEL_NAMES`` names."""
+
+    __slots__ = ("levels",)
+
+    def __init__(self) -> None:
+        self.levels: dict[str, int] = {}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Count one entry if it is a ``log`` entry, under its ``level`` (or its ``levelno``)."""
+        if entry.get("event") != "log":
+            return
+        name = entry.get("level")
+        if not isinstance(name, str):
+            levelno = _count(entry.get("levelno"))
+            name = level_name(levelno) if levelno is not None else "?"
+        self.add_count(name, 1)
+
+    def add_count(self, name: str, count: int) -> None:
+        """Add ``count`` under ``name``; past the name limit, under ``OTHER_LEVELS``."""
+        levels = self.levels
+        if name not in levels and len(levels) >= MAX_LEVEL_NAMES - 1 and name != OTHER_LEVELS:
+            name = OTHER_LEVELS
+        levels[name] = levels.get(name, 0) + count
+
+
+N = TypeVar("N", "Session", "SessionSummary")
+
+
+def _start_order(node: Session | SessionSummary) -> tuple[bool, datetime]:
+    started = node.started_at
+    return (started is None, started or datetime.min.replace(tzinfo=UTC))
+
+
+def _pick_parent(runs: list[N], started: datetime | None) -> N:
+    """Return the run of a parent id a child belongs to: the last started at or before it."""
+    if len(runs) == 1:
+        return runs[0]
+    if started is not None:
+        earlier = [r for r in runs if r.started_at is not None and r.started_at <= started]
+        if earlier:
+            return max(earlier, key=_start_order)
+    return runs[-1]
+
+
+def _link(nodes: list[N], depth: int) -> None:
+    """Fill every node's ``children`` from the parent ids, breaking cycles with a warning.
+
+    Iterative throughout: a hostile file with a chain of a million parents must neither hit
+    the recursion limit nor loop.
+    """
+    runs: dict[str, list[N]] = {}
+    for node in nodes:
+        node.children.clear()  # finish() may be called again
+        runs.setdefault(node.session_id, []).append(node)
+    parent: dict[int, N] = {}
+    for node in nodes:
+        parent_id = node.parent_session_id
+        candidates = runs.get(parent_id) if parent_id is not None else None
+        if candidates:
+            parent[id(node)] = _pick_parent(candidates, node.started_at)
+    # Walk up from each node once: 1 = on the path walked now, 2 = known to reach a root.
+    state: dict[int, int] = {}
+    cycles: list[list[N]] = []
+    for node in nodes:
+        path: list[N] = []
+        current: N | None = node
+        while current is not None and id(current) not in state:
+            state[id(current)] = 1
+            path.append(current)
+            current = parent.get(id(current))
+        if current is not None and state[id(current)] == 1:
+            at = next(i for i, seen in enumerate(path) if seen is current)
+            cycle = path[at:]
+            for member in cycle:
+                del parent[id(member)]
+            cycles.append(cycle)
+        for seen in path:
+            state[id(seen)] = 2
+    for node in nodes:
+        up = parent.get(id(node))
+        if up is not None:
+            up.children.append(node)
+    for node in nodes:
+        if len(node.children) > 1:
+            node.children.sort(key=_start_order)  # stable: ties keep the order read
+    for cycle in cycles:
+        warnings.warn(_cycle_message([n.session_id for n in cycle]), ReaderWarning, depth)
+
+
+def _cycle_message(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"session {ids[0]!r} names itself as its parent; read as a root"
+    shown = " -> ".join(repr(i) for i in ids[:_CYCLE_IDS_SHOWN])
+    more = f" -> ... ({len(ids)} sessions)" if len(ids) > _CYCLE_IDS_SHOWN else f" -> {ids[0]!r}"
+    return f"sessions name each other as parent ({shown}{more}); read as roots"
+
+
 # -- grouping ---------------------------------------------------------------------------------
 class _Slot(ABC):
     """A session being built: what the grouping rules ask of it, however much it keeps."""
@@ -453,10 +645,20 @@ class SessionBuilder(_Grouper[_SessionSlot]):
         return _SessionSlot(session_id)
 
     def finish(self) -> list[Session]:
-        """Return the sessions in order of first appearance, their entries sorted by seq."""
+        """Return the sessions in order of first appearance, their entries sorted by seq.
+
+        Each session's ``children`` are filled as :func:`read_sessions` fills them, from the
+        sessions this builder was given (a parent cycle gives a :class:`ReaderWarning`).
+        """
+        return self._finish()
+
+    def _finish(self) -> list[Session]:
         for slot in self._slots:
             slot.session.entries.sort(key=_by_seq)
-        return [slot.session for slot in self._slots]
+        sessions = [slot.session for slot in self._slots]
+        # Frames: _link, _finish, finish() or read_sessions(), then their caller.
+        _link(sessions, 4)
+        return sessions
 
 
 # -- summaries --------------------------------------------------------------------------------
@@ -505,7 +707,8 @@ class SessionSummary:
     """One session read back without its entries: what a listing of sessions shows.
 
     ``started_at`` is the start entry's time; ``first_stamp`` the time of the lowest-seq
-    other entry that has one (for a session whose start was rotated away).
+    other entry that has one (for a session whose start was rotated away). ``parent_session_id``,
+    ``levels``, ``summary``, ``discarded`` and ``children`` are :class:`Session`'s.
     """
 
     session_id: str
@@ -520,16 +723,23 @@ class SessionSummary:
     dropped: int = 0
     duplicates: int = 0
     missing: int = 0
+    parent_session_id: str | None = None
+    levels: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    discarded: int = 0
+    children: list[SessionSummary] = field(default_factory=list, repr=False)
 
 
 class _SummarySlot(_Slot):
     """A session's summary, the seqs seen as runs, and the span of their timestamps."""
 
-    __slots__ = ("_first_seq", "_start", "earliest", "latest", "seqs", "summary")
+    __slots__ = ("_first_seq", "_start", "counted", "earliest", "latest", "seqs", "summary")
 
     def __init__(self, session_id: str) -> None:
         self.summary = SessionSummary(session_id)
         self.seqs = _SeqRuns()
+        # The levels of the log entries read, for a session that turns out to have no close.
+        self.counted = LevelCounter()
         self._start: dict[str, Any] | None = None
         self._first_seq = -1
         self.earliest: datetime | None = None
@@ -569,6 +779,7 @@ class _SummarySlot(_Slot):
             metadata = entry.get("metadata")
             summary.metadata = metadata if isinstance(metadata, dict) else {}
             summary.started_at = stamp
+            summary.parent_session_id = parent_of(entry)
             return
         if event == _CLOSE and summary.status == "open":
             status = entry.get("status")
@@ -578,6 +789,9 @@ class _SummarySlot(_Slot):
             duration = entry.get("duration_s")
             if isinstance(duration, int | float) and not isinstance(duration, bool):
                 summary.duration_s = float(duration)
+            summary.levels = recorded_levels(entry)
+            summary.summary = summary_of(entry)
+            summary.discarded = discarded_of(entry)
             return
         # The rest are what Session.entries holds: log, gap, unknown events, a second close.
         if stamp is not None and (self._first_seq < 0 or seq < self._first_seq):
@@ -585,6 +799,7 @@ class _SummarySlot(_Slot):
             summary.first_stamp = stamp
         if event == "log":
             summary.logged += 1
+            self.counted.add(entry)
         levelno = entry.get("levelno")
         if isinstance(levelno, int) and levelno >= 40:
             summary.errors += 1
@@ -610,7 +825,12 @@ class SummaryBuilder(_Grouper[_SummarySlot]):
         return _SummarySlot(session_id)
 
     def finish(self) -> list[SessionSummary]:
-        """Return the summaries in order of first appearance."""
+        """Return the summaries in order of first appearance, children linked as in Session."""
         for slot in self._slots:
-            slot.summary.missing = slot.seqs.missing()
-        return [slot.summary for slot in self._slots]
+            summary = slot.summary
+            summary.missing = slot.seqs.missing()
+            if summary.status == "open":
+                summary.levels = slot.counted.levels
+        summaries = [slot.summary for slot in self._slots]
+        _link(summaries, 3)  # frames: _link, finish, its caller
+        return summaries

@@ -82,6 +82,11 @@ def close(
     }
 
 
+def child(sid: str, parent: Any, *, second: int = 0) -> dict[str, Any]:
+    """Return the start entry of a child session (``parent`` as the file holds it)."""
+    return {**start(sid, second=second), "parent_session_id": parent}
+
+
 def gap(sid: str, seq: int, dropped: int) -> dict[str, Any]:
     """Return a gap entry."""
     return {
@@ -610,15 +615,23 @@ def expected_summary(session: Session) -> dict[str, Any]:
         "dropped": session.dropped,
         "duplicates": session.duplicates,
         "missing": len(session.missing_seqs),
+        "parent_session_id": session.parent_session_id,
+        "levels": session.levels,
+        "summary": session.summary,
+        "discarded": session.discarded,
+        "children": [(c.session_id, c.started_at) for c in session.children],
     }
 
 
 def summaries(*paths: Path) -> list[dict[str, Any]]:
-    """Return SummaryBuilder's summaries of the files, as dicts."""
+    """Return SummaryBuilder's summaries of the files, as dicts (children by id and start)."""
     builder = SummaryBuilder()
     for entry in read_entries(*paths):
         builder.add(entry)
-    return [vars(summary) for summary in builder.finish()]
+    return [
+        {**vars(s), "children": [(c.session_id, c.started_at) for c in s.children]}
+        for s in builder.finish()
+    ]
 
 
 SCENARIOS: dict[str, list[list[dict[str, Any]]]] = {
@@ -669,6 +682,27 @@ SCENARIOS: dict[str, list[list[dict[str, Any]]]] = {
     ],
     "out of order, start missing": [
         [log("a", 4), log("a", 2), close("a", 5, status="interrupted")]
+    ],
+    "children and the close entry's fields": [
+        [
+            start("p"),
+            child("c2", "p", second=3),
+            log("c2", 1, levelno=30),
+            child("c1", "p", second=2),
+            log("c1", 1, levelno=10),
+            {**close("c1", 2), "levels": {"DEBUG": 1}, "summary": {"rows": 3}, "discarded": 4},
+            close("p", 1, status="timeout"),
+            child("orphan", "elsewhere"),
+        ]
+    ],
+    "a reused parent id": [
+        [
+            start("p", second=0),
+            close("p", 1, second=1),
+            child("early", "p", second=1),
+            start("p", second=5),
+            child("late", "p", second=6),
+        ]
     ],
 }
 
@@ -729,3 +763,215 @@ def test_entry_problem_and_parse_timestamp_are_the_readers_checks() -> None:
         2026, 11, 24, 6, 23, 13, tzinfo=UTC
     )
     assert (parse_timestamp("yesterday"), parse_timestamp(17)) == (None, None)
+
+
+# -- issue 12: children, level counts, summaries, buffered entries ----------------------------
+def test_children_are_linked_in_start_order_and_unknown_parents_are_roots(tmp_path: Path) -> None:
+    """A child is in its parent's children (by start time); a missing parent leaves a root."""
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            start("p"),
+            child("b", "p", second=5),
+            child("a", "p", second=3),
+            child("grandchild", "a", second=4),
+            child("orphan", "not-read"),
+        ],
+    )
+
+    sessions = {s.session_id: s for s in read_sessions(path)}
+
+    assert list(sessions) == ["p", "b", "a", "grandchild", "orphan"]  # every session listed
+    assert [c.session_id for c in sessions["p"].children] == ["a", "b"]
+    assert sessions["a"].children == [sessions["grandchild"]]
+    assert sessions["a"].children[0] is sessions["grandchild"]
+    assert (sessions["p"].parent_session_id, sessions["a"].parent_session_id) == (None, "p")
+    assert sessions["orphan"].parent_session_id == "not-read"
+    assert not any(sessions["orphan"] in s.children for s in sessions.values())
+
+
+def test_a_child_of_a_reused_id_joins_the_run_started_before_it(tmp_path: Path) -> None:
+    """With two runs of the parent id, each child goes to the last run started at or before it."""
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            start("p", second=0, run=1),
+            child("early", "p", second=1),
+            close("p", 1, second=2),
+            start("p", second=5, run=2),
+            child("late", "p", second=6),
+        ],
+    )
+
+    first, early, second, late = read_sessions(path)
+
+    assert (first.metadata, second.metadata) == ({"run": 1}, {"run": 2})
+    assert first.children == [early] and second.children == [late]
+
+
+def test_parent_cycles_are_read_as_roots_with_a_warning(tmp_path: Path) -> None:
+    """a <-> b and a self-parent: no hang, no recursion, all roots, one ReaderWarning each."""
+    path = write(
+        tmp_path / "log.jsonl",
+        [child("a", "b"), child("b", "a"), child("self", "self"), child("under-a", "a")],
+    )
+
+    with pytest.warns(ReaderWarning) as record:
+        sessions = {s.session_id: s for s in read_sessions(path)}
+
+    assert sorted(str(w.message) for w in record) == [
+        "session 'self' names itself as its parent; read as a root",
+        "sessions name each other as parent ('a' -> 'b' -> 'a'); read as roots",
+    ]
+    assert all(w.filename == __file__ for w in record)  # the warning names this caller
+    assert sessions["b"].children == [] and sessions["self"].children == []
+    # A child of a cycle member still hangs under it: only the cycle's own links are cut.
+    assert sessions["a"].children == [sessions["under-a"]]
+
+
+def test_a_chain_of_twenty_thousand_parents_is_linked_without_recursion(tmp_path: Path) -> None:
+    """A deep chain (hostile or not) links in a loop, and a cycle closing it is found."""
+    depth = 20_000
+    chain = [start("s0")] + [child(f"s{n}", f"s{n - 1}") for n in range(1, depth)]
+    path = write(tmp_path / "log.jsonl", chain)
+
+    sessions = read_sessions(path)
+
+    assert all(s.children == [sessions[n + 1]] for n, s in enumerate(sessions[:-1]))
+    closed = write(tmp_path / "cycle.jsonl", [child("s0", f"s{depth - 1}"), *chain[1:]])
+    with pytest.warns(ReaderWarning, match=rf"\('s0' -> .* \({depth} sessions\)\)"):
+        assert all(s.children == [] for s in read_sessions(closed))
+
+
+def test_close_entry_fields_and_the_new_statuses(tmp_path: Path) -> None:
+    """levels, summary, discarded come from the close entry; timeout and evicted are statuses."""
+    fields = {"levels": {"INFO": 2, "ERROR": 1}, "summary": {"rows": 7, "who": "***"}}
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            start("ok"),
+            {**close("ok", 4), **fields, "discarded": 12},
+            start("idle"),
+            {**close("idle", 1, status="timeout"), "levels": {}},
+            start("pushed"),
+            {**close("pushed", 1, status="evicted"), "levels": {}},
+            start("old"),
+            log("old", 1),
+            close("old", 2),  # a close written before levels existed
+        ],
+    )
+
+    ok, idle, pushed, old = read_sessions(path)
+
+    assert (ok.levels, ok.summary, ok.discarded) == (fields["levels"], fields["summary"], 12)
+    assert (idle.status, pushed.status) == ("timeout", "evicted")
+    assert (idle.levels, idle.summary, idle.discarded) == ({}, {}, 0)
+    assert (old.levels, old.summary, old.discarded) == ({}, {}, 0)
+
+
+def test_levels_of_a_session_without_close_are_counted_from_its_entries(tmp_path: Path) -> None:
+    """No close entry: levels counts the log entries read by level name (gaps not counted)."""
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            start("a"),
+            log("a", 1),
+            log("a", 2, levelno=40),
+            gap("a", 3, dropped=5),
+            log("a", 4),
+            {**log("a", 5), "level": 25},  # a mangled name: the levelno names it
+        ],
+    )
+
+    (session,) = read_sessions(path)
+
+    assert session.levels == {"INFO": 3, "ERROR": 1}
+
+
+def test_hostile_issue_12_fields_are_read_without_crashing(tmp_path: Path) -> None:
+    """Wrong types in parent id, levels, summary, discarded: ignored or filtered, never raised."""
+    many = {f"L{n}": 1 for n in range(200)}
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            child("int-parent", 17),
+            child("list-parent", ["p"]),
+            child("empty-parent", ""),
+            {
+                **close("int-parent", 1),
+                "levels": {"INFO": "3", "ERROR": True, "WARNING": -1, "DEBUG": 2, "x": None},
+                "summary": ["not", "a", "dict"],
+                "discarded": True,
+            },
+            {**close("list-parent", 1), "levels": [1, 2], "summary": "s", "discarded": -4},
+            {**close("empty-parent", 1), "levels": many, "discarded": "9"},
+        ],
+    )
+
+    a, b, c = read_sessions(path)
+
+    assert [s.parent_session_id for s in (a, b, c)] == [None, None, None]
+    assert (a.levels, a.summary, a.discarded) == ({"DEBUG": 2}, {}, 0)
+    assert (b.levels, b.summary, b.discarded) == ({}, {}, 0)
+    assert len(c.levels) == 64 and c.levels["(other)"] == 200 - 63
+    assert sum(c.levels.values()) == 200
+
+
+def test_a_flushed_buffer_has_older_timestamps_and_leaves_no_missing_seqs(tmp_path: Path) -> None:
+    """Held entries written on failure take the next seqs with older stamps: nothing missing."""
+    path = write(
+        tmp_path / "log.jsonl",
+        [
+            start("a", second=0),
+            log("a", 1, "info", second=5),
+            log("a", 2, "held debug", levelno=10, second=1),  # called at 1 s, written at 6 s
+            log("a", 3, "the failure", levelno=40, second=6),
+            {**close("a", 4, status="error", second=7), "levels": {"INFO": 1, "DEBUG": 1}},
+        ],
+    )
+
+    (session,) = read_sessions(path)
+    (summary,) = summaries(path)
+
+    assert session.missing_seqs == [] and summary["missing"] == 0
+    assert [e["message"] for e in session.entries] == ["info", "held debug", "the failure"]
+    assert session.started_at == parse_timestamp(stamp(0))
+    assert summary == expected_summary(session)
+
+
+def test_a_real_logger_writes_what_the_reader_reads(tmp_path: Path) -> None:
+    """SessionLogger with parent_id/token, annotate, buffer_level, eviction: read back exactly."""
+    from async_session_logger import SessionLogger
+
+    path = tmp_path / "log.jsonl"
+    with SessionLogger(
+        method="file", path=path, dead_letter_path=None, buffer_level="DEBUG", max_open_sessions=3
+    ) as logger:
+        logger.start_session("job", metadata={"kind": "batch"})
+        logger.log_entry("job", "detail", "DEBUG")  # held, then discarded at the clean close
+        logger.log_entry("job", "step", "INFO")
+        logger.annotate("job", rows=120, password="hunter2")
+        logger.start_session("worker", parent_id=logger.token("job"))
+        logger.log_entry("worker", "held", "DEBUG")
+        logger.log_entry("worker", "failed", "ERROR")  # the held entry is written first
+        logger.close_session("worker", status="error")
+        with logger.session("step-2", parent="job") as handle:
+            handle.warning("slow")
+        logger.start_session("x")
+        logger.start_session("y")
+        logger.start_session("z")  # four open: the least recently active, "job", is evicted
+        for sid in ("x", "y", "z"):
+            logger.close_session(sid)
+
+    sessions = {s.session_id: s for s in read_sessions(path)}
+    job, worker, step = sessions["job"], sessions["worker"], sessions["step-2"]
+
+    assert job.status == "evicted"
+    assert [c.session_id for c in job.children] == ["worker", "step-2"]
+    assert (worker.parent_session_id, step.parent_session_id) == ("job", "job")
+    assert job.levels == {"INFO": 1} and job.discarded == 1
+    assert job.summary["rows"] == 120 and job.summary["password"] != "hunter2"
+    assert [e["message"] for e in worker.entries] == ["held", "failed"]
+    assert worker.levels == {"DEBUG": 1, "ERROR": 1} and worker.missing_seqs == []
+    assert step.levels == {"WARNING": 1}
+    assert summaries(path) == [expected_summary(s) for s in read_sessions(path)]
