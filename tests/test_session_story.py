@@ -322,3 +322,26 @@ def test_malformed_parents_raise_at_the_call(bad: str) -> None:
         with pytest.raises(InvalidSessionIdError):
             log.start_session("child", parent_id=bad)
         assert not log.is_open("child")
+
+
+def test_open_sessions_bound_keeps_memory_flat(tmp_path: Path) -> None:
+    """20,000 sessions never closed, max_open_sessions=500: the logger keeps ~500 sessions'
+    worth of memory (unbounded, the same run holds ~8 MB)."""
+    import tracemalloc
+
+    with SessionLogger(
+        path=str(tmp_path / "log.jsonl"), dead_letter_path=None, max_open_sessions=500
+    ) as log:
+        log.save_logs()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            log.start_session(f"session-{i:08d}", {"user_id": f"u{i}"})
+            log.log_entry(f"session-{i:08d}", "served")
+        log.save_logs()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        stats = log.stats()
+    assert stats["open_sessions"] == 500 and stats["evicted_sessions"] == 19_500
+    # 500 open sessions (~400 B each) plus the 10,000 most recently closed ids.
+    assert grown < 5_000_000, grown

@@ -1,0 +1,180 @@
+"""What issue 12's session features cost: held entries, annotate(), open sessions, the bound.
+
+Run by hand, on a quiet machine::
+
+    .venv/bin/python benchmarks/sessions.py [--entries 200000] [--repeat 5]
+    .venv/bin/python benchmarks/sessions.py --million        # 1,000,000 sessions, bounded
+
+Each figure comes from a fresh child process, ``--repeat`` times; medians are printed.
+
+- ``log written`` / ``log held``: the caller's µs per ``log_entry`` into one session, written
+  (no buffer_level) or held (``buffer_level="DEBUG"``, entries at DEBUG, ``buffer_max`` large
+  enough to keep them all); the sink is a no-op custom handler.
+- ``annotate``: µs per ``annotate(session_id, step=i)``.
+- ``bytes/held entry`` and ``bytes/open session``: tracemalloc's growth divided by the count
+  (``log_entry(sid, "message %d", DEBUG, {"i": i})`` held; sessions opened with a small
+  metadata dict and never closed).
+- ``--million``: 1,000,000 sessions opened and never closed by one ``SessionLogger`` with
+  ``max_open_sessions=10_000`` (every start past 10,000 evicts one), each with one entry, to a
+  file; peak RSS of that process beside the same process opening nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _logger(**options: object) -> object:
+    sys.path.insert(0, str(REPO_ROOT))
+    from async_session_logger import SessionLogger
+
+    return SessionLogger(
+        method="custom",
+        custom_handler=lambda line: None,
+        dead_letter_path=None,
+        max_queue=10_000_000,
+        **options,
+    )
+
+
+def child(what: str, n: int) -> dict[str, float]:
+    """Measure one figure in this process."""
+    if what in ("written", "held"):
+        log = _logger(buffer_level="DEBUG" if what == "held" else None, buffer_max=n + 1)
+        log.start_session("s")  # type: ignore[attr-defined]
+        entry = log.log_entry  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        for _ in range(n):
+            entry("s", "message", logging.DEBUG)
+        caller = (time.perf_counter() - start) / n
+        log.close()  # type: ignore[attr-defined]
+        return {"us": caller * 1e6}
+    if what == "annotate":
+        log = _logger()
+        log.start_session("s")  # type: ignore[attr-defined]
+        annotate = log.annotate  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        for i in range(n):
+            annotate("s", step=i)
+        caller = (time.perf_counter() - start) / n
+        log.close()  # type: ignore[attr-defined]
+        return {"us": caller * 1e6}
+    if what == "held-bytes":
+        log = _logger(buffer_level="DEBUG", buffer_max=n + 1)
+        log.start_session("s")  # type: ignore[attr-defined]
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            log.log_entry("s", f"message {i}", logging.DEBUG, {"i": i})  # type: ignore[attr-defined]
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        log.close()  # type: ignore[attr-defined]
+        return {"bytes": grown / n}
+    if what == "session-bytes":
+        log = _logger()
+        log.save_logs()  # type: ignore[attr-defined]
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            log.start_session(f"session-{i:08d}", {"user_id": f"u{i}"})  # type: ignore[attr-defined]
+        log.save_logs()  # type: ignore[attr-defined]  # the start entries are written: gone
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        log.close()  # type: ignore[attr-defined]
+        return {"bytes": grown / n}
+    raise ValueError(what)
+
+
+def million(bounded: bool, directory: Path) -> dict[str, float]:
+    """Open 1,000,000 sessions (or none) and report peak RSS in MiB."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from async_session_logger import SessionLogger
+
+    log = SessionLogger(
+        path=str(directory / "million.jsonl"),
+        dead_letter_path=None,
+        max_open_sessions=10_000,
+    )
+    start = time.perf_counter()
+    if bounded:
+        for i in range(1_000_000):
+            sid = f"session-{i:08d}"
+            log.start_session(sid, {"user_id": f"u{i % 1000}"})
+            log.log_entry(sid, "request served", logging.INFO, {"status": 200})
+    report = log.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "peak_rss_mib": peak,
+        "seconds": time.perf_counter() - start,
+        "evicted": float(log.stats()["evicted_sessions"]),
+        "delivered": float(report.sinks["file"].delivered),
+    }
+
+
+def _run(args: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def main() -> None:
+    """Run the figures in child processes and print medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--million", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "million":
+        print(json.dumps(million(True, Path(args.dir))))
+        return
+    if args.child == "baseline":
+        print(json.dumps(million(False, Path(args.dir))))
+        return
+    if args.child:
+        print(json.dumps(child(args.child, args.entries)))
+        return
+    if args.million:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = _run(["--child", "baseline", "--dir", tmp])
+            got = _run(["--child", "million", "--dir", tmp])
+        print(
+            f"1,000,000 sessions, max_open_sessions=10,000: peak RSS {got['peak_rss_mib']:.0f} MiB"
+            f" (a logger opening none: {base['peak_rss_mib']:.0f} MiB); "
+            f"{got['evicted']:,.0f} evicted, {got['delivered']:,.0f} entries written "
+            f"in {got['seconds']:.1f} s"
+        )
+        return
+    rows = [
+        ("log written", "written", "us", "µs/entry"),
+        ("log held", "held", "us", "µs/entry"),
+        ("annotate", "annotate", "us", "µs/call"),
+        ("held entry", "held-bytes", "bytes", "bytes"),
+        ("open session", "session-bytes", "bytes", "bytes"),
+    ]
+    results: dict[str, list[float]] = {name: [] for name, *_ in rows}
+    for _ in range(args.repeat):
+        for name, what, key, _unit in rows:
+            results[name].append(_run(["--child", what, "--entries", str(args.entries)])[key])
+    print(f"{args.entries:,} per figure, medians of {args.repeat}")
+    for name, _what, _key, unit in rows:
+        print(f"{name:<14} {statistics.median(results[name]):>10.2f} {unit}")
+
+
+if __name__ == "__main__":
+    main()
