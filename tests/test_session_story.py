@@ -345,3 +345,70 @@ def test_open_sessions_bound_keeps_memory_flat(tmp_path: Path) -> None:
     assert stats["open_sessions"] == 500 and stats["evicted_sessions"] == 19_500
     # 500 open sessions (~400 B each) plus the 10,000 most recently closed ids.
     assert grown < 5_000_000, grown
+
+
+def test_exit_without_close_writes_what_was_held(tmp_path: Path) -> None:
+    """A script that exits without close(): its open session is interrupted at exit, so the
+    entries it held are written."""
+    path = tmp_path / "log.jsonl"
+    script = textwrap.dedent(
+        f"""
+        from async_session_logger import SessionLogger
+        log = SessionLogger(path={str(path)!r}, dead_letter_path=None, buffer_level="DEBUG")
+        log.start_session("job")
+        log.log_entry("job", "step 1", "DEBUG")
+        log.log_entry("job", "step 2", "DEBUG")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={"PYTHONPATH": str(ROOT)})
+    (session,) = read_sessions(path)
+    assert session.status == "interrupted"
+    assert _messages(session) == ["step 1", "step 2"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork() is POSIX-only")
+def test_held_entries_are_written_once_across_a_fork(tmp_path: Path) -> None:
+    """A forked child neither writes nor keeps the parent's held entries; the parent's
+    failure writes them once."""
+    import os
+
+    path = tmp_path / "log.jsonl"
+    log = SessionLogger(path=str(path), dead_letter_path=None, buffer_level="DEBUG")
+    log.start_session("parent")
+    log.log_entry("parent", "held before the fork", "DEBUG")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            log.start_session("child")
+            log.log_entry("child", "child detail", "DEBUG")
+            log.log_entry("child", "child failed", "ERROR")
+            log.close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    log.log_entry("parent", "parent failed", "ERROR")
+    log.close()
+    sessions = {s.session_id: s for s in read_sessions(path)}
+    assert _messages(sessions["parent"]) == ["held before the fork", "parent failed"]
+    assert _messages(sessions["child"]) == ["child detail", "child failed"]
+
+
+async def test_held_entries_past_the_queue_bound_are_all_written(tmp_path: Path) -> None:
+    """500 held entries released into a queue of 10 (overflow="block"): none is lost."""
+    path = tmp_path / "log.jsonl"
+    async with AsyncSessionLogger(
+        path=str(path), dead_letter_path=None, buffer_level="DEBUG", max_queue=10
+    ) as alog:
+        await alog.start_session("s")
+        for i in range(500):
+            await alog.log_entry("s", f"d{i}", "DEBUG")
+        await alog.log_entry("s", "boom", "ERROR")
+        await alog.close_session("s")
+        report = await alog.save_logs()
+    assert report.ok
+    (session,) = read_sessions(path)
+    assert _messages(session) == [f"d{i}" for i in range(500)] + ["boom"]
+    assert session.missing_seqs == []
