@@ -21,16 +21,23 @@ from ._errors import SessionLoggerError
 from ._validate import level_name
 
 __all__ = [
+    "MAX_LEVEL_NAMES",
+    "OTHER_LEVELS",
     "CorruptLogError",
+    "LevelCounter",
     "ReaderWarning",
     "Session",
     "SessionBuilder",
     "SessionSummary",
     "SummaryBuilder",
+    "discarded_of",
     "entry_problem",
+    "parent_of",
     "parse_timestamp",
     "read_entries",
     "read_sessions",
+    "recorded_levels",
+    "summary_of",
 ]
 
 _START = "session_start"

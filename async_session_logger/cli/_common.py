@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -19,6 +22,7 @@ __all__ = [
     "parse_level",
     "parse_meta",
     "parse_when",
+    "reader_warnings",
     "say",
     "warn",
 ]
@@ -67,6 +71,20 @@ def note(message: str) -> None:
 def say(message: str) -> None:
     """Print one line on stderr, escaped: messages quote ids, topics and paths from logs."""
     print(f"{PROG}: {escape(message)}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def reader_warnings() -> Iterator[None]:
+    """Print the warnings of the block (a parent cycle met by ``finish()``) as warning lines.
+
+    Python's own format would show the library's source line and the ids unescaped; a
+    repeated message is printed once.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        warn(message)
 
 
 def parse_level(text: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from .._reader import parent_of, recorded_levels
 from .._validate import level_name
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "entry_lines",
     "escape",
     "format_duration",
+    "format_keys",
+    "format_levels",
     "format_time",
     "format_value",
     "is_safe",
@@ -62,6 +65,18 @@ _UNSAFE_BUT_LF: Final = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPA
 # orjson escapes C0 itself; the rest can only stand inside JSON strings, where \uXXXX is valid.
 _UNSAFE_IN_JSON: Final = re.compile(f"[\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
 _SHORT: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# Level counts shown compactly (``E1 W2 I5``): the standard names by their initial, most severe
+# first; other names in full (at most _NAME_WIDTH characters), after them.
+_LEVEL_INITIALS: Final = (
+    ("CRITICAL", "C"),
+    ("ERROR", "E"),
+    ("WARNING", "W"),
+    ("INFO", "I"),
+    ("DEBUG", "D"),
+)
+_NAME_WIDTH: Final = 16
+# Width of the compact cells of a `sessions` row (level counts, summary keys) before "+N".
+CELL_WIDTH: Final = 40
 
 
 def choose_colour(mode: str, stream: TextIO) -> bool:
@@ -148,6 +163,43 @@ def format_value(value: Any) -> str:
         return escape(repr(value))
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fitted(parts: Iterable[str], total: int, sep: str, width: int) -> str:
+    """Join parts while they fit in ``width``; name how many more there are after that."""
+    shown: list[str] = []
+    used = 0
+    for part in parts:
+        cost = len(part) + (len(sep) if shown else 0)
+        if shown and used + cost > width:
+            break
+        shown.append(part if shown else _clip(part, width))
+        used += cost
+    more = total - len(shown)
+    return sep.join(shown) + (f" +{more}" if more else "")
+
+
+def format_levels(levels: dict[str, int], width: int = CELL_WIDTH) -> str:
+    """Render level counts compactly, most severe first: ``E1 W2 I5`` (``-`` when none)."""
+    counts = {name: n for name, n in levels.items() if n}
+    parts = [f"{initial}{counts.pop(name)}" for name, initial in _LEVEL_INITIALS if name in counts]
+    for name, n in counts.items():
+        # A name of its own is shown in full, escaped, with no space that would split the cell.
+        parts.append(f"{_clip(escape(name), _NAME_WIDTH).replace(' ', '_')}:{n}")
+    return _fitted(parts, len(parts), " ", width) if parts else "-"
+
+
+def format_keys(mapping: dict[str, Any], width: int = CELL_WIDTH) -> str:
+    """Render the keys of a mapping, escaped, as many as fit: ``rows, user +3`` (``-`` if none)."""
+    if not mapping:
+        return "-"
+    # Only the keys that can fit are rendered: a summary of 100,000 keys costs no more.
+    keys = (escape(str(key)) for _, key in zip(range(width // 2 + 1), mapping, strict=False))
+    return _fitted(keys, len(mapping), ", ", width)
+
+
 def format_time(moment: datetime | None) -> str:
     """Render a UTC time to the second, or ``-``."""
     if moment is None:
@@ -199,6 +251,9 @@ def entry_lines(
     level_text = escape(level) if isinstance(level, str) else level_name(levelno)
     message = format_value(entry.get("message", ""))
     event = entry.get("event")
+    # The keys of this entry rendered on its headline (or, for a close, in the header of
+    # `show`); a malformed value is left to be shown as it is, indented below.
+    shown_keys: set[str] = set()
     if event == "session_close":
         details = [escape(str(entry.get("status", "closed")))]
         duration = entry.get("duration_s")
@@ -206,7 +261,21 @@ def entry_lines(
             details.append(format_duration(float(duration)))
         if isinstance(entry.get("entries"), int):
             details.append(plural(entry["entries"], "entry", "entries"))
+        levels = entry.get("levels")
+        if isinstance(levels, dict) and recorded_levels(entry) == levels:
+            shown_keys.add("levels")
+            if levels:
+                details.append(format_levels(levels, width=1_000))
+        discarded = entry.get("discarded")
+        if type(discarded) is int and discarded >= 0:  # not a bool, not a float
+            shown_keys.add("discarded")
+            details.append(f"{discarded} discarded")
+        if isinstance(entry.get("summary"), dict) and not with_metadata:
+            shown_keys.add("summary")  # `show` prints it in its header
         message += f" ({', '.join(details)})"
+    elif event == "session_start" and parent_of(entry) is not None:
+        shown_keys.add("parent_session_id")
+        message += f" (child of {escape(entry['parent_session_id'])})"
     elif event == "gap":
         message += f" ({escape(str(entry.get('dropped', '?')))} entries dropped)"
     logger = entry.get("logger")
@@ -225,12 +294,18 @@ def entry_lines(
         if isinstance(metadata, dict):
             for key, value in metadata.items():
                 out += _indented(f"metadata.{key}", value, style)
+    if with_metadata and event == "session_close":
+        summary = entry.get("summary")
+        if isinstance(summary, dict):
+            shown_keys.add("summary")
+            for key, value in summary.items():
+                out += _indented(f"summary.{key}", value, style)
     fields = entry.get("custom_fields")
     if isinstance(fields, dict):
         for key, value in fields.items():
             out += _indented(key, value, style)
     for key, value in entry.items():
-        if key not in _HEADLINE_KEYS:
+        if key not in _HEADLINE_KEYS and key not in shown_keys:
             out += _indented(key, _source_text(value) if key == "source" else value, style)
     return out
 

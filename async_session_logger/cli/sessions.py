@@ -1,26 +1,39 @@
 """``sessions PATH...``: one row per session, filtered by status, time and metadata.
 
 The files are streamed into one small summary per session (no entries kept): memory follows
-the number of sessions listed, not the size of the files.
+the number of sessions listed, not the size of the files. ``--tree`` nests child sessions
+under their parent.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from .._reader import SessionSummary, SummaryBuilder
-from ._common import CliError, parse_meta, parse_when
+from ._common import CliError, parse_meta, parse_when, reader_warnings
 from ._input import read_logs
-from ._render import escape, format_duration, format_time, json_text, table
+from ._render import (
+    escape,
+    format_duration,
+    format_keys,
+    format_levels,
+    format_time,
+    json_text,
+    table,
+)
 
 __all__ = ["add_parser", "describe", "run"]
 
-STATUSES = ("open", "closed", "error", "interrupted")
+STATUSES = ("open", "closed", "error", "interrupted", "timeout", "evicted")
+# Nesting shown by indentation, two spaces a level, up to this depth (a hostile chain of
+# parents must not push the other columns off the screen).
+MAX_INDENT = 16
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +42,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sessions",
         help="list the sessions in log files",
         description="List the sessions found in JSON Lines log files (rotated and .gz files "
-        "too): id, start, duration, entries, errors, status.",
+        "too): id, start, duration, entries, errors, status; level counts, discarded entries, "
+        "parent and summary keys when the logs carry them.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="log files")
     parser.add_argument(
@@ -49,6 +63,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE",
         help="only sessions whose metadata KEY equals VALUE (repeat: all must match)",
     )
+    parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="indent child sessions under their parent (the table; --json stays flat)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON array instead")
     parser.set_defaults(run=run)
 
@@ -62,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
     meta = parse_meta(args.meta)
     builder = SummaryBuilder()
     bad_files = read_logs(args.paths, builder.add)
+    with reader_warnings():
+        every = builder.finish()
     chosen = [
         s
-        for s in sorted(builder.finish(), key=_start_key)
+        for s in sorted(every, key=_start_key)
         if (not args.status or s.status in args.status)
         and _in_range(s, since, until)
         and all(_meta_matches(s.metadata, key, value) for key, value in meta)
@@ -74,21 +95,88 @@ def run(args: argparse.Namespace) -> int:
         out.write(json_text([describe(s) for s in chosen], orjson.OPT_INDENT_2))
         out.write("\n")
     elif chosen:
-        rows = (
-            [
-                escape(s.session_id),
-                format_time(started(s)),
-                format_duration(s.duration_s),
-                str(s.logged),
-                str(s.errors),
-                escape(s.status),
-            ]
-            for s in chosen
-        )
-        headers = ["SESSION", "STARTED (UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS"]
-        out.write("\n".join(table(headers, rows, numeric={2, 3, 4})) + "\n")
+        placed = _tree(every, chosen) if args.tree else [(0, s, False) for s in chosen]
+        out.write("\n".join(_table(placed)) + "\n")
     out.flush()
     return 1 if bad_files else 0
+
+
+def _table(placed: list[tuple[int, SessionSummary, bool]]) -> list[str]:
+    """Return the table of (depth, session, nested under its parent) rows.
+
+    The columns after STATUS appear only when some row has something to put in them: logs
+    written before level counts, summaries and child sessions existed list as they always did.
+    """
+    sessions = [s for _, s, _ in placed]
+    extra: list[tuple[str, Callable[[SessionSummary, bool], str]]] = []
+    if any(s.levels for s in sessions):
+        extra.append(("LEVELS", lambda s, _: format_levels(s.levels)))
+    if any(s.discarded for s in sessions):
+        extra.append(("DISCARDED", lambda s, _: str(s.discarded)))
+    if any(s.parent_session_id is not None and not nested for _, s, nested in placed):
+        # Under --tree a nested row's parent is the row it hangs from.
+        extra.append(("PARENT", _parent_cell))
+    if any(s.summary for s in sessions):
+        extra.append(("SUMMARY", lambda s, _: format_keys(s.summary)))
+    rows = (
+        [
+            "  " * min(depth, MAX_INDENT) + escape(s.session_id),
+            format_time(started(s)),
+            format_duration(s.duration_s),
+            str(s.logged),
+            str(s.errors),
+            escape(s.status),
+            *(cell(s, nested) for _, cell in extra),
+        ]
+        for depth, s, nested in placed
+    )
+    headers = ["SESSION", "STARTED (UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS"]
+    headers += [name for name, _ in extra]
+    numeric = {2, 3, 4} | {i for i, name in enumerate(headers) if name == "DISCARDED"}
+    return table(headers, rows, numeric=numeric)
+
+
+def _parent_cell(session: SessionSummary, nested: bool) -> str:
+    if nested or session.parent_session_id is None:
+        return "-"
+    return escape(session.parent_session_id)
+
+
+def _tree(
+    every: list[SessionSummary], chosen: list[SessionSummary]
+) -> list[tuple[int, SessionSummary, bool]]:
+    """Return the chosen sessions in tree order: each under its nearest chosen ancestor.
+
+    A chosen session whose ancestors were all filtered out (or not read) is a top row, placed
+    by its start time like the flat list. Loops, not recursion: a chain of parents may be deep.
+    """
+    picked = {id(s) for s in chosen}
+    below: dict[int, list[SessionSummary]] = {}
+    tops: list[SessionSummary] = []
+    nested_under_parent: set[int] = set()
+    linked = {id(child) for s in every for child in s.children}
+    stack: list[tuple[SessionSummary, SessionSummary | None, SessionSummary | None]] = [
+        (root, None, None) for root in reversed(every) if id(root) not in linked
+    ]
+    while stack:
+        node, ancestor, parent = stack.pop()
+        if id(node) in picked:
+            if ancestor is None:
+                tops.append(node)
+            else:
+                below.setdefault(id(ancestor), []).append(node)
+                if ancestor is parent:
+                    nested_under_parent.add(id(node))
+            ancestor = node
+        stack.extend((child, ancestor, node) for child in reversed(node.children))
+    placed: list[tuple[int, SessionSummary, bool]] = []
+    walk = [(0, top) for top in reversed(sorted(tops, key=_start_key))]
+    while walk:
+        depth, node = walk.pop()
+        placed.append((depth, node, id(node) in nested_under_parent))
+        kids = sorted(below.get(id(node), ()), key=_start_key)
+        walk.extend((depth + 1, kid) for kid in reversed(kids))
+    return placed
 
 
 def started(session: SessionSummary) -> datetime | None:
@@ -130,9 +218,13 @@ def _meta_matches(metadata: dict[str, Any], key: str, wanted: str) -> bool:
 
 
 def describe(session: SessionSummary) -> dict[str, Any]:
-    """Return the JSON summary of a session (``sessions --json``)."""
+    """Return the JSON summary of a session (``sessions --json``).
+
+    The keys of issue 12 are there when the session has something in them, as in the log
+    (``parent_session_id``, ``levels``, ``summary``, ``discarded``): older logs list as before.
+    """
     moment = started(session)
-    return {
+    described = {
         "session_id": session.session_id,
         "status": session.status,
         "started_at": moment.isoformat().replace("+00:00", "Z") if moment else None,
@@ -146,3 +238,12 @@ def describe(session: SessionSummary) -> dict[str, Any]:
         "missing": session.missing,
         "duplicates": session.duplicates,
     }
+    if session.parent_session_id is not None:
+        described["parent_session_id"] = session.parent_session_id
+    if session.levels:
+        described["levels"] = session.levels
+    if session.summary:
+        described["summary"] = session.summary
+    if session.discarded:
+        described["discarded"] = session.discarded
+    return described

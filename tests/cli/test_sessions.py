@@ -45,19 +45,22 @@ def _log(tmp_path: Path) -> Path:
 
 
 def test_table_lists_every_session_with_its_counts(tmp_path: Path) -> None:
-    """One row per session: id, start, duration, entries, errors, status; exit 0."""
+    """One row per session: id, start, duration, entries, errors, status, levels; exit 0."""
     log = _log(tmp_path)
     done = run_cli("sessions", log)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     rows = [line.split() for line in done.stdout.splitlines()]
-    assert rows[0] == ["SESSION", "STARTED", "(UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS"]
+    assert rows[0] == [
+        *("SESSION", "STARTED", "(UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS", "LEVELS")
+    ]
     by_id = {row[0]: row for row in rows[1:]}
     assert list(by_id) == ["job-1", "job-2", "job-3", "job-4"]
-    assert by_id["job-1"][-3:] == ["2", "1", "closed"]
-    assert by_id["job-2"][-3:] == ["1", "0", "closed"]
-    assert by_id["job-3"][-3:] == ["0", "0", "error"]
-    assert by_id["job-4"][-4:] == ["-", "1", "1", "open"]
+    assert by_id["job-1"][-5:] == ["2", "1", "closed", "E1", "I1"]
+    assert by_id["job-2"][-4:] == ["1", "0", "closed", "W1"]
+    assert by_id["job-3"][-4:] == ["0", "0", "error", "-"]
+    # No close entry: the levels are counted from the entries read.
+    assert by_id["job-4"][-5:] == ["-", "1", "1", "open", "E1"]
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert by_id["job-1"][1] == today
 

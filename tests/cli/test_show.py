@@ -62,7 +62,7 @@ def test_plain_output_has_metadata_on_top_and_indented_fields(tmp_path: Path) ->
     assert ESC not in done.stdout
     lines = done.stdout.splitlines()
     assert lines[0].startswith("session req-42 · closed · started ")
-    assert "4 entries · 1 error" in lines[0]
+    assert lines[0].endswith("4 entries · 1 error · E1 W1 I1 D1")
     assert lines[1:4] == ["metadata:", "  path: /hello", '  user: {"id":7}']
     body = lines[4:]
     assert [line.split()[1] for line in body if not line.startswith(" ")] == [
@@ -81,7 +81,7 @@ def test_plain_output_has_metadata_on_top_and_indented_fields(tmp_path: Path) ->
     assert body[error + 1] == "    thing \\x1b[2J happened"
     assert body[error + 2 : error + 4] == ["    trace: line1", "      line2"]
     assert body[-1].endswith("Session closed (closed, " + body[-1].split("(closed, ")[1])
-    assert "4 entries)" in body[-1]
+    assert "4 entries, E1 W1 I1 D1)" in body[-1]
 
 
 def test_colour_by_level_on_a_terminal_and_never_with_no_color(tmp_path: Path) -> None:
