@@ -19,6 +19,7 @@ The attachment alerts.jsonl holds the listed alerts (JSON Lines).
 --- mail 2: from logger@example.com to ops@example.com
 Subject: [error] session 002
 Session 002: status error, <d> s, 2 entries, 1 at ERROR or worse
+Levels: INFO 1, ERROR 1
 Metadata: {"user_id":"u-42"}
 
   <ts>  INFO      Session started
