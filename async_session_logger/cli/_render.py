@@ -66,7 +66,7 @@ _UNSAFE_BUT_LF: Final = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPA
 _UNSAFE_IN_JSON: Final = re.compile(f"[\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
 _SHORT: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 # Level counts shown compactly (``E1 W2 I5``): the standard names by their initial, most severe
-# first; other names in full (at most _NAME_WIDTH characters), after them.
+# first; other names in full (cut at _NAME_WIDTH characters, then escaped), after them.
 _LEVEL_INITIALS: Final = (
     ("CRITICAL", "C"),
     ("ERROR", "E"),
@@ -187,7 +187,7 @@ def format_levels(levels: dict[str, int], width: int = CELL_WIDTH) -> str:
     parts = [f"{initial}{counts.pop(name)}" for name, initial in _LEVEL_INITIALS if name in counts]
     for name, n in counts.items():
         # A name of its own is shown in full, escaped, with no space that would split the cell.
-        parts.append(f"{_clip(escape(name), _NAME_WIDTH).replace(' ', '_')}:{n}")
+        parts.append(f"{escape(_clip(name, _NAME_WIDTH)).replace(' ', '_')}:{n}")
     return _fitted(parts, len(parts), " ", width) if parts else "-"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from async_session_logger import SessionLogger
 
 from .helpers import ERROR, INFO, WARNING, run_cli, write_sessions
 
@@ -200,3 +204,130 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     done = run_cli("sessions")
     assert done.returncode == 2 and "PATH" in done.stderr
     assert os.path.exists(log)
+
+
+# -- issue 12: level counts, discarded entries, summaries, timeout and evicted ----------------
+UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+EVIL = "\x1b[2J\x07\r\x9b31m\u202eevil\u2028"
+
+
+def _line(sid: str, seq: int, event: str, **fields: Any) -> bytes:
+    entry = {
+        "timestamp": f"2026-11-24T06:23:{seq:02d}.000000Z",
+        "session_id": sid,
+        "seq": seq,
+        "event": event,
+        "level": "INFO",
+        "levelno": 20,
+        "message": "m",
+        **fields,
+    }
+    return json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+
+
+def test_level_counts_discarded_summary_keys_and_the_new_statuses(tmp_path: Path) -> None:
+    """A real buffer_level/annotate/max_open_sessions log: new columns, --status, --json keys."""
+    log = tmp_path / "log.jsonl"
+    with SessionLogger(
+        method="file", path=log, dead_letter_path=None, buffer_level="DEBUG", max_open_sessions=2
+    ) as logger:
+        logger.start_session("batch")
+        logger.log_entry("batch", "detail 1", "DEBUG")
+        logger.log_entry("batch", "detail 2", "DEBUG")
+        logger.log_entry("batch", "done", "INFO")
+        logger.annotate("batch", rows=120, outcome="ok", password="hunter2")
+        logger.close_session("batch")  # clean: the two held entries are discarded
+        logger.start_session("stale")
+        logger.start_session("a")
+        logger.start_session("b")  # three open: "stale" is evicted
+        logger.close_session("a")
+        logger.close_session("b")
+    with open(log, "ab") as fh:  # what idle_timeout writes
+        fh.write(_line("idle", 0, "session_start", metadata={}))
+        fh.write(_line("idle", 1, "session_close", status="timeout", entries=0, levels={}))
+
+    done = run_cli("sessions", log)
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[-4:] == ["STATUS", "LEVELS", "DISCARDED", "SUMMARY"]
+    by_id = {row.split()[0]: row.split() for row in rows}
+    assert by_id["batch"][-8:-5] == ["1", "0", "closed"]
+    assert rows[1].endswith("closed   I1              2  rows, outcome, password")
+    assert by_id["stale"][-4:] == ["evicted", "-", "0", "-"]
+    assert by_id["idle"][-4:] == ["timeout", "-", "0", "-"]
+
+    def ids(*options: str) -> list[str]:
+        listed = run_cli("sessions", log, *options)
+        assert listed.returncode == 0, listed.stderr
+        return [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+
+    assert ids("--status", "evicted") == ["stale"]
+    assert ids("--status", "timeout", "--status", "evicted") == ["idle", "stale"]
+
+    listed = json.loads(run_cli("sessions", log, "--json").stdout)
+    batch = next(s for s in listed if s["session_id"] == "batch")
+    assert batch["levels"] == {"INFO": 1} and batch["discarded"] == 2
+    assert batch["summary"]["rows"] == 120 and batch["summary"]["password"] != "hunter2"
+    assert list(batch["summary"]) == ["rows", "outcome", "password"]
+    stale = next(s for s in listed if s["session_id"] == "stale")
+    assert stale["status"] == "evicted"
+    assert not {"levels", "summary", "discarded", "parent_session_id"} & stale.keys()
+
+
+def test_logs_without_the_new_fields_list_exactly_as_before(tmp_path: Path) -> None:
+    """Close entries without levels (older logs): the old columns and the old JSON keys only."""
+    log = tmp_path / "old.jsonl"
+    log.write_bytes(
+        _line("s", 0, "session_start", metadata={})
+        + _line("s", 1, "log")
+        + _line("s", 2, "session_close", status="closed", duration_s=1.0, entries=1)
+    )
+    done = run_cli("sessions", log)
+    assert done.stdout.splitlines()[0].split() == [
+        *("SESSION", "STARTED", "(UTC)", "DURATION", "ENTRIES", "ERRORS", "STATUS")
+    ]
+    (only,) = json.loads(run_cli("sessions", log, "--json").stdout)
+    assert list(only) == [
+        *("session_id", "status", "started_at", "closed_at", "duration_s", "entries"),
+        *("errors", "metadata", "missing", "duplicates"),
+    ]
+
+
+def test_hostile_issue_12_fields_never_crash_nor_reach_the_terminal_raw(tmp_path: Path) -> None:
+    """Control characters, 100,000 summary keys, wrong types: one escaped row each, exit 0."""
+    huge = {f"key{n}": n for n in range(100_000)}
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(
+        _line("evil", 0, "session_start", parent_session_id=f"p{EVIL}")
+        + _line(
+            "evil",
+            1,
+            "session_close",
+            status="closed",
+            levels={f"LVL{EVIL}": 2, "ERROR": "x", "INFO": True, "WARNING": 1},
+            summary={f"k{EVIL}": f"v{EVIL}"},
+            discarded=3,
+        )
+        + _line("huge", 0, "session_start", parent_session_id=17)
+        + _line("huge", 1, "session_close", summary=huge, levels=[1, 2], discarded="7")
+        + _line("typed", 0, "session_start", parent_session_id={"id": "x"})
+        + _line("typed", 1, "session_close", summary="text", levels={"INFO": 1.5}, discarded=True)
+    )
+    done = run_cli("sessions", log)
+    assert done.returncode == 0, done.stderr
+    assert not UNSAFE.search(done.stdout + done.stderr)
+    header, evil, huge_row, typed = done.stdout.splitlines()
+    assert header.split()[-4:] == ["LEVELS", "DISCARDED", "PARENT", "SUMMARY"]
+    shown = "\\x1b[2J\\x07\\r\\x9b31m\\u202eevil\\u2028"
+    # A level name of its own is cut at 16 characters, then escaped.
+    assert "  W1 LVL\\x1b[2J\\x07\\r\\x9b31m\\u202ee…:2  " in evil
+    assert evil.endswith(f"3  p{shown}  k{shown}")
+    assert huge_row.endswith("key0, key1, key2, key3, key4, key5, key6 +99993")
+    assert typed.split()[-4:] == ["-", "0", "-", "-"]
+    listed = run_cli("sessions", log, "--json")
+    assert not UNSAFE.search(listed.stdout)
+    first, second, third = json.loads(listed.stdout)
+    assert first["summary"] == {f"k{EVIL}": f"v{EVIL}"} and first["parent_session_id"] == f"p{EVIL}"
+    assert first["levels"] == {f"LVL{EVIL}": 2, "WARNING": 1}
+    assert len(second["summary"]) == 100_000 and "levels" not in second
+    assert not {"levels", "summary", "discarded", "parent_session_id"} & third.keys()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 from pathlib import Path
+
+from async_session_logger import SessionLogger
 
 from .helpers import CLI, ERROR, INFO, WARNING, cli_env, run_cli, write_sessions
 
@@ -147,3 +150,91 @@ def test_unknown_session_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
     assert (
         done.stderr == f"async-session-logger: error: {tmp_path / 'missing.jsonl'}: no such file\n"
     )
+
+
+# -- issue 12: summary, level counts, discarded entries ---------------------------------------
+UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+EVIL = "\x1b[2J\x07\r\x9b31m\u202eevil\u2028"
+SHOWN = "\\x1b[2J\\x07\\r\\x9b31m\\u202eevil\\u2028"
+JSON_SHOWN = "\\u001b[2J\\u0007\\r\\x9b31m\\u202eevil\\u2028"  # inside a JSON value
+
+
+def test_header_has_summary_level_counts_and_discarded(tmp_path: Path) -> None:
+    """A real buffer_level/annotate log: summary block, E1 D1, discarded, flushed entries in seq."""
+    log = tmp_path / "log.jsonl"
+    with SessionLogger(method="file", path=log, dead_letter_path=None) as logger:
+        logger.start_session("pay", metadata={"user": "ada"}, buffer_level="DEBUG")
+        logger.log_entry("pay", "card checked", "DEBUG")  # held until the failure below
+        logger.annotate("pay", amount=12.5, note="two\nlines")
+        logger.log_entry("pay", "declined", "ERROR")
+        logger.close_session("pay", status="error")
+        logger.start_session("quiet", buffer_level="DEBUG")
+        logger.log_entry("quiet", "noise", "DEBUG")
+        logger.log_entry("quiet", "noise", "DEBUG")
+        logger.close_session("quiet")  # clean: both discarded
+    done = run_cli("show", "pay", log)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith("· 2 entries · 1 error · E1 D1")
+    assert lines[1:7] == [
+        "metadata:",
+        "  user: ada",
+        "summary:",
+        "  amount: 12.5",
+        "  note: two",
+        "    lines",
+    ]
+    assert [line.split(maxsplit=3)[1:] for line in lines[7:10]] == [
+        ["#0", "INFO", "Session started"],
+        ["#1", "DEBUG", "card checked"],
+        ["#2", "ERROR", "declined"],
+    ]
+    assert lines[10].endswith(", 2 entries, E1 D1)") and len(lines) == 11  # no summary again
+    quiet = run_cli("show", "quiet", log).stdout.splitlines()
+    assert quiet[0].endswith("· 0 entries · 0 errors · 2 discarded")
+    assert quiet[-1].endswith(" 0 entries, 2 discarded)")
+
+
+def test_hostile_summary_levels_parent_and_discarded_are_escaped(tmp_path: Path) -> None:
+    """Control characters escaped; values of the wrong type shown as they are, never lost."""
+    entries = [
+        {"session_id": "s", "seq": 0, "event": "session_start", "parent_session_id": 17},
+        {
+            "session_id": "s",
+            "seq": 1,
+            "event": "session_close",
+            "status": "closed",
+            "summary": {f"k{EVIL}": f"v{EVIL}", "n": {"deep": EVIL}},
+            "levels": [f"x{EVIL}"],
+            "discarded": "7",
+        },
+        {"session_id": "t", "seq": 0, "event": "session_start", "parent_session_id": f"p{EVIL}"},
+        {
+            "session_id": "t",
+            "seq": 1,
+            "event": "session_close",
+            "levels": {f"L{EVIL}": 1, "INFO": 2},
+            "summary": "not a dict",
+            "discarded": True,
+        },
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+    done = run_cli("show", "s", log)
+    assert done.returncode == 0, done.stderr
+    assert not UNSAFE.search(done.stdout)
+    lines = done.stdout.splitlines()
+    assert lines[1:3] == ["summary:", f"  k{SHOWN}: v{SHOWN}"]
+    assert lines[3] == f'  n: {{"deep":"{JSON_SHOWN}"}}'  # a nested value is shown as JSON
+    assert lines[4].endswith("#0    INFO     ") and lines[5] == "    parent_session_id: 17"
+    assert lines[6].endswith("(closed)")
+    assert lines[7:] == [f'    levels: ["x{JSON_SHOWN}"]', "    discarded: 7"]
+    other = run_cli("show", "t", log, "--color", "always")
+    assert not UNSAFE.search(re.sub(r"\x1b\[[0-9;]*m", "", other.stdout))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", other.stdout).splitlines()
+    cut = "L\\x1b[2J\\x07\\r\\x9b31m\\u202eevi…"  # a level name is cut at 16, then escaped
+    assert plain[0].endswith(f"· 0 errors · I2 {cut}:1")
+    assert plain[1] == f"parent: p{SHOWN}"
+    assert plain[2].endswith(f"INFO      (child of p{SHOWN})")
+    assert plain[3].endswith(f"INFO      (closed, I2 {cut}:1)")
+    assert plain[4:] == ["    summary: not a dict", "    discarded: true"]
