@@ -11,8 +11,20 @@ import async_session_logger.sinks
 
 
 def test_all_is_sorted_and_importable() -> None:
-    """__all__ of the package and of sinks is sorted and every name exists."""
-    for module in (async_session_logger, async_session_logger.sinks):
+    """__all__ of the package, of sinks and of each integration is sorted; every name exists."""
+    import async_session_logger.aiohttp
+    import async_session_logger.asgi
+    import async_session_logger.stdlib
+    import async_session_logger.testing
+
+    for module in (
+        async_session_logger,
+        async_session_logger.sinks,
+        async_session_logger.stdlib,
+        async_session_logger.asgi,
+        async_session_logger.aiohttp,
+        async_session_logger.testing,
+    ):
         names = list(module.__all__)
         assert names == sorted(names, key=lambda n: (not n.isupper(), n))
         for name in names:
@@ -43,10 +55,14 @@ def test_py_typed_marker_ships() -> None:
 
 
 def test_core_import_does_not_pull_optional_clients() -> None:
-    """Importing the package and its sinks loads neither aiomqtt nor aiosmtplib."""
+    """Importing the package, its sinks, the stdlib bridge, the ASGI middleware and the test
+    helpers loads no optional client or framework (nor OpenTelemetry, nor pytest)."""
+    optional = ("aiomqtt", "aiosmtplib", "paho", "aiohttp", "starlette", "fastapi", "opentelemetry")
     code = (
         "import sys, async_session_logger, async_session_logger.sinks\n"
-        "print(sorted(m for m in ('aiomqtt', 'aiosmtplib', 'paho') if m in sys.modules))"
+        "import async_session_logger.stdlib, async_session_logger.asgi\n"
+        "import async_session_logger.testing\n"
+        f"print(sorted(m for m in {optional!r} + ('pytest',) if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
