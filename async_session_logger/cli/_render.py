@@ -264,7 +264,7 @@ def entry_lines(
         levels = entry.get("levels")
         if isinstance(levels, dict) and recorded_levels(entry) == levels:
             shown_keys.add("levels")
-            if levels:
+            if any(levels.values()):
                 details.append(format_levels(levels, width=1_000))
         discarded = entry.get("discarded")
         if type(discarded) is int and discarded >= 0:  # not a bool, not a float

@@ -109,7 +109,7 @@ def _table(placed: list[tuple[int, SessionSummary, bool]]) -> list[str]:
     """
     sessions = [s for _, s, _ in placed]
     extra: list[tuple[str, Callable[[SessionSummary, bool], str]]] = []
-    if any(s.levels for s in sessions):
+    if any(any(s.levels.values()) for s in sessions):
         extra.append(("LEVELS", lambda s, _: format_levels(s.levels)))
     if any(s.discarded for s in sessions):
         extra.append(("DISCARDED", lambda s, _: str(s.discarded)))

@@ -343,7 +343,7 @@ def _header(
         parts.append(f"duration {format_duration(session.duration_s)}")
     parts.append(plural(_logged(session), "entry", "entries"))
     parts.append(plural(session.errors, "error", "errors"))
-    if session.levels:
+    if any(session.levels.values()):
         parts.append(format_levels(session.levels, width=1_000))
     if session.discarded:
         parts.append(f"{session.discarded} discarded")
@@ -382,7 +382,7 @@ def _child_line(child: Session | SessionSummary) -> str:
         parts.append(format_duration(child.duration_s))
     parts.append(plural(_logged(child), "entry", "entries"))
     parts.append(plural(child.errors, "error", "errors"))
-    if child.levels:
+    if any(child.levels.values()):
         parts.append(format_levels(child.levels))
     if child.discarded:
         parts.append(f"{child.discarded} discarded")

@@ -238,3 +238,33 @@ def test_hostile_summary_levels_parent_and_discarded_are_escaped(tmp_path: Path)
     assert plain[2].endswith(f"INFO      (child of p{SHOWN})")
     assert plain[3].endswith(f"INFO      (closed, I2 {cut}:1)")
     assert plain[4:] == ["    summary: not a dict", "    discarded: true"]
+
+
+def test_tail_renders_a_close_summary_as_indented_fields() -> None:
+    """entry_lines as tail calls it: a close entry's summary as summary.KEY lines, escaped."""
+    from async_session_logger.cli._render import Style, entry_lines
+
+    close = {
+        "timestamp": "2026-11-24T06:23:13.000000Z",
+        "session_id": "s",
+        "seq": 3,
+        "event": "session_close",
+        "level": "INFO",
+        "levelno": 20,
+        "message": "Session closed",
+        "duration_s": 1.0,
+        "entries": 2,
+        "status": "closed",
+        "levels": {"INFO": 2, "DEBUG": 0},
+        "summary": {"rows": 42, f"k{EVIL}": "v"},
+        "discarded": 4,
+    }
+    lines = entry_lines(close, Style(False), with_session=True, with_metadata=True)
+    assert lines == [
+        "2026-11-24T06:23:13.000000Z  s  #3    INFO     "
+        "Session closed (closed, 1.000s, 2 entries, I2, 4 discarded)",
+        "    summary.rows: 42",
+        f"    summary.k{SHOWN}: v",
+    ]
+    quiet = {**close, "levels": {"INFO": 0}, "summary": {}}
+    assert entry_lines(quiet, Style(False))[0].endswith("(closed, 1.000s, 2 entries, 4 discarded)")
