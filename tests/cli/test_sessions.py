@@ -17,7 +17,7 @@ from typing import Any
 
 from async_session_logger import SessionLogger
 
-from .helpers import ERROR, INFO, WARNING, run_cli, write_sessions
+from .helpers import ERROR, INFO, WARNING, run_cli, wait_until, write_sessions
 
 
 def _crash_with_open_session(path: Path, session_id: str) -> None:
@@ -242,9 +242,9 @@ def test_level_counts_discarded_summary_keys_and_the_new_statuses(tmp_path: Path
         logger.start_session("b")  # three open: "stale" is evicted
         logger.close_session("a")
         logger.close_session("b")
-    with open(log, "ab") as fh:  # what idle_timeout writes
-        fh.write(_line("idle", 0, "session_start", metadata={}))
-        fh.write(_line("idle", 1, "session_close", status="timeout", entries=0, levels={}))
+    with SessionLogger(method="file", path=log, dead_letter_path=None, idle_timeout=0.1) as idle:
+        idle.start_session("idle")
+        wait_until(lambda: b'"timeout"' in log.read_bytes(), 20, "the idle session's close")
 
     done = run_cli("sessions", log)
     assert done.returncode == 0, done.stderr
@@ -252,7 +252,8 @@ def test_level_counts_discarded_summary_keys_and_the_new_statuses(tmp_path: Path
     assert header.split()[-4:] == ["STATUS", "LEVELS", "DISCARDED", "SUMMARY"]
     by_id = {row.split()[0]: row.split() for row in rows}
     assert by_id["batch"][-8:-5] == ["1", "0", "closed"]
-    assert rows[1].endswith("closed   I1              2  rows, outcome, password")
+    (batch_row,) = [row for row in rows if row.startswith("batch ")]
+    assert batch_row.endswith("closed   I1              2  rows, outcome, password")
     assert by_id["stale"][-4:] == ["evicted", "-", "0", "-"]
     assert by_id["idle"][-4:] == ["timeout", "-", "0", "-"]
 
@@ -262,7 +263,7 @@ def test_level_counts_discarded_summary_keys_and_the_new_statuses(tmp_path: Path
         return [line.split()[0] for line in listed.stdout.splitlines()[1:]]
 
     assert ids("--status", "evicted") == ["stale"]
-    assert ids("--status", "timeout", "--status", "evicted") == ["idle", "stale"]
+    assert ids("--status", "timeout", "--status", "evicted") == ["stale", "idle"]
 
     listed = json.loads(run_cli("sessions", log, "--json").stdout)
     batch = next(s for s in listed if s["session_id"] == "batch")
