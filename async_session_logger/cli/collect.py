@@ -3,9 +3,16 @@
 The subscriber uses QoS 1 and a persistent session (``clean_session=False`` under a fixed client
 id), so the broker queues messages while the collector is away or reconnecting. It reconnects
 with backoff using a fresh client per attempt and subscribes again every time (a broker restarted
-without persistence forgot the subscription). Entries are deduplicated on ``(session_id, seq)``
-within each run of a session id (publishers re-send after reconnects: at-least-once; an id may be
-used again after its session closed), see :mod:`._dedup` for the rule and the memory bound.
+without persistence forgot the subscription; mosquitto 2.0.11 forgets shared subscriptions even
+with persistence). With ``--group NAME`` it subscribes through the shared subscription
+``$share/NAME/<filter>``: the broker hands each message to one member of the group.
+
+Messages are acknowledged (PUBACK) only after their entries are committed: written under the
+file's lock and ``fdatasync``'d (see :mod:`._acks`, :class:`._store.Store`). Entries are
+deduplicated on ``(session_id, seq)`` within each run of a session id (publishers re-send after
+reconnects: at-least-once; an id may be used again after its session closed), see
+:mod:`._dedup` for the rule and the memory bound; before each append a collector also reads what
+other collectors appended to the file, so dedup holds across a group sharing ``DIR``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import time
@@ -27,6 +35,7 @@ import orjson
 from .._errors import InvalidSessionIdError
 from .._reader import entry_problem
 from .._validate import check_session_id
+from ._acks import ack, enable_manual_acks
 from ._common import CliError, note, warn
 from ._dedup import Seen, Tracker
 from ._mqtt import add_auth_options, password, tls_context
@@ -38,9 +47,11 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser", "run"]
 
-_FLUSH_EVERY = 0.2
+_RETRY_EVERY = 0.2
 _BACKOFF_INITIAL = 0.2
 _WARN_LIMIT = 10
+# A group name is one topic level of "$share/NAME/...".
+_GROUP = re.compile(r"[^/+#\s\x00-\x1f\x7f]{1,64}")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,8 +61,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="subscribe to an MQTT broker and write the session logs it carries",
         description="Subscribe to MQTT topics where MqttSink publishes, and append every "
         "entry once to JSON Lines files under DIR, one per session or per day. Survives "
-        "broker restarts (persistent session, reconnect with backoff). Stop with Ctrl-C or "
-        "SIGTERM: what was received is written, exit status 0.",
+        "broker restarts (persistent session, reconnect with backoff). A message is "
+        "acknowledged only once its entries are written and synced to disk. Stop with Ctrl-C "
+        "or SIGTERM: what was received is written, exit status 0.",
     )
     parser.add_argument("--host", default="localhost", help="broker host (default localhost)")
     parser.add_argument("--port", type=int, default=None, help="broker port (1883, TLS 8883)")
@@ -73,6 +85,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ID",
         help="MQTT client id; the broker keeps the session under it (default: from the host "
         "name and DIR, the same on every run)",
+    )
+    parser.add_argument(
+        "--group",
+        metavar="NAME",
+        help="share the stream with every collector of group NAME (MQTT shared subscription "
+        "$share/NAME/FILTER): the broker hands each message to one of them; they may share "
+        "DIR. Give each its own --client-id",
     )
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="default 1")
     parser.add_argument("--keepalive", type=int, default=30, metavar="SECONDS")
@@ -106,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
     """Collect until SIGINT or SIGTERM."""
     if args.reconnect_max <= 0 or args.forget_after <= 0 or args.max_sessions < 1:
         raise CliError("--reconnect-max, --forget-after and --max-sessions must be positive", 2)
+    if args.group is not None and not _GROUP.fullmatch(args.group):
+        raise CliError(
+            f"--group {args.group!r}: 1 to 64 characters, none of '/', '+', '#', spaces or "
+            "control characters",
+            2,
+        )
     try:
         import aiomqtt  # noqa: F401 - checked here for a clear message
     except ImportError:
@@ -118,26 +143,43 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(collector.run())
 
 
+# One entry received and not yet committed: its file, session id, seq, entry and exact line.
+_Item = tuple[str, str, int, dict[str, Any], bytes]
+
+
 class Collector:
-    """The subscription loop, the message handler and the counters."""
+    """The subscription loop, the message handler, the commits, the acks and the counters."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.topics: list[str] = args.topic or ["logs/#"]
+        group: str | None = args.group
+        # A shared subscription: the broker hands each message to one member of the group.
+        self.filters = [f"$share/{group}/{t}" for t in self.topics] if group else self.topics
         self.tls = tls_context(args)
         self.port: int = args.port or (8883 if self.tls else 1883)
         self.password = password(args)
-        self.client_id: str = args.client_id or _default_client_id(args.out)
+        self.client_id: str = args.client_id or _default_client_id(args.out, group)
         self.store = Store(args.out, args.per)
         self.tracker = Tracker(
             self._load,
             max_sessions=args.max_sessions,
             forget_after=args.forget_after,
         )
-        self.scanned: set[str] = set()
         self.counts = dict.fromkeys(
             ("messages", "written", "duplicates", "statuses", "other", "rejected"), 0
         )
+        # Received entries waiting for the next commit; entries a failed commit did not decide.
+        self.batch: list[_Item] = []
+        self.retry: list[_Item] = []
+        # Messages to acknowledge (client, mid, qos), in the order received: those received
+        # since the last commit began, and those of commits not yet clean (the disk refused).
+        self.received: list[tuple[aiomqtt.Client, int, int]] = []
+        self.unacked: list[tuple[aiomqtt.Client, int, int]] = []
+        self.acked = 0
+        self.commit_lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.closing = False
         self.stop = asyncio.Event()
         # aiomqtt's client logs on its own logger; the collector reports for itself.
         self.mqtt_logger = logging.getLogger("async_session_logger.collect.mqtt")
@@ -150,13 +192,17 @@ class Collector:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
-        flusher = loop.create_task(self._flush_often(), name="async_session_logger.collect.flush")
+        committer = loop.create_task(
+            self._commit_often(), name="async_session_logger.collect.commit"
+        )
         try:
             await self._connect_loop()
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
-            self.store.flush()
+            # Not cancelled: a commit running in its thread must finish before the last one.
+            self.closing = True
+            self.wake.set()
+            await asyncio.gather(committer, return_exceptions=True)
+            await self._commit()  # what a lost connection left: the broker re-sends it anyway
             self.store.close()
         c = self.counts
         note(
@@ -189,9 +235,12 @@ class Collector:
                 timeout=10,
                 logger=self.mqtt_logger,
             )
+            enable_manual_acks(client)
             try:
                 await client.__aenter__()
-                for topic in self.topics:
+                # Every connection: a broker may have forgotten the subscription (restarted
+                # without persistence; mosquitto 2.0.11 never restores shared ones).
+                for topic in self.filters:
                     await client.subscribe(topic, qos=self.args.qos)
             except aiomqtt.MqttError as exc:
                 await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
@@ -205,7 +254,7 @@ class Collector:
                 await self._pause(attempt)
                 continue
             again = " again" if connected_before else ""
-            note(f"subscribed{again} to {', '.join(self.topics)} on {where} as {self.client_id}")
+            note(f"subscribed{again} to {', '.join(self.filters)} on {where} as {self.client_id}")
             connected_before, incident, attempt = True, False, 0
             lost = await self._consume(client)
             if lost is not None and not self.stop.is_set():
@@ -219,18 +268,25 @@ class Collector:
         import aiomqtt
 
         async def read() -> None:
-            # After a disconnect the iterator still yields what is queued, then raises: so a
-            # stop that disconnects first loses none of the messages already acknowledged.
             async for message in client.messages:
                 self.handle(message.topic.value, message.payload)
+                if message.qos:
+                    self.received.append((client, message.mid, message.qos))
+                self.wake.set()
 
         reader = asyncio.ensure_future(read())
         stopper = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        if not reader.done():
-            await asyncio.gather(client.__aexit__(None, None, None), return_exceptions=True)
         try:
+            if not reader.done():
+                # A stop: take no more messages, commit and acknowledge those received while
+                # the connection is still up, then disconnect. What the client had queued but
+                # not handed over is not acknowledged: the broker sends it again.
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await self._commit()
+                return None
             await reader
         except aiomqtt.MqttError as exc:
             return None if self.stop.is_set() else str(exc.__cause__ or exc)
@@ -245,17 +301,90 @@ class Collector:
         except TimeoutError:
             pass
 
-    async def _flush_often(self) -> None:
-        while True:
-            await asyncio.sleep(_FLUSH_EVERY)
-            self.store.flush()
-            if self.store.pending_bytes > MAX_UNWRITTEN:
-                warn(f"{self.store.pending_bytes} bytes could not be written; stopping")
-                self.stop.set()
+    # -- commits and acks -------------------------------------------------------------------
+    async def _commit_often(self) -> None:
+        """Commit as soon as entries arrive: what arrives during a commit makes the next one."""
+        while not self.closing:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.closing:
+                return
+            await self._commit()
+            if not self.store.clean or self.retry:
+                if self.store.pending_bytes > MAX_UNWRITTEN:
+                    warn(f"{self.store.pending_bytes} bytes could not be written; stopping")
+                    self.stop.set()
+                    return
+                # The disk refused: try again a little later (no acks meanwhile, so the broker
+                # stops sending once its in-flight window is full).
+                try:
+                    await asyncio.wait_for(self.stop.wait(), _RETRY_EVERY)
+                except TimeoutError:
+                    pass
+                self.wake.set()
+
+    async def _commit(self) -> None:
+        """Write and sync what was received, then acknowledge its messages (in order)."""
+        async with self.commit_lock:
+            batch, self.batch = self.batch, []
+            self.unacked += self.received
+            self.received = []
+            if batch or self.retry or not self.store.clean:
+                # Off the event loop: fdatasync takes milliseconds, and the MQTT client runs on
+                # this loop (keepalives, incoming messages).
+                await asyncio.to_thread(self._write, batch)
+            if self.store.clean and not self.retry:
+                for client, mid, qos in self.unacked:
+                    ack(client, mid, qos)
+                self.acked += len(self.unacked)
+                self.unacked = []
+
+    def _write(self, batch: list[_Item]) -> None:
+        """Commit entries file by file (in the commit thread: the only one using the tracker)."""
+        items, self.retry = self.retry + batch, []
+        by_path: dict[str, list[_Item]] = {path: [] for path in self.store.pending}
+        for item in items:
+            by_path.setdefault(item[0], []).append(item)
+        now = time.monotonic()
+
+        def others(found: Iterator[dict[str, Any]], whole: bool) -> None:
+            self._others(found, whole, now)
+
+        for path, group in by_path.items():
+            decided = False
+
+            def decide(group: list[_Item] = group) -> list[bytes]:
+                nonlocal decided
+                decided = True
+                lines = []
+                for _, session_id, seq, entry, line in group:
+                    if self.tracker.is_new(session_id, seq, entry, now):
+                        lines.append(line)
+                    else:
+                        self.counts["duplicates"] += 1
+                self.counts["written"] += len(lines)
+                return lines
+
+            try:
+                self.store.commit(path, decide, others)
+            except OSError:
+                if not decided:
+                    self.retry += group
+
+    def _others(self, found: Iterator[dict[str, Any]], whole: bool, now: float) -> None:
+        """Record entries found in a file: written by another collector, or before this run."""
+        if whole:
+            self.tracker.preload(
+                ((e["session_id"], e["seq"], e.get("event"), e.get("timestamp")) for e in found),
+                now,
+            )
+            return
+        for entry in found:
+            self.tracker.is_new(entry["session_id"], entry["seq"], entry, now)
 
     # -- messages ---------------------------------------------------------------------------
     def handle(self, topic: str, payload: Any) -> None:
-        """Write the new entries of one message (one entry, or JSON Lines)."""
+        """Queue the entries of one message (one entry, or JSON Lines) for the next commit."""
         self.counts["messages"] += 1
         if topic.endswith("/status"):
             # Retained session statuses repeat what the start and close entries say.
@@ -264,7 +393,6 @@ class Collector:
         if not isinstance(payload, bytes | bytearray):
             self._reject(topic, "not a JSON entry")
             return
-        now = time.monotonic()
         for line in bytes(payload).split(b"\n"):
             if not line.strip():
                 continue
@@ -287,22 +415,13 @@ class Collector:
                 self._reject(topic, str(exc))
                 continue
             path = self.store.path_for(session_id, entry)
-            if self.args.per == "day" and path not in self.scanned:
-                self.scanned.add(path)
-                self.store.flush()
-                self.tracker.preload(self.store.seen(path), now)
-            if self.tracker.is_new(session_id, entry["seq"], entry, now):
-                self.store.add(path, line)
-                self.counts["written"] += 1
-            else:
-                self.counts["duplicates"] += 1
+            self.batch.append((path, session_id, entry["seq"], entry, line))
 
     def _load(self, session_id: str, entry: dict[str, Any]) -> Iterator[Seen] | None:
         """Read a session's entries back from its file when it is not in memory (per-session
         files): the tracker rebuilds its runs and their seqs from them."""
         if self.args.per != "session":
             return None
-        self.store.flush()
         path = self.store.path_for(session_id, entry)
         return (
             (seq, event, timestamp)
@@ -318,8 +437,9 @@ class Collector:
             warn("more rejected lines are counted, not shown")
 
 
-def _default_client_id(out: str) -> str:
-    digest = hashlib.sha1(os.path.abspath(out).encode(), usedforsecurity=False).hexdigest()[:8]
+def _default_client_id(out: str, group: str | None) -> str:
+    key = os.path.abspath(out) if group is None else f"{os.path.abspath(out)}\0{group}"
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:8]
     return f"asl-collect-{socket.gethostname()[:40]}-{digest}"
 
 
