@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ..mqtt_broker import Broker
+import pytest
+
+from async_session_logger.cli._store import Store
+
+from ..conftest import MountFactory
+from ..mqtt_broker import Broker, mosquitto_pub
 from .helpers import run_cli, start_cli, wait_until
 from .test_collect import PUBLISHER
 
@@ -182,3 +190,86 @@ def test_a_broker_crash_under_a_group_with_a_durable_safety_net(tmp_path: Path) 
         assert "lost the connection" in log and "subscribed again to $share/g/logs/#" in log
     # Three writers shared the files: each one's dedup saw the others' appends.
     assert sum(_written(tmp_path, n) for n in ("c1", "c2", "net")) == TOTAL
+
+
+def _entry(seq: int, sid: str = "a") -> bytes:
+    return json.dumps(
+        {"timestamp": f"2026-01-02T10:00:0{seq}.000000Z", "session_id": sid, "seq": seq,
+         "event": "log", "message": f"m{seq}"}, separators=(",", ":"),
+    ).encode()  # fmt: skip
+
+
+def test_nothing_is_acknowledged_before_it_is_on_disk(tmp_path: Path, tmpfs: MountFactory) -> None:
+    """A full disk, then SIGKILL: nothing was acked, so the restarted collector gets it all."""
+    disk = tmpfs(size="64k")
+    out = disk / "out"
+    with Broker(workdir=tmp_path / "broker") as broker:
+        procs = [_collector(broker, out, tmp_path, "full")]
+        try:
+            _subscribed(tmp_path, "full")
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                with pytest.raises(OSError, match="No space left"):
+                    while True:
+                        os.write(filler, b"\0" * 512)
+            finally:
+                os.close(filler)
+            for seq in range(5):
+                mosquitto_pub(broker.port, "logs/a", _entry(seq))  # the broker acked each
+            wait_until(
+                lambda: b"No space left" in (tmp_path / "full.err").read_bytes(), 15, "ENOSPC"
+            )
+            procs[0].kill()  # the entries were only in its memory
+            procs[0].wait()
+            os.unlink(disk / "filler")
+            procs.append(_collector(broker, out, tmp_path, "again", "--client-id", "full"))
+            wait_until(lambda: len(_collected(out)) >= 5, 15, "the 5 entries, sent again")
+            time.sleep(0.3)  # a late duplicate would land now
+            assert _stop(procs[1]) == 0
+        finally:
+            _kill_all(procs)
+    assert (out / "a.jsonl").read_bytes() == b"".join(_entry(seq) + b"\n" for seq in range(5))
+    assert "stopped: 5 entries written" in (tmp_path / "again.err").read_text()
+
+
+def test_two_stores_appending_to_one_file_see_each_others_entries(tmp_path: Path) -> None:
+    """Two writers of one DIR: each reads the other's appends before deciding; torn lines end."""
+    stores = [Store(str(tmp_path), "session"), Store(str(tmp_path), "session")]
+    seen: list[set[int]] = [set(), set()]
+    path = stores[0].path_for("a", {})
+
+    def append(i: int, seqs: range) -> list[int]:
+        found: list[int] = []
+
+        def others(entries: Iterator[dict[str, Any]], whole: bool) -> None:
+            for entry in entries:
+                seen[i].add(entry["seq"])
+                found.append(entry["seq"])
+
+        def decide() -> list[bytes]:
+            new = [seq for seq in seqs if seq not in seen[i]]
+            seen[i].update(new)
+            return [_entry(seq) for seq in new]
+
+        stores[i].commit(path, decide, others)
+        return found
+
+    assert append(0, range(0, 3)) == []
+    assert append(1, range(2, 5)) == [0, 1, 2]  # read from the start: 2 is not written again
+    with open(path, "ab") as fh:
+        fh.write(_entry(9)[:20])  # a third writer killed mid-line
+    assert append(0, range(4, 7)) == [3, 4]  # only what was appended since its last look
+    assert append(1, range(0, 8)) == [5, 6]
+    for store in stores:
+        store.close()
+    lines = Path(path).read_bytes().splitlines()
+    assert lines[5] == _entry(9)[:20]  # ended, so the next entry stays whole
+    assert [json.loads(line)["seq"] for line in lines[:5] + lines[6:]] == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_bad_group_name_is_refused() -> None:
+    """A group name is one topic level: '/', '+', '#' and blanks are refused with exit 2."""
+    for name in ("a/b", "a+", "#", "", "a b"):
+        done = run_cli("collect", "--out", "/nonexistent/x", "--group", name)
+        assert done.returncode == 2, (name, done.stderr)
+        assert "--group" in done.stderr and "1 to 64 characters" in done.stderr
