@@ -211,8 +211,11 @@ class Collector:
             f"{c['statuses']} status and {c['other']} other messages ignored, "
             f"{plural(c['rejected'], 'line', 'lines')} rejected)"
         )
-        if self.store.pending_bytes:
-            raise CliError(f"{self.store.pending_bytes} bytes could not be written")
+        # Entries a failed commit did not even decide on count too (unacknowledged: the broker
+        # sends them again to the next run).
+        unwritten = self.store.pending_bytes + sum(len(item[4]) + 1 for item in self.retry)
+        if unwritten:
+            raise CliError(f"{unwritten} bytes could not be written")
         return 0
 
     async def _connect_loop(self) -> None:
@@ -316,11 +319,9 @@ class Collector:
                     self.stop.set()
                     return
                 # The disk refused: try again a little later (no acks meanwhile, so the broker
-                # stops sending once its in-flight window is full).
-                try:
-                    await asyncio.wait_for(self.stop.wait(), _RETRY_EVERY)
-                except TimeoutError:
-                    pass
+                # stops sending once its in-flight window is full). A plain sleep, also after a
+                # stop: the last commits must not spin on a failing disk.
+                await asyncio.sleep(_RETRY_EVERY)
                 self.wake.set()
 
     async def _commit(self) -> None:
