@@ -145,6 +145,11 @@ def test_two_collectors_in_a_group_one_sigkilled_and_restarted_lose_nothing(
             wait_until(lambda: _distinct(out) >= TOTAL, 30, f"{TOTAL} distinct entries")
             time.sleep(0.5)  # a late duplicate would land now
             assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
+            # A member stopped with SIGTERM acknowledged every QoS 1 message it was sent.
+            log = broker.log_text()
+            sent_to_c2 = len(re.findall(r"Sending PUBLISH to c2 \(d\d, q1", log))
+            assert sent_to_c2 > 0
+            assert log.count("Received PUBACK from c2 ") == sent_to_c2
         finally:
             _kill_all(procs)
     _check_exactly_once(out, tmp_path)
@@ -221,11 +226,16 @@ def test_nothing_is_acknowledged_before_it_is_on_disk(tmp_path: Path, tmpfs: Mou
             )
             procs[0].kill()  # the entries were only in its memory
             procs[0].wait()
+            assert "Received PUBACK from full " not in broker.log_text()
             os.unlink(disk / "filler")
             procs.append(_collector(broker, out, tmp_path, "again", "--client-id", "full"))
             wait_until(lambda: len(_collected(out)) >= 5, 15, "the 5 entries, sent again")
             time.sleep(0.3)  # a late duplicate would land now
             assert _stop(procs[1]) == 0
+            # Each message acknowledged once: after its commit, by the second run.
+            wait_until(
+                lambda: broker.log_text().count("Received PUBACK from full ") == 5, 5, "5 PUBACKs"
+            )
         finally:
             _kill_all(procs)
     assert (out / "a.jsonl").read_bytes() == b"".join(_entry(seq) + b"\n" for seq in range(5))
