@@ -1,0 +1,279 @@
+"""The SQLite store: open a file safely, write batches of JSON lines, read sessions back.
+
+Everything here is blocking: ``SqliteSink`` calls it from its own thread, the CLI directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import orjson
+
+from .._reader import entry_problem
+from . import rows
+from .schema import StoreError, migrate, version_of
+
+__all__ = ["SqliteStore", "check_not_link", "sqlite_path"]
+
+_START: Final = "session_start"
+_CLOSE: Final = "session_close"
+_ENTRY_INSERT: Final = (
+    f"INSERT INTO entries ({', '.join(rows.ENTRY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(rows.ENTRY_COLUMNS))}) "
+    "ON CONFLICT (session_id, run, seq) DO NOTHING"
+)
+_SESSION_UPSERT: Final = (
+    f"INSERT INTO sessions ({', '.join(rows.SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(rows.SESSION_COLUMNS))}) "
+    "ON CONFLICT (session_id, run) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in rows.SESSION_COLUMNS[2:])
+)
+_MOVED_COLUMNS: Final = ", ".join(c for c in rows.ENTRY_COLUMNS if c != "run")
+# Entries of an id in runs before a new start, at or after its time: they are the new run's.
+_MOVABLE: Final = (
+    "FROM entries WHERE session_id = ? AND run < ? AND event <> 'session_start' "
+    "AND COALESCE(timestamp, '~') >= ?"
+)
+
+
+def sqlite_path(url: str) -> str:
+    """Return the file of a ``sqlite:///PATH`` URL (``sqlite:////abs`` is ``/abs``)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise StoreError(f"not an SQLite store URL (sqlite:///PATH): {url!r}")
+    return url[len(prefix) :]
+
+
+def check_not_link(path: str) -> None:
+    """Refuse a symlink at the database or at its ``-wal``/``-shm``/``-journal`` files.
+
+    Raises:
+        OSError: ``ELOOP``, naming the link (as FileSink refuses one).
+    """
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        if os.path.islink(name):
+            raise OSError(
+                errno.ELOOP, f"{name} is a symbolic link: the SQLite store does not follow links"
+            )
+
+
+class SqliteStore:
+    """One connection to a store file: idempotent batch writes and the reads of the CLI.
+
+    Args:
+        path: the database file (created with the schema when missing).
+        busy_timeout: seconds a statement waits for another process's write lock.
+        synchronous: SQLite's ``synchronous`` pragma; ``NORMAL`` is durable in WAL mode
+            except for the last transactions before a power loss.
+        create: create the file if it is missing (the CLI reads existing stores only).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = path
+        check_not_link(path)
+        if not create and not os.path.exists(path):
+            raise StoreError(f"{path}: no such store file")
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE per batch).
+        self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self.journal_mode = str(mode)
+            self.found_version = migrate(self.conn)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StoreError(f"{path} is not an SQLite database ({exc})") from exc
+            raise
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    @property
+    def version(self) -> int:
+        """Return the schema version of the file."""
+        return version_of(self.conn)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, lines: Sequence[bytes]) -> list[int]:
+        """Store the entries of JSON ``lines`` in one transaction; return the unusable ones.
+
+        An index is returned for a line that is no schema-v1 entry (a formatter removed its
+        ``seq``...): it cannot be keyed, so it is left to the caller (dead letters).
+        """
+        parsed: list[tuple[dict[str, Any], str]] = []
+        bad: list[int] = []
+        for i, line in enumerate(lines):
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad.append(i)
+                continue
+            if entry_problem(entry) is not None or not rows.fits_key(entry):
+                bad.append(i)
+                continue
+            parsed.append((entry, line.decode("utf-8")))
+        if not parsed:
+            return bad
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            touched = self._insert(parsed)
+            for session_id, run in sorted(touched):
+                self._derive(session_id, run)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return bad
+
+    def _insert(self, parsed: list[tuple[dict[str, Any], str]]) -> set[tuple[str, str]]:
+        conn = self.conn
+        touched: set[tuple[str, str]] = set()
+        runs: dict[str, list[str]] = {}
+
+        def known(session_id: str) -> list[str]:
+            found = runs.get(session_id)
+            if found is None:
+                found = runs[session_id] = sorted(
+                    r
+                    for (r,) in conn.execute(
+                        "SELECT run FROM sessions WHERE session_id = ? AND run <> ''",
+                        (session_id,),
+                    )
+                )
+            return found
+
+        # Starts first: the other entries of the batch then find their run.
+        for entry, line in parsed:
+            if entry["event"] != _START:
+                continue
+            session_id = entry["session_id"]
+            run = rows.stamp(entry.get("timestamp")) or rows.NO_RUN
+            cursor = conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, run))
+            touched.add((session_id, run))
+            if cursor.rowcount == 1 and run != rows.NO_RUN and run not in known(session_id):
+                known(session_id).append(run)
+                known(session_id).sort()
+                touched.update(self._adopt(session_id, run))
+        for entry, line in parsed:
+            if entry["event"] == _START:
+                continue
+            session_id = entry["session_id"]
+            key = rows.stamp(entry.get("timestamp")) or rows.LATEST_KEY
+            run = rows.NO_RUN
+            for candidate in known(session_id):
+                if candidate <= key:
+                    run = candidate
+            conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, run))
+            touched.add((session_id, run))
+        return touched
+
+    def _adopt(self, session_id: str, run: str) -> set[tuple[str, str]]:
+        """Move the entries a new start claims from earlier runs; return the runs touched."""
+        conn = self.conn
+        args = (session_id, run, run)
+        left = {(session_id, r) for (r,) in conn.execute(f"SELECT DISTINCT run {_MOVABLE}", args)}
+        if left:
+            # Portable (no UPDATE OR IGNORE): copy under the new run, then delete the originals.
+            conn.execute(
+                f"INSERT INTO entries (run, {_MOVED_COLUMNS}) "
+                f"SELECT ?, {_MOVED_COLUMNS} {_MOVABLE} "
+                "ON CONFLICT (session_id, run, seq) DO NOTHING",
+                (run, *args),
+            )
+            conn.execute(f"DELETE {_MOVABLE}", args)
+        return left
+
+    def _derive(self, session_id: str, run: str) -> None:
+        conn = self.conn
+        key = (session_id, run)
+        where = "FROM entries WHERE session_id = ? AND run = ?"
+        stored, max_seq = conn.execute(f"SELECT COUNT(*), MAX(seq) {where}", key).fetchone()
+        if not stored:
+            conn.execute("DELETE FROM sessions WHERE session_id = ? AND run = ?", key)
+            return
+        start = close = None
+        start_seq = close_seq = -1
+        for seq, event, line in conn.execute(
+            f"SELECT seq, event, entry {where} AND event IN ('session_start', 'session_close') "
+            "ORDER BY seq",
+            key,
+        ):
+            if event == _START and start is None:
+                start, start_seq = orjson.loads(line), seq
+            elif event == _CLOSE and close is None:
+                close, close_seq = orjson.loads(line), seq
+        # The rest are what Session.entries holds: log, gap, unknown events, a second close.
+        rest = f"{where} AND seq <> ? AND seq <> ?"
+        rest_key = (*key, start_seq, close_seq)
+        log_levels = [
+            (level, levelno, count)
+            for level, levelno, count in conn.execute(
+                f"SELECT level, levelno, COUNT(*) {rest} AND event = 'log' "
+                "GROUP BY level, levelno ORDER BY MIN(seq)",
+                rest_key,
+            )
+        ]
+        (errors,) = conn.execute(f"SELECT COUNT(*) {rest} AND levelno >= 40", rest_key).fetchone()
+        dropped = 0
+        for (line,) in conn.execute(f"SELECT entry {rest} AND event = 'gap'", rest_key):
+            count = orjson.loads(line).get("dropped")
+            if isinstance(count, int) and not isinstance(count, bool):
+                dropped += count
+        first = conn.execute(
+            f"SELECT timestamp {rest} AND timestamp IS NOT NULL ORDER BY seq LIMIT 1", rest_key
+        ).fetchone()
+        facts = rows.RunFacts(
+            start=start,
+            close=close,
+            log_levels=log_levels,
+            errors=errors,
+            dropped=dropped,
+            max_seq=max_seq,
+            stored=stored,
+            first_stamp=first[0] if first else None,
+        )
+        conn.execute(_SESSION_UPSERT, rows.session_values(session_id, run, facts))
+
+    # -- reading ------------------------------------------------------------------------------
+    def session_rows(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Return the sessions rows matching a WHERE clause (built by ``query``), as dicts."""
+        sql = f"SELECT {', '.join(rows.SESSION_COLUMNS)} FROM sessions"
+        if where:
+            sql += f" WHERE {where}"
+        sql += " ORDER BY started, session_id, run"
+        cursor = self.conn.execute(sql, tuple(params))
+        return [dict(zip(rows.SESSION_COLUMNS, row, strict=True)) for row in cursor]
+
+    def entries(self, session_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Yield the stored entries of these ids: run by run (oldest first), by seq."""
+        for session_id in session_ids:
+            for (line,) in self.conn.execute(
+                "SELECT entry FROM entries WHERE session_id = ? ORDER BY run, seq", (session_id,)
+            ):
+                yield orjson.loads(line)
+
+    def table(self, name: str) -> list[tuple[Any, ...]]:
+        """Return every row of ``entries`` or ``sessions``, sorted (for comparisons in tests)."""
+        if name not in ("entries", "sessions"):
+            raise ValueError(f"no table {name!r}")
+        return sorted(self.conn.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
