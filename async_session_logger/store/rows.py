@@ -5,7 +5,10 @@ entry's timestamp (normalized to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, which sorts as
 and every other entry belongs to the run of the latest start of its id at or before its own
 timestamp; ``""`` holds the entries of an id whose start is not (yet) stored. The run is thus
 a function of the set of entries stored, not of their arrival order: when a start arrives
-after entries of its run, the writer moves them (see ``sqlite.SqliteStore``).
+after entries of its run, the writer moves them (see ``sqlite.SqliteStore``). Until then an
+entry may sit in a wrong run; when its seq is taken there by a different entry it waits in a
+parked run (``!`` and its time), which gets no sessions row and is re-placed whenever a start
+of its id arrives.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 NO_RUN: Final = ""
+# Prefix of the runs where entries wait whose seq collided with another run's (see sqlite.py).
+PARKED: Final = "!"
 # Sorts after every normalized stamp: an entry without a time belongs to its id's latest run.
 LATEST_KEY: Final = "~"
 ENTRY_COLUMNS: Final = (

@@ -32,12 +32,16 @@ _SESSION_UPSERT: Final = (
     "ON CONFLICT (session_id, run) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in rows.SESSION_COLUMNS[2:])
 )
-_MOVED_COLUMNS: Final = ", ".join(c for c in rows.ENTRY_COLUMNS if c != "run")
-# Entries of an id in runs before a new start, at or after its time: they are the new run's.
-_MOVABLE: Final = (
-    "FROM entries WHERE session_id = ? AND run < ? AND event <> 'session_start' "
-    "AND COALESCE(timestamp, '~') >= ?"
-)
+
+
+def _run_for(entry: dict[str, Any], known: list[str]) -> str:
+    """Return the run of a non-start entry: its id's latest start at or before its time."""
+    key = rows.stamp(entry.get("timestamp")) or rows.LATEST_KEY
+    run = rows.NO_RUN
+    for candidate in known:
+        if candidate <= key:
+            run = candidate
+    return run
 
 
 def sqlite_path(url: str) -> str:
@@ -156,9 +160,10 @@ class SqliteStore:
                 found = runs[session_id] = sorted(
                     r
                     for (r,) in conn.execute(
-                        "SELECT run FROM sessions WHERE session_id = ? AND run <> ''",
-                        (session_id,),
+                        "SELECT run FROM sessions WHERE session_id = ? AND run > ?",
+                        (session_id, rows.NO_RUN),
                     )
+                    if not r.startswith(rows.PARKED)
                 )
             return found
 
@@ -168,40 +173,71 @@ class SqliteStore:
                 continue
             session_id = entry["session_id"]
             run = rows.stamp(entry.get("timestamp")) or rows.NO_RUN
-            cursor = conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, run))
-            touched.add((session_id, run))
-            if cursor.rowcount == 1 and run != rows.NO_RUN and run not in known(session_id):
+            placed = self._place(entry, line, run)
+            if placed is not None:
+                touched.add((session_id, placed))
+            if placed == run != rows.NO_RUN and run not in known(session_id):
                 known(session_id).append(run)
                 known(session_id).sort()
-                touched.update(self._adopt(session_id, run))
+                touched.update(self._adopt(session_id, run, known(session_id)))
         for entry, line in parsed:
             if entry["event"] == _START:
                 continue
-            session_id = entry["session_id"]
-            key = rows.stamp(entry.get("timestamp")) or rows.LATEST_KEY
-            run = rows.NO_RUN
-            for candidate in known(session_id):
-                if candidate <= key:
-                    run = candidate
-            conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, run))
-            touched.add((session_id, run))
-        return touched
+            placed = self._place(entry, line, _run_for(entry, known(entry["session_id"])))
+            if placed is not None:
+                touched.add((entry["session_id"], placed))
+        return {key for key in touched if not key[1].startswith(rows.PARKED)}
 
-    def _adopt(self, session_id: str, run: str) -> set[tuple[str, str]]:
-        """Move the entries a new start claims from earlier runs; return the runs touched."""
+    def _place(self, entry: dict[str, Any], line: str, run: str) -> str | None:
+        """Insert an entry into ``run``; return where it went, None for a duplicate.
+
+        A different entry already holding that seq in that run belongs to another run of a
+        reused id whose start is not stored yet: this one is parked (``!`` + its time) until
+        a start arrives, instead of being lost.
+        """
         conn = self.conn
-        args = (session_id, run, run)
-        left = {(session_id, r) for (r,) in conn.execute(f"SELECT DISTINCT run {_MOVABLE}", args)}
-        if left:
-            # Portable (no UPDATE OR IGNORE): copy under the new run, then delete the originals.
+        if conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, run)).rowcount == 1:
+            return run
+        (existing,) = conn.execute(
+            "SELECT entry FROM entries WHERE session_id = ? AND run = ? AND seq = ?",
+            (entry["session_id"], run, entry["seq"]),
+        ).fetchone()
+        if orjson.loads(existing) == entry or run.startswith(rows.PARKED):
+            return None
+        parked = rows.PARKED + (rows.stamp(entry.get("timestamp")) or rows.LATEST_KEY)
+        conn.execute(_ENTRY_INSERT, rows.entry_values(entry, line, parked))
+        return parked
+
+    def _adopt(self, session_id: str, run: str, known: list[str]) -> set[tuple[str, str]]:
+        """Move the entries a new start claims, then re-place parked ones; return runs touched.
+
+        Moved one by one (few: only entries that arrived before their start), each through
+        :meth:`_place`, so that a collision parks rather than drops.
+        """
+        conn = self.conn
+        touched: set[tuple[str, str]] = set()
+        movable = conn.execute(
+            "SELECT run, seq, entry FROM entries WHERE session_id = ? AND run < ? "
+            "AND run NOT LIKE '!%' AND event <> 'session_start' "
+            "AND COALESCE(timestamp, '~') >= ? ORDER BY run, seq",
+            (session_id, run, run),
+        ).fetchall()
+        parked = conn.execute(
+            "SELECT run, seq, entry FROM entries WHERE session_id = ? AND run LIKE '!%' "
+            "ORDER BY run, seq",
+            (session_id,),
+        ).fetchall()
+        for old, seq, line in [*movable, *parked]:
             conn.execute(
-                f"INSERT INTO entries (run, {_MOVED_COLUMNS}) "
-                f"SELECT ?, {_MOVED_COLUMNS} {_MOVABLE} "
-                "ON CONFLICT (session_id, run, seq) DO NOTHING",
-                (run, *args),
+                "DELETE FROM entries WHERE session_id = ? AND run = ? AND seq = ?",
+                (session_id, old, seq),
             )
-            conn.execute(f"DELETE {_MOVABLE}", args)
-        return left
+            touched.add((session_id, old))
+            entry = orjson.loads(line)
+            placed = self._place(entry, line, _run_for(entry, known))
+            if placed is not None:
+                touched.add((session_id, placed))
+        return touched
 
     def _derive(self, session_id: str, run: str) -> None:
         conn = self.conn

@@ -1,0 +1,197 @@
+"""The store's schema: migrations, idempotent writes, runs, and rows derived from entries."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from async_session_logger import read_sessions
+from async_session_logger.store import LATEST, SqliteStore, StoreVersionError, migrate
+
+from . import write_story
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> tuple[Path, list[bytes]]:
+    """A real log (file) and its lines, written by a real logger."""
+    log = tmp_path / "log.jsonl"
+    write_story(log, tmp_path / "written.db")
+    return log, log.read_bytes().splitlines()
+
+
+def _store(path: Path) -> SqliteStore:
+    return SqliteStore(str(path))
+
+
+def _tables(path: Path) -> tuple[list[Any], list[Any]]:
+    store = _store(path)
+    try:
+        return store.table("entries"), store.table("sessions")
+    finally:
+        store.close()
+
+
+def test_new_file_gets_latest_schema_and_wal(tmp_path: Path) -> None:
+    """A new store file is created at the latest version, in WAL mode."""
+    store = _store(tmp_path / "s.db")
+    assert store.version == LATEST
+    assert store.journal_mode == "wal"
+    mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+
+
+def test_older_file_is_migrated(tmp_path: Path) -> None:
+    """A file at version 1 is migrated to the latest version on open, keeping its rows."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, target=1)
+    conn.execute(
+        "INSERT INTO entries (session_id, run, seq, event, entry) VALUES ('a', '', 1, 'log', '{}')"
+    )
+    conn.close()
+    store = _store(path)
+    assert store.found_version == 1
+    assert store.version == LATEST
+    indexes = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master")}
+    assert "sessions_by_parent" in indexes
+    assert len(store.table("entries")) == 1
+    store.close()
+
+
+def test_newer_file_is_refused(tmp_path: Path) -> None:
+    """A file made by a newer library version is refused with a clear error, untouched."""
+    path = tmp_path / "new.db"
+    _store(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (LATEST + 1,))
+    conn.close()
+    with pytest.raises(StoreVersionError, match=f"schema version {LATEST + 1}, newer"):
+        _store(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == LATEST + 1
+    conn.close()
+
+
+def test_same_rows_whatever_order_and_duplicates(
+    tmp_path: Path, story: tuple[Path, list[bytes]]
+) -> None:
+    """The same entries in order, twice, shuffled in small batches, with duplicates: same rows."""
+    _, lines = story
+    orderly = tmp_path / "orderly.db"
+    store = _store(orderly)
+    store.write(lines)
+    store.write(lines)  # the same batch again adds nothing
+    store.close()
+    expected = _tables(orderly)
+    assert len(expected[0]) == len(lines)
+    rng = random.Random(13)
+    for attempt in range(20):
+        shuffled = lines + rng.sample(lines, len(lines) // 2)
+        rng.shuffle(shuffled)
+        path = tmp_path / f"shuffled{attempt}.db"
+        store = _store(path)
+        at = 0
+        while at < len(shuffled):
+            size = rng.randint(1, 4)
+            store.write(shuffled[at : at + size])
+            at += size
+        store.close()
+        assert _tables(path) == expected
+
+
+def test_reused_id_gives_two_runs(story: tuple[Path, list[bytes]], tmp_path: Path) -> None:
+    """A session id used twice is two runs, each with its own entries and row."""
+    _, lines = story
+    store = _store(tmp_path / "s.db")
+    store.write(list(reversed(lines)))  # second run's entries before either start
+    rows = [r for r in store.session_rows() if r["session_id"] == "req-3"]
+    assert len(rows) == 2
+    assert [orjson.loads(r["metadata"])["attempt"] for r in rows] == [3, 4]
+    assert [r["status"] for r in rows] == ["interrupted", "closed"]
+    messages = {
+        run: [
+            m
+            for (m,) in store.conn.execute(
+                "SELECT message FROM entries WHERE session_id='req-3' AND run=? AND event='log'",
+                (run,),
+            )
+        ]
+        for run in (r["run"] for r in rows)
+    }
+    assert sorted(messages.values()) == [["first run"], ["second run"]]
+    store.close()
+
+
+def test_sessions_rows_equal_read_sessions(story: tuple[Path, list[bytes]], tmp_path: Path) -> None:
+    """Each sessions row says what read_sessions says of the same entries."""
+    log, lines = story
+    store = _store(tmp_path / "s.db")
+    store.write(lines)
+    rows = store.session_rows()
+    sessions = read_sessions(log)
+    assert len(rows) == len(sessions)
+    by_key = {(r["session_id"], r["started"]): r for r in rows}
+    for session in sessions:
+        started = session.started_at
+        assert started is not None
+        row = by_key[(session.session_id, started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))]
+        assert row["status"] == session.status
+        assert row["duration_s"] == session.duration_s
+        assert orjson.loads(row["levels"]) == session.levels
+        assert row["entries"] == sum(1 for e in session.entries if e["event"] == "log")
+        assert orjson.loads(row["summary"]) == session.summary
+        assert row["parent"] == session.parent_session_id
+        assert row["discarded"] == session.discarded
+        assert row["errors"] == session.errors
+        assert orjson.loads(row["metadata"]) == session.metadata
+    store.close()
+
+
+def test_open_session_counts_its_levels(tmp_path: Path) -> None:
+    """A session without a close entry is open, its levels counted from its log entries."""
+    lines = [
+        orjson.dumps(e)
+        for e in (
+            {
+                "session_id": "a",
+                "seq": 0,
+                "event": "session_start",
+                "level": "INFO",
+                "levelno": 20,
+                "message": "Session started",
+                "metadata": {},
+                "timestamp": "2026-11-24T06:00:00.000000Z",
+            },
+            {
+                "session_id": "a",
+                "seq": 2,
+                "event": "log",
+                "level": "ERROR",
+                "levelno": 40,
+                "message": "x",
+                "timestamp": "2026-11-24T06:00:02.000000Z",
+            },
+            {
+                "session_id": "a",
+                "seq": 3,
+                "event": "log",
+                "levelno": 30,
+                "message": "no level name",
+                "timestamp": "2026-11-24T06:00:03.000000Z",
+            },
+        )
+    ]
+    store = _store(tmp_path / "s.db")
+    store.write(lines)
+    (row,) = store.session_rows()
+    assert row["status"] == "open"
+    assert orjson.loads(row["levels"]) == {"ERROR": 1, "WARNING": 1}
+    assert row["missing"] == 1  # seq 1 never arrived
+    assert row["errors"] == 1
+    store.close()
