@@ -10,6 +10,10 @@ An entry the broker will never take is dead-lettered, never re-sent forever: one
 broker's packet limit (``max_packet_size=``, or the Maximum Packet Size a v5 broker announces),
 one whose session id cannot be a topic level, and -- the backstop for a limit nobody announced --
 a message after which the connection died three times in a row right after it was published.
+
+With ``spool_path=`` the messages of a batch that finds the broker unreachable go to a bounded,
+fsync'd spool file instead of waiting in memory (``_mqtt_spool.py``); it survives a crash and a
+restart and is sent in order, before anything newer, whenever the sink is connected.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from paho.mqtt import client as paho_client
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
 from ._mqtt_payload import MQTT_MAX_PACKET, Message, ParentBook, ReplayBuffer, build_messages
+from ._mqtt_spool import Spool
 
 __all__ = ["MqttSink"]
 
@@ -43,6 +48,8 @@ _PUBLISH_CHUNK: Final = 1_000
 # the broker's reset discards the acks still unread in our socket.)
 _POISON_STRIKES: Final = 3
 _POISON_WINDOW: Final = 5.0
+# Spooled records sent per round trip of the drain (each round ends with an fsync'd ack).
+_DRAIN_CHUNK: Final = 1_000
 
 Protocol = Literal["5", "3.1.1"]
 
@@ -101,6 +108,13 @@ class MqttSink(Sink):
         buffer_size: entries held for the broker while it is unreachable (the lane's
             ``max_pending``); past it the oldest log entries are dead-lettered and counted,
             start and close entries are kept.
+        spool_path: a file where the messages of batches that find the broker unreachable are
+            appended (fsync'd per batch) instead of waiting in memory; it survives a crash and a
+            restart, is replayed first at the next connection, and shrinks only as the broker
+            acknowledges. A symlink, a non-file, a file of another format or one written for
+            another host/port/topic is refused with ``ConfigurationError`` at ``open()``.
+        spool_max_bytes: the spool's bound; the entries of messages past it are dead-lettered
+            and counted (reported once per incident).
         **options: the other lane options of :class:`Sink` (``name``, ``min_level`` ...).
     """
 
@@ -135,6 +149,8 @@ class MqttSink(Sink):
         publish_timeout: float = 10.0,
         reconnect_max: float = 30.0,
         buffer_size: int = 100_000,
+        spool_path: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 64 * 1024 * 1024,
         **options: Any,
     ) -> None:
         options.setdefault("max_pending", buffer_size)
@@ -200,10 +216,46 @@ class MqttSink(Sink):
             "poison_messages": 0,
         }
         self.last_error: str | None = None
+        self._known_limit: int | None = None
+        self._spool = (
+            None
+            if spool_path is None
+            else Spool(
+                spool_path,
+                spool_max_bytes,
+                {
+                    "host": host,
+                    "port": port,
+                    "topic": topic,
+                    "entries_per_message": entries_per_message,
+                },
+            )
+        )
+        self._spool_lock = asyncio.Lock()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._spool_full_incident = False
+        self.spool_counters: dict[str, int] = {
+            "spooled_messages": 0,
+            "spooled_entries": 0,
+            "unspooled_messages": 0,
+            "unspooled_entries": 0,
+            "spool_full_entries": 0,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
-        """Start connecting in the background: a broker that is down is not an error here."""
+        """Open the spool, then connect in the background: a broker that is down is no error."""
+        spool = self._spool
+        if spool is not None:
+            await asyncio.to_thread(spool.open)
+            if spool.torn_records or spool.corrupt_records:
+                self._report(
+                    f"sink {self.name!r} skipped {spool.torn_records} torn and "
+                    f"{spool.corrupt_records} damaged records of its spool {str(spool.path)!r} "
+                    f"(a crash while writing); {spool.records} records are replayed",
+                    None,
+                )
         self._task = asyncio.get_running_loop().create_task(
             self._maintain(), name=f"async_session_logger.mqtt[{self.name}]"
         )
@@ -225,9 +277,14 @@ class MqttSink(Sink):
                 await client.__aexit__(None, None, None)
             except Exception:  # closing anyway: the last will says offline if this failed
                 pass
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._drain_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._spool is not None:
+            # Under the lock: a write_batch cancelled at close must not leave a half-done append.
+            async with self._spool_lock:
+                await asyncio.to_thread(self._spool.close)
 
     @property
     def healthy(self) -> bool:
@@ -236,12 +293,26 @@ class MqttSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         """Counters of messages and connections (entries are counted by the logger's lane)."""
-        return {
+        stats: dict[str, Any] = {
             **self.counters,
             "connected": self.healthy,
             "packet_limit": self.packet_limit,
             "last_error": self.last_error,
         }
+        spool = self._spool
+        if spool is not None:
+            stats["spool"] = {
+                "path": str(spool.path),
+                "records": spool.records,
+                "entries": spool.entries,
+                "bytes": spool.bytes,
+                "max_bytes": spool.max_bytes,
+                "draining": self._draining,
+                "torn_records": spool.torn_records,
+                "corrupt_records": spool.corrupt_records,
+                **self.spool_counters,
+            }
+        return stats
 
     @property
     def packet_limit(self) -> int | None:
@@ -312,6 +383,8 @@ class MqttSink(Sink):
             if self._incident:
                 self._report(f"sink {self.name!r} reconnected to {self.host}:{self.port}", None)
                 self._incident = False
+            if self._spool is not None and self._spool.records:
+                self._drain_task = asyncio.get_running_loop().create_task(self._drain(client))
             # Announced beside the watch, not before it: a connection that dies before the
             # ack must be noticed at once, not after the publish's timeout.
             online = asyncio.ensure_future(self._announce(client))
@@ -348,6 +421,8 @@ class MqttSink(Sink):
             properties = args[4] if len(args) > 4 else None
             limit = getattr(properties, "MaximumPacketSize", None)
             self._broker_limit = int(limit) if limit else None
+            # Kept past this connection: messages spooled while disconnected must fit it too.
+            self._known_limit = self._broker_limit
             if forward is not None:
                 forward(*args)
 
@@ -388,7 +463,21 @@ class MqttSink(Sink):
         skip: set[int] = set()
         no_status: set[int] = set()
         suspect = _Suspect()
+        if self._spool is not None:
+            async with self._spool_lock:
+                if self._spool.records or not self._connected.is_set():
+                    # Behind what is spooled already: nothing of a session overtakes it.
+                    await self._to_spool(batch, refused, skip, no_status)
+                    if self._connected.is_set() and self._client is not None:
+                        await self._drain_locked(self._client)
+                    return
         while True:
+            if self._spool is not None and not self._connected.is_set():
+                async with self._spool_lock:
+                    # Lost mid-batch: the whole rest is spooled (what was acknowledged is sent
+                    # again: at-least-once).
+                    await self._to_spool(batch, refused, skip, no_status)
+                return
             await self._connected.wait()
             client = self._client
             assert client is not None
@@ -442,6 +531,87 @@ class MqttSink(Sink):
                 else:
                     no_status.update(poison.indices)  # a status message: its entry still goes
                 self._poisoned(poison.entries)
+
+    # -- spool ------------------------------------------------------------------------------
+    @property
+    def _spool_limit(self) -> int | None:
+        limits = [n for n in (self.max_packet_size, self._known_limit) if n]
+        return min(limits) if limits else None
+
+    async def _to_spool(
+        self,
+        batch: Batch,
+        refused: dict[str, list[int]],
+        skip: set[int],
+        no_status: set[int],
+    ) -> None:
+        """Append the batch's messages to the spool (under its lock); dead-letter what cannot."""
+        spool = self._spool
+        assert spool is not None
+        plan = build_messages(
+            batch,
+            self.topic,
+            self.entries_per_message,
+            status=self.status,
+            limit=self._spool_limit,
+            qos=self.qos,
+            v5=self.protocol == "5",
+            skip=sorted(skip),
+            no_status=sorted(no_status),
+            parents=self._parents if self.status else None,
+        )
+        for reason, indices in plan.rejected.items():
+            self._refuse(refused, skip, reason, indices)
+        taken = await asyncio.to_thread(spool.append, plan.messages)
+        spooled = plan.messages[:taken]
+        self.spool_counters["spooled_messages"] += taken
+        self.spool_counters["spooled_entries"] += sum(m.entries for m in spooled)
+        self._parents.forget(plan.closed)
+        full = [i for m in plan.messages[taken:] if m.entries for i in m.indices]
+        if full:
+            reason = f"spool full ({spool.max_bytes} bytes at {str(spool.path)!r})"
+            self.spool_counters["spool_full_entries"] += len(full)
+            if not self._spool_full_incident:
+                self._spool_full_incident = True
+                self._report(
+                    f"sink {self.name!r}: its spool is full; entries are dead-lettered until it "
+                    "drains (further ones are counted in stats, not printed)",
+                    None,
+                )
+            refused.setdefault(reason, []).extend(full)
+        for reason, indices in refused.items():
+            await self.dead_letter(batch.select(indices), reason)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Send the spool after a (re)connection, before any newer batch."""
+        async with self._spool_lock:
+            await self._drain_locked(client)
+
+    async def _drain_locked(self, client: aiomqtt.Client) -> None:
+        spool = self._spool
+        assert spool is not None
+        self._draining = True
+        try:
+            while spool.records and self._connected.is_set() and self._client is client:
+                records = await asyncio.to_thread(spool.read, _DRAIN_CHUNK)
+                if not records:
+                    break
+                loss = await self._publish_all(client, [r.message for r in records])
+                done = records if loss is None else records[: loss.at]
+                # Recorded before anything else is sent: a crash now re-sends only the rest.
+                await asyncio.to_thread(spool.ack, done)
+                self.spool_counters["unspooled_messages"] += len(done)
+                self.spool_counters["unspooled_entries"] += sum(r.message.entries for r in done)
+                self.counters["published_messages"] += len(done)
+                self.counters["published_entries"] += sum(r.message.entries for r in done)
+                self._replay.extend([r.message for r in done])
+                if loss is not None:
+                    return
+            if not spool.records and self._spool_full_incident:
+                self._spool_full_incident = False
+                self._report(f"sink {self.name!r}: its spool drained", None)
+        finally:
+            self._draining = False
 
     def _refuse(
         self,
