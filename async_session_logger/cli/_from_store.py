@@ -1,0 +1,95 @@
+"""``sessions --store URL`` and ``show --store URL ID``: the same output, read from a store.
+
+The commands call in here instead of reading files; what comes back is what their file
+readers build (``SessionSummary`` lists with children linked, ``Session`` runs with their
+children), so every line they print is rendered by the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .._reader import Session, SessionSummary
+from ..store import Filters, SqliteStore, StoreError, load_runs, load_summaries, sqlite_path
+from ._common import EXIT_USAGE, CliError, parse_meta, parse_when
+from ._render import escape
+
+__all__ = ["add_options", "open_store", "show_runs", "summaries", "where_option"]
+
+
+def where_option(text: str) -> str:
+    """Turn ``metadata.KEY=VALUE`` into the ``KEY=VALUE`` of ``--meta`` (argparse type)."""
+    column, sep, value = text.partition("=")
+    if not sep or not column.startswith("metadata.") or column == "metadata.":
+        raise argparse.ArgumentTypeError(f"expected metadata.KEY=VALUE, got {text!r}")
+    return f"{column.removeprefix('metadata.')}={value}"
+
+
+def add_options(parser: argparse.ArgumentParser, *, where: bool) -> None:
+    """Add ``--store URL`` (and, for ``sessions``, ``--where metadata.KEY=VALUE``)."""
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="read a session store instead of files: sqlite:///PATH (see docs/store.md)",
+    )
+    if where:
+        parser.add_argument(
+            "--where",
+            dest="meta",
+            action="append",
+            type=where_option,
+            metavar="metadata.KEY=VALUE",
+            help="only sessions whose metadata KEY equals VALUE (as --meta)",
+        )
+
+
+def open_store(url: str) -> SqliteStore:
+    """Open an existing store for reading.
+
+    Raises:
+        CliError: an unknown URL scheme, a missing or damaged file, a newer schema.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        raise CliError("PostgreSQL stores are not supported yet (sqlite:///PATH is)", EXIT_USAGE)
+    try:
+        return SqliteStore(sqlite_path(url), create=False)
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_USAGE if "URL" in str(exc) else 1) from exc
+    except OSError as exc:
+        raise CliError(f"{url}: {exc.strerror or exc}") from exc
+
+
+def summaries(args: argparse.Namespace) -> list[SessionSummary]:
+    """Return the sessions ``sessions`` lists from ``args.store``, children linked.
+
+    With ``--tree`` every session (the tree needs the ancestors the filters leave out);
+    otherwise only the rows the filters select in SQL. The command filters again as for files.
+    """
+    filters = Filters(
+        status=args.status or (),
+        since=parse_when(args.since, "--since") if args.since else None,
+        until=parse_when(args.until, "--until") if args.until else None,
+        meta=parse_meta(args.meta or []),
+    )
+    store = open_store(args.store)
+    try:
+        return load_summaries(store, filters, every=bool(args.tree))
+    finally:
+        store.close()
+
+
+def show_runs(args: argparse.Namespace) -> list[tuple[Session, Sequence[Session | SessionSummary]]]:
+    """Return each run of ``args.session_id`` with its children (``--tree``: descendants).
+
+    Raises:
+        CliError: no such session in the store.
+    """
+    store = open_store(args.store)
+    try:
+        runs = load_runs(store, args.session_id, tree=bool(args.tree))
+    finally:
+        store.close()
+    if not runs:
+        raise CliError(f"no session '{escape(args.session_id)}' in {escape(args.store)}")
+    return runs
