@@ -67,6 +67,8 @@ def _decode(line: bytes) -> Message | None:
         if int(line[:8], 16) != zlib.crc32(body):
             return None
         raw: dict[str, Any] = orjson.loads(body)
+        if not isinstance(raw["t"], str) or raw["q"] not in (None, 0, 1, 2):
+            return None
         return Message(
             raw["t"],
             raw["p"].encode("utf-8", "surrogateescape"),
@@ -247,7 +249,8 @@ class Spool:
         self.records -= len(records)
         self.entries -= sum(r.message.entries for r in records)
         self.acked = records[-1].end
-        if self.acked >= self.size:
+        # No good record left (at most damaged ones after the last): start the file afresh.
+        if self.acked >= self.size or self.records == 0:
             self._reset()
             return
         # 20 digits rewritten in place: one small write within the first block, fsync'd.

@@ -223,12 +223,9 @@ class MqttSink(Sink):
             else Spool(
                 spool_path,
                 spool_max_bytes,
-                {
-                    "host": host,
-                    "port": port,
-                    "topic": topic,
-                    "entries_per_message": entries_per_message,
-                },
+                # What decides where a spooled message goes: another broker or topic template
+                # must not receive it (the messages themselves are already built).
+                {"host": host, "port": port, "topic": topic},
             )
         )
         self._spool_lock = asyncio.Lock()

@@ -27,7 +27,7 @@ from async_session_logger.sinks._mqtt_spool import Spool
 
 from ..mqtt_broker import Broker, Subscriber
 
-IDENTITY = {"host": "127.0.0.1", "port": 1, "topic": "logs/{session_id}", "entries_per_message": 1}
+IDENTITY = {"host": "127.0.0.1", "port": 1, "topic": "logs/{session_id}"}
 
 
 def _down_broker_with_verifier(tmp_path: Path) -> tuple[Broker, Subscriber]:
