@@ -26,8 +26,10 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,6 +37,7 @@ import orjson
 from .._errors import InvalidSessionIdError
 from .._reader import entry_problem
 from .._validate import check_session_id
+from ..store import SqliteStore, StoreError, sqlite_path
 from ._acks import ack, enable_manual_acks
 from ._common import CliError, note, warn
 from ._dedup import Seen, Tracker
@@ -73,7 +76,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILTER",
         help="topic filter to subscribe to (repeat for several; default logs/#)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    parser.add_argument("--out", metavar="DIR", help="directory for the files")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="write to a session store instead of files: sqlite:///PATH (created if missing)",
+    )
     parser.add_argument(
         "--per",
         choices=("session", "day"),
@@ -131,14 +139,19 @@ def run(args: argparse.Namespace) -> int:
             "control characters",
             2,
         )
+    if (args.out is None) == (args.store is None):
+        raise CliError("give one of --out DIR and --store URL", 2)
+    if args.store is not None and not args.store.startswith("sqlite:///"):
+        raise CliError(f"--store {args.store!r}: collect writes to sqlite:///PATH stores", 2)
     try:
         import aiomqtt  # noqa: F401 - checked here for a clear message
     except ImportError:
         raise CliError("collect needs aiomqtt: pip install 'async-session-logger[mqtt]'") from None
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+    if args.out is not None:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
     collector = Collector(args)
     return asyncio.run(collector.run())
 
@@ -159,8 +172,14 @@ class Collector:
         self.tls = tls_context(args)
         self.port: int = args.port or (8883 if self.tls else 1883)
         self.password = password(args)
-        self.client_id: str = args.client_id or _default_client_id(args.out, group)
-        self.store = Store(args.out, args.per)
+        self.target: str = args.out if args.out is not None else args.store
+        self.client_id: str = args.client_id or _default_client_id(self.target, group)
+        # Files under --out, or a store database (--store): opened in the commit thread.
+        self.store = Store(args.out, args.per) if args.out is not None else None
+        self.db: SqliteStore | None = None
+        # One thread for every commit: sqlite3 connections stay in the thread that made them,
+        # and the tracker is used by the commits only.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="asl-collect-commit")
         self.tracker = Tracker(
             self._load,
             max_sessions=args.max_sessions,
@@ -177,6 +196,7 @@ class Collector:
         self.received: list[tuple[aiomqtt.Client, int, int]] = []
         self.unacked: list[tuple[aiomqtt.Client, int, int]] = []
         self.acked = 0
+        self.db_failing = False
         self.commit_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.closing = False
@@ -192,28 +212,40 @@ class Collector:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
-        committer = loop.create_task(
-            self._commit_often(), name="async_session_logger.collect.commit"
-        )
         try:
-            await self._connect_loop()
+            if self.args.store is not None:
+                await loop.run_in_executor(self.executor, self._open_db)
+            committer = loop.create_task(
+                self._commit_often(), name="async_session_logger.collect.commit"
+            )
+            try:
+                await self._connect_loop()
+            finally:
+                # Not cancelled: a commit running in its thread must finish before the last.
+                self.closing = True
+                self.wake.set()
+                await asyncio.gather(committer, return_exceptions=True)
+                await self._commit()  # what a lost connection left: the broker re-sends it
         finally:
-            # Not cancelled: a commit running in its thread must finish before the last one.
-            self.closing = True
-            self.wake.set()
-            await asyncio.gather(committer, return_exceptions=True)
-            await self._commit()  # what a lost connection left: the broker re-sends it anyway
-            self.store.close()
+            await loop.run_in_executor(self.executor, self._close_outputs)
+            self.executor.shutdown()
         c = self.counts
+        # The store's unique key drops duplicates inside the transaction, uncounted.
+        dropped = (
+            "duplicates dropped by the store"
+            if self.store is None
+            else f"{plural(c['duplicates'], 'duplicate', 'duplicates')} dropped"
+        )
+        verb = "written" if self.store is not None else "committed"
         note(
-            f"stopped: {plural(c['written'], 'entry', 'entries')} written to {self.args.out} "
-            f"({plural(c['duplicates'], 'duplicate', 'duplicates')} dropped, "
+            f"stopped: {plural(c['written'], 'entry', 'entries')} {verb} to {self.target} "
+            f"({dropped}, "
             f"{c['statuses']} status and {c['other']} other messages ignored, "
             f"{plural(c['rejected'], 'line', 'lines')} rejected)"
         )
         # Entries a failed commit did not even decide on count too (unacknowledged: the broker
         # sends them again to the next run).
-        unwritten = self.store.pending_bytes + sum(len(item[4]) + 1 for item in self.retry)
+        unwritten = self._pending_bytes() + sum(len(item[4]) + 1 for item in self.retry)
         if unwritten:
             raise CliError(f"{unwritten} bytes could not be written")
         return 0
@@ -313,9 +345,9 @@ class Collector:
             if self.closing:
                 return
             await self._commit()
-            if not self.store.clean or self.retry:
-                if self.store.pending_bytes > MAX_UNWRITTEN:
-                    warn(f"{self.store.pending_bytes} bytes could not be written; stopping")
+            if not self._clean():
+                if self._pending_bytes() > MAX_UNWRITTEN:
+                    warn(f"{self._pending_bytes()} bytes could not be written; stopping")
                     self.stop.set()
                     return
                 # The disk refused: try again a little later (no acks meanwhile, so the broker
@@ -330,19 +362,43 @@ class Collector:
             batch, self.batch = self.batch, []
             self.unacked += self.received
             self.received = []
-            if batch or self.retry or not self.store.clean:
+            if batch or not self._clean():
                 # Off the event loop: fdatasync takes milliseconds, and the MQTT client runs on
                 # this loop (keepalives, incoming messages).
-                await asyncio.to_thread(self._write, batch)
-            if self.store.clean and not self.retry:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.executor, self._write, batch)
+            if self._clean():
                 for client, mid, qos in self.unacked:
                     ack(client, mid, qos)
                 self.acked += len(self.unacked)
                 self.unacked = []
 
+    def _clean(self) -> bool:
+        """Return whether everything received so far is committed."""
+        return not self.retry and (self.store is None or self.store.clean)
+
+    def _pending_bytes(self) -> int:
+        return 0 if self.store is None else self.store.pending_bytes
+
+    def _open_db(self) -> None:
+        """Open (or create) the store database, in the commit thread."""
+        try:
+            self.db = SqliteStore(sqlite_path(self.args.store), synchronous="FULL")
+        except (StoreError, OSError, sqlite3.Error) as exc:
+            raise CliError(f"--store {self.args.store}: {exc}") from None
+
+    def _close_outputs(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self.db is not None:
+            self.db.close()
+
     def _write(self, batch: list[_Item]) -> None:
-        """Commit entries file by file (in the commit thread: the only one using the tracker)."""
+        """Commit entries (in the commit thread: the only one using the tracker and the db)."""
         items, self.retry = self.retry + batch, []
+        if self.store is None:
+            self._write_db(items)
+            return
         by_path: dict[str, list[_Item]] = {path: [] for path in self.store.pending}
         for item in items:
             by_path.setdefault(item[0], []).append(item)
@@ -371,6 +427,26 @@ class Collector:
             except OSError:
                 if not decided:
                     self.retry += group
+
+    def _write_db(self, items: list[_Item]) -> None:
+        """Insert entries in one transaction; the store's unique key drops duplicates."""
+        assert self.db is not None
+        if not items:
+            return
+        try:
+            # synchronous=FULL: the commit is on disk (WAL synced) before the acks go out.
+            bad = self.db.write([item[4] for item in items])
+        except (sqlite3.Error, OSError) as exc:
+            if not self.db_failing:
+                warn(f"cannot write {self.target}: {exc}; keeping entries in memory")
+            self.db_failing = True
+            self.retry = items
+            return
+        if self.db_failing:
+            warn("writing works again")
+            self.db_failing = False
+        self.counts["written"] += len(items) - len(bad)
+        self.counts["rejected"] += len(bad)
 
     def _others(self, found: Iterator[dict[str, Any]], whole: bool, now: float) -> None:
         """Record entries found in a file: written by another collector, or before this run."""
@@ -415,13 +491,13 @@ class Collector:
             except InvalidSessionIdError as exc:
                 self._reject(topic, str(exc))
                 continue
-            path = self.store.path_for(session_id, entry)
+            path = "" if self.store is None else self.store.path_for(session_id, entry)
             self.batch.append((path, session_id, entry["seq"], entry, line))
 
     def _load(self, session_id: str, entry: dict[str, Any]) -> Iterator[Seen] | None:
         """Read a session's entries back from its file when it is not in memory (per-session
         files): the tracker rebuilds its runs and their seqs from them."""
-        if self.args.per != "session":
+        if self.store is None or self.args.per != "session":
             return None
         path = self.store.path_for(session_id, entry)
         return (
