@@ -13,6 +13,7 @@ of its id arrives.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final
@@ -45,6 +46,7 @@ NO_RUN: Final = ""
 PARKED: Final = "!"
 # Sorts after every normalized stamp: an entry without a time belongs to its id's latest run.
 LATEST_KEY: Final = "~"
+_CANONICAL: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z", re.ASCII)
 ENTRY_COLUMNS: Final = (
     "session_id",
     "run",
@@ -81,6 +83,8 @@ SESSION_COLUMNS: Final = (
 
 def stamp(value: object) -> str | None:
     """Return an entry's timestamp normalized to fixed-width UTC text, or None if it is none."""
+    if isinstance(value, str) and _CANONICAL.match(value):
+        return value  # what the logger writes: already normalized (the common case, cheap)
     moment = parse_timestamp(value)
     if moment is None:
         return None

@@ -180,12 +180,24 @@ class SqliteStore:
                 known(session_id).append(run)
                 known(session_id).sort()
                 touched.update(self._adopt(session_id, run, known(session_id)))
-        for entry, line in parsed:
-            if entry["event"] == _START:
-                continue
-            placed = self._place(entry, line, _run_for(entry, known(entry["session_id"])))
-            if placed is not None:
-                touched.add((entry["session_id"], placed))
+        rest = [
+            (entry, line, _run_for(entry, known(entry["session_id"])))
+            for entry, line in parsed
+            if entry["event"] != _START
+        ]
+        values = [rows.entry_values(entry, line, run) for entry, line, run in rest]
+        before = conn.total_changes
+        conn.executemany(_ENTRY_INSERT, values)
+        if conn.total_changes - before == len(values):
+            touched.update((entry["session_id"], run) for entry, _, run in rest)
+        else:
+            # Some were already there: duplicates, or seqs another run holds. Entry by entry
+            # (those just inserted now find themselves: duplicates, a no-op).
+            for entry, line, run in rest:
+                placed = self._place(entry, line, run)
+                touched.add((entry["session_id"], run))
+                if placed is not None:
+                    touched.add((entry["session_id"], placed))
         return {key for key in touched if not key[1].startswith(rows.PARKED)}
 
     def _place(self, entry: dict[str, Any], line: str, run: str) -> str | None:
