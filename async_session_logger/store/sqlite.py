@@ -252,44 +252,56 @@ class SqliteStore:
         return touched
 
     def _derive(self, session_id: str, run: str) -> None:
+        """Recompute a run's sessions row from its stored entries (two scans of the run)."""
         conn = self.conn
         key = (session_id, run)
         where = "FROM entries WHERE session_id = ? AND run = ?"
-        stored, max_seq = conn.execute(f"SELECT COUNT(*), MAX(seq) {where}", key).fetchone()
+        stored, max_seq, start_seq, close_seq = conn.execute(
+            "SELECT COUNT(*), MAX(seq), MIN(CASE WHEN event = 'session_start' THEN seq END), "
+            f"MIN(CASE WHEN event = 'session_close' THEN seq END) {where}",
+            key,
+        ).fetchone()
         if not stored:
             conn.execute("DELETE FROM sessions WHERE session_id = ? AND run = ?", key)
             return
-        start = close = None
-        start_seq = close_seq = -1
-        for seq, event, line in conn.execute(
-            f"SELECT seq, event, entry {where} AND event IN ('session_start', 'session_close') "
-            "ORDER BY seq",
-            key,
-        ):
-            if event == _START and start is None:
-                start, start_seq = orjson.loads(line), seq
-            elif event == _CLOSE and close is None:
-                close, close_seq = orjson.loads(line), seq
+        start = self._entry_at(session_id, run, start_seq)
+        close = self._entry_at(session_id, run, close_seq)
         # The rest are what Session.entries holds: log, gap, unknown events, a second close.
-        rest = f"{where} AND seq <> ? AND seq <> ?"
-        rest_key = (*key, start_seq, close_seq)
-        log_levels = [
-            (level, levelno, count)
-            for level, levelno, count in conn.execute(
-                f"SELECT level, levelno, COUNT(*) {rest} AND event = 'log' "
-                "GROUP BY level, levelno ORDER BY MIN(seq)",
-                rest_key,
-            )
-        ]
-        (errors,) = conn.execute(f"SELECT COUNT(*) {rest} AND levelno >= 40", rest_key).fetchone()
+        rest_key = (
+            *key,
+            -1 if start_seq is None else start_seq,
+            -1 if close_seq is None else close_seq,
+        )
+        log_levels: list[tuple[str | None, int | None, int]] = []
+        errors = 0
+        first_seq: int | None = None
+        gaps = False
+        for event, level, levelno, count, severe, timed in conn.execute(
+            "SELECT event, level, levelno, COUNT(*), "
+            "SUM(CASE WHEN levelno >= 40 THEN 1 ELSE 0 END), "
+            f"MIN(CASE WHEN timestamp IS NOT NULL THEN seq END) {where} "
+            "AND seq <> ? AND seq <> ? GROUP BY event, level, levelno ORDER BY MIN(seq)",
+            rest_key,
+        ):
+            errors += severe
+            if event == "log":
+                log_levels.append((level, levelno, count))
+            gaps = gaps or event == "gap"
+            if timed is not None and (first_seq is None or timed < first_seq):
+                first_seq = timed
         dropped = 0
-        for (line,) in conn.execute(f"SELECT entry {rest} AND event = 'gap'", rest_key):
-            count = orjson.loads(line).get("dropped")
-            if isinstance(count, int) and not isinstance(count, bool):
-                dropped += count
-        first = conn.execute(
-            f"SELECT timestamp {rest} AND timestamp IS NOT NULL ORDER BY seq LIMIT 1", rest_key
-        ).fetchone()
+        if gaps:
+            for (line,) in conn.execute(
+                f"SELECT entry {where} AND event = 'gap' AND seq <> ? AND seq <> ?", rest_key
+            ):
+                count = orjson.loads(line).get("dropped")
+                if isinstance(count, int) and not isinstance(count, bool):
+                    dropped += count
+        first = None
+        if first_seq is not None:
+            first = conn.execute(
+                f"SELECT timestamp {where} AND seq = ?", (*key, first_seq)
+            ).fetchone()[0]
         facts = rows.RunFacts(
             start=start,
             close=close,
@@ -298,9 +310,19 @@ class SqliteStore:
             dropped=dropped,
             max_seq=max_seq,
             stored=stored,
-            first_stamp=first[0] if first else None,
+            first_stamp=first,
         )
         conn.execute(_SESSION_UPSERT, rows.session_values(session_id, run, facts))
+
+    def _entry_at(self, session_id: str, run: str, seq: int | None) -> dict[str, Any] | None:
+        if seq is None:
+            return None
+        row = self.conn.execute(
+            "SELECT entry FROM entries WHERE session_id = ? AND run = ? AND seq = ?",
+            (session_id, run, seq),
+        ).fetchone()
+        loaded: dict[str, Any] = orjson.loads(row[0])
+        return loaded
 
     # -- reading ------------------------------------------------------------------------------
     def session_rows(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
