@@ -35,7 +35,7 @@ from paho.mqtt import client as paho_client
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
 from ._mqtt_payload import MQTT_MAX_PACKET, Message, ParentBook, ReplayBuffer, build_messages
-from ._mqtt_spool import Spool
+from ._mqtt_spool import Spool, SpoolRecord
 
 __all__ = ["MqttSink"]
 
@@ -232,12 +232,15 @@ class MqttSink(Sink):
         self._drain_task: asyncio.Task[None] | None = None
         self._draining = False
         self._spool_full_incident = False
+        # Quick connection losses in a row while draining (see _POISON_STRIKES).
+        self._drain_strikes = 0
         self.spool_counters: dict[str, int] = {
             "spooled_messages": 0,
             "spooled_entries": 0,
             "unspooled_messages": 0,
             "unspooled_entries": 0,
             "spool_full_entries": 0,
+            "spool_poison_messages": 0,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -590,10 +593,14 @@ class MqttSink(Sink):
         self._draining = True
         try:
             while spool.records and self._connected.is_set() and self._client is client:
-                records = await asyncio.to_thread(spool.read, _DRAIN_CHUNK)
+                # After two quick losses in a row, one at a time: the third names the poison.
+                alone = self._drain_strikes >= _POISON_STRIKES - 1
+                records = await asyncio.to_thread(spool.read, 1 if alone else _DRAIN_CHUNK)
                 if not records:
                     break
-                loss = await self._publish_all(client, [r.message for r in records])
+                loss = await self._publish_all(
+                    client, [r.message for r in records], 1 if alone else _PUBLISH_CHUNK
+                )
                 done = records if loss is None else records[: loss.at]
                 # Recorded before anything else is sent: a crash now re-sends only the rest.
                 await asyncio.to_thread(spool.ack, done)
@@ -603,12 +610,46 @@ class MqttSink(Sink):
                 self.counters["published_entries"] += sum(r.message.entries for r in done)
                 self._replay.extend([r.message for r in done])
                 if loss is not None:
+                    if not loss.quick:
+                        self._drain_strikes = 0
+                        return
+                    self._drain_strikes += 1
+                    if alone and self._drain_strikes >= _POISON_STRIKES:
+                        await self._unspool_poison(records[loss.at])
                     return
+            self._drain_strikes = 0
             if not spool.records and self._spool_full_incident:
                 self._spool_full_incident = False
                 self._report(f"sink {self.name!r}: its spool drained", None)
         finally:
             self._draining = False
+
+    async def _unspool_poison(self, record: SpoolRecord) -> None:
+        """Take a spooled message the broker keeps refusing out: its entries are dead-lettered."""
+        spool = self._spool
+        assert spool is not None
+        # Only the record itself: everything before it is acknowledged already.
+        await asyncio.to_thread(spool.ack, [record])
+        self._drain_strikes = 0
+        self.spool_counters["spool_poison_messages"] += 1
+        lines = [line for line in record.message.payload.split(b"\n") if line.strip()]
+        if record.message.entries and lines:
+            try:
+                entries = [orjson.loads(line) for line in lines]
+            except orjson.JSONDecodeError:
+                entries = []
+            if entries:
+                reason = (
+                    f"the broker dropped the connection {_POISON_STRIKES} times in a row "
+                    "right after this spooled message (too large, or refused by its ACL?)"
+                )
+                data = b"".join(line + b"\n" for line in lines)
+                await self.dead_letter(Batch(entries, data), reason)
+        self._report(
+            f"sink {self.name!r} took a message off its spool after the broker dropped the "
+            f"connection {_POISON_STRIKES} times in a row at it (its entries are dead-lettered)",
+            None,
+        )
 
     def _refuse(
         self,

@@ -30,9 +30,9 @@ from ..mqtt_broker import Broker, Subscriber
 IDENTITY = {"host": "127.0.0.1", "port": 1, "topic": "logs/{session_id}"}
 
 
-def _down_broker_with_verifier(tmp_path: Path) -> tuple[Broker, Subscriber]:
+def _down_broker_with_verifier(tmp_path: Path, **options: Any) -> tuple[Broker, Subscriber]:
     """A stopped broker that will queue everything for a persistent verifier when started."""
-    broker = Broker(persistence=True, workdir=tmp_path / "broker")
+    broker = Broker(persistence=True, workdir=tmp_path / "broker", **options)
     broker.start()
     sub = broker.subscriber(
         "logs/#", workdir=tmp_path / "sub", clean=False, client_id="spool-verifier"
@@ -175,6 +175,42 @@ def test_full_spool_dead_letters_the_rest_counted_and_reported_once(tmp_path: Pa
     assert [letter["entry"]["seq"] for letter in letters] == list(range(spool["entries"], 302))
     assert sum("spool is full" in str(e) for e in errors) == 1
     assert spool["bytes"] <= 8192
+
+
+def test_spooled_message_the_broker_refuses_is_dead_lettered_after_three_drops(
+    tmp_path: Path,
+) -> None:
+    """MQTT 3.1.1, unannounced packet limit: a spooled poison message cannot block the rest."""
+    broker, sub = _down_broker_with_verifier(tmp_path, max_packet_size=2048)
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    sink = _sink(broker.port, tmp_path / "poison.spool", protocol="3.1.1")
+    try:
+        with SessionLogger(sinks=[sink], dead_letter_path=dead, on_error=errors.append) as logger:
+            logger.start_session("poison")
+            for i in range(10):
+                logger.log_entry("poison", f"normal {i}")
+                if i == 4:
+                    logger.log_entry("poison", "x" * 5_000)  # seq 6: over the broker's limit
+            logger.close_session("poison")
+            assert logger.save_logs(timeout=30).ok
+            broker.start()
+            deadline = time.monotonic() + 30
+            while sink.stats()["spool"]["records"]:
+                assert time.monotonic() < deadline, "the poison blocked the spool"
+                time.sleep(0.05)
+            stats = sink.stats()
+        sub.start()
+        sub.wait_for_sync(lambda s: len(set(_seqs(s, "poison"))) >= 12)
+        assert set(_seqs(sub, "poison")) == {seq for seq in range(13) if seq != 6}
+        letters = list(read_dead_letters(dead))
+        assert [letter["entry"]["seq"] for letter in letters] == [6]
+        assert "3 times in a row" in letters[0]["reason"]
+        assert stats["spool"]["spool_poison_messages"] == 1
+        assert sum("took a message off its spool" in str(e) for e in errors) == 1
+    finally:
+        sub.close()
+        broker.close()
 
 
 def _msg(i: int) -> Message:
