@@ -195,3 +195,79 @@ def test_open_session_counts_its_levels(tmp_path: Path) -> None:
     assert row["missing"] == 1  # seq 1 never arrived
     assert row["errors"] == 1
     store.close()
+
+
+def test_rows_added_to_equal_rows_derived(tmp_path: Path, story: tuple[Path, list[bytes]]) -> None:
+    """Rows updated batch by batch as a session grows equal rows computed from all entries."""
+    _, lines = story
+    extra = [
+        orjson.dumps(e)
+        for e in (
+            {
+                "session_id": "g",
+                "seq": 0,
+                "event": "session_start",
+                "level": "INFO",
+                "levelno": 20,
+                "metadata": {},
+                "timestamp": "2026-11-24T06:00:00.000000Z",
+            },
+            {
+                "session_id": "g",
+                "seq": 1,
+                "event": "log",
+                "level": "INFO",
+                "levelno": 20,
+                "message": "a",
+                "timestamp": "2026-11-24T06:00:01.000000Z",
+            },
+            {
+                "session_id": "g",
+                "seq": 3,
+                "event": "gap",
+                "level": "WARNING",
+                "levelno": 30,
+                "dropped": 1,
+                "message": "gap",
+                "timestamp": "2026-11-24T06:00:02.000000Z",
+            },
+            {
+                "session_id": "g",
+                "seq": 4,
+                "event": "log",
+                "level": "CRITICAL",
+                "levelno": 50,
+                "message": "b",
+                "timestamp": "2026-11-24T06:00:03.000000Z",
+            },
+            {
+                "session_id": "g",
+                "seq": 5,
+                "event": "custom",
+                "level": "ERROR",
+                "levelno": 40,
+                "message": "c",
+            },
+            {
+                "session_id": "g",
+                "seq": 6,
+                "event": "log",
+                "level": "INFO",
+                "levelno": 20,
+                "message": "d",
+                "timestamp": "2026-11-24T06:00:04.000000Z",
+            },
+        )
+    ]
+    every = lines + extra
+    whole = tmp_path / "whole.db"
+    store = _store(whole)
+    store.write(every)
+    store.close()
+    for size in (1, 2, 3):
+        path = tmp_path / f"by{size}.db"
+        store = _store(path)
+        for at in range(0, len(every), size):
+            store.write(every[at : at + size])
+        store.close()
+        assert _tables(path) == _tables(whole)
