@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from async_session_logger.cli._store import Store
+from async_session_logger.store import SqliteStore
 
 from ..conftest import MountFactory
 from ..mqtt_broker import Broker, mosquitto_pub
@@ -60,8 +61,10 @@ def _collector(
     broker: Broker, out: Path, tmp_path: Path, name: str, *extra: str
 ) -> subprocess.Popen[bytes]:
     err = tmp_path / f"{name}.err"
+    # Path("-"): into the SQLite store tmp_path/sessions.db instead of files.
+    target = ["--out", out] if str(out) != "-" else ["--store", f"sqlite:///{tmp_path}/sessions.db"]
     proc = start_cli(
-        "collect", "--host", "127.0.0.1", "--port", broker.port, "--out", out,
+        "collect", "--host", "127.0.0.1", "--port", broker.port, *target,
         "--client-id", name, "--reconnect-max", "0.3", *extra,
         out=tmp_path / f"{name}.out", err=err,
     )  # fmt: skip
@@ -283,3 +286,54 @@ def test_a_bad_group_name_is_refused() -> None:
         done = run_cli("collect", "--out", "/nonexistent/x", "--group", name)
         assert done.returncode == 2, (name, done.stderr)
         assert "--group" in done.stderr and "1 to 64 characters" in done.stderr
+
+
+def test_a_group_into_one_sqlite_store_one_member_sigkilled(tmp_path: Path) -> None:
+    """3 publishers, 2 collectors of a group into one SQLite file, one SIGKILLed: exactly once."""
+    db = tmp_path / "sessions.db"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def stored() -> int:
+        if not db.exists():
+            return 0
+        store = SqliteStore(str(db), create=False)
+        try:
+            return len(store.table("entries"))
+        finally:
+            store.close()
+
+    with Broker(workdir=tmp_path / "broker") as broker:
+        try:
+            for name in ("s1", "s2"):
+                procs.append(_collector(broker, Path("-"), tmp_path, name, "--group", "g"))
+            for name in ("s1", "s2"):
+                _subscribed(tmp_path, name)
+            publishers = _publish(broker, tmp_path)
+            procs += publishers
+            wait_until(lambda: stored() >= TOTAL // 4, 30, "a first share of the entries")
+            assert all(p.poll() is None for p in publishers), "the kill must come mid-stream"
+            procs[0].kill()
+            procs[0].wait()
+            procs[0] = _collector(
+                broker, Path("-"), tmp_path, "s1b", "--group", "g", "--client-id", "s1"
+            )
+            _finish(publishers)
+            wait_until(lambda: stored() >= TOTAL, 30, f"{TOTAL} stored entries")
+            time.sleep(0.5)  # a late duplicate would land now
+            assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
+        finally:
+            _kill_all(procs)
+    store = SqliteStore(str(db), create=False)
+    try:
+        entries = store.table("entries")
+        rows = store.session_rows()
+    finally:
+        store.close()
+    sent = [
+        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
+    ]
+    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
+    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
+        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
+    }
+    assert "committed to sqlite:///" in (tmp_path / "s2.err").read_text().splitlines()[-1]
