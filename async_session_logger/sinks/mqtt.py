@@ -441,8 +441,9 @@ class MqttSink(Sink):
             self.last_error = f"{type(exc).__name__}: {exc}"
         if not self._incident:
             self._incident = True
+            keeping = "spooling to disk" if self._spool is not None else "buffering"
             self._report(
-                f"sink {self.name!r} {what}; buffering and retrying with backoff "
+                f"sink {self.name!r} {what}; {keeping} and retrying with backoff "
                 "(further attempts are counted, not printed)",
                 exc,
             )
