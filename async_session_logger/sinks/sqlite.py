@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import queue
 import sqlite3
@@ -126,15 +127,22 @@ class SqliteSink(Sink):
                 self._store = None
 
     async def open(self) -> None:
-        """Open (create, migrate) the store; refuse one made by a newer library version."""
+        """Open (create, migrate) the store; refuse one made by a newer library version.
+
+        Raises:
+            StoreVersionError: the file was made by a newer version of the library.
+            OSError, sqlite3.Error: the file cannot be opened (a missing directory with
+                ``mkdir=False``, no permission).
+        """
         try:
             await self._call(self._connect)
         except StoreVersionError:
             raise
-        except (StoreError, OSError, sqlite3.Error):
+        except (StoreError, OSError) as exc:
             # A planted link or a damaged file is not a configuration mistake: it must not
             # stop the application. Each batch tries again, fails, and is dead-lettered.
-            pass
+            if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+                raise  # a missing directory, no permission: the caller can fix it
 
     async def write_batch(self, batch: Batch) -> None:
         """Store the batch in one transaction (entries no store can key fail alone)."""

@@ -16,7 +16,7 @@ import pytest
 
 from async_session_logger.sinks import Batch, PartialWriteError
 from async_session_logger.sinks.sqlite import SqliteSink
-from async_session_logger.store import SqliteStore
+from async_session_logger.store import SqliteStore, StoreVersionError
 
 from ..conftest import FaceFactory
 
@@ -158,3 +158,20 @@ def test_store_refuses_link_directly(tmp_path: Path, secret: Path) -> None:
     with pytest.raises(OSError, match="symbolic link"):
         SqliteStore(str(link))
     assert os.path.getsize(secret) > 0
+
+
+async def test_startup_errors_surface_in_the_caller(tmp_path: Path) -> None:
+    """A newer store and a missing directory (mkdir=False) fail open(), with a clear error."""
+    newer = tmp_path / "newer.db"
+    SqliteStore(str(newer)).close()
+    conn = sqlite3.connect(newer, isolation_level=None)
+    conn.execute("INSERT INTO schema_version (version) VALUES (999)")
+    conn.close()
+    sink = SqliteSink(newer)
+    with pytest.raises(StoreVersionError, match="upgrade async_session_logger"):
+        await sink.open()
+    await sink.close()
+    missing = SqliteSink(tmp_path / "no" / "such" / "dir.db", mkdir=False)
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        await missing.open()
+    await missing.close()
