@@ -18,8 +18,9 @@ __all__ = ["DEFAULT_DEAD_LETTER_PATH", "METHODS", "build_engine", "build_sinks"]
 
 DEFAULT_DEAD_LETTER_PATH: Final = "dead_letters.jsonl"
 
-METHODS = ("file", "stdout", "custom", "mqtt", "smtp")
-_OPTION_KEYS = {"file", "stdout", "custom", "mqtt", "smtp", "path", "custom_handler"}
+METHODS = ("file", "stdout", "custom", "mqtt", "smtp", "sqlite")
+_OPTION_KEYS = {"file", "stdout", "custom", "mqtt", "smtp", "sqlite", "path", "custom_handler"}
+DEFAULT_SQLITE_PATH = "sessions.db"
 
 # method name -> (module, class) for the sinks whose client library is optional.
 _OPTIONAL = {"mqtt": ("mqtt", "MqttSink", "aiomqtt"), "smtp": ("smtp", "SmtpSink", "aiosmtplib")}
@@ -53,7 +54,7 @@ def build_sinks(
             raise ConfigurationError(
                 f"unknown method {name!r}; expected one of {', '.join(METHODS)}"
             )
-        built.append(_build_one(name, options))
+        built.append(_build_one(name, options, path_is_files="file" in methods))
     for sink in sinks or ():
         if not isinstance(sink, Sink):
             raise ConfigurationError(f"sinks must be Sink objects, got {sink!r}")
@@ -76,9 +77,17 @@ def _section(options: dict[str, Any], key: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _build_one(name: str, options: dict[str, Any]) -> Sink:
+def _build_one(name: str, options: dict[str, Any], *, path_is_files: bool) -> Sink:
     section = _section(options, name)
     try:
+        if name == "sqlite":
+            # path= names the SQLite file when no file sink claims it; else sqlite={"path": ...}.
+            if options.get("path") is not None and not path_is_files:
+                section.setdefault("path", options["path"])
+            section.setdefault("path", DEFAULT_SQLITE_PATH)
+            from .sinks.sqlite import SqliteSink  # stdlib sqlite3: imported only when used
+
+            return SqliteSink(**section)
         if name == "file":
             if options.get("path") is not None:
                 section.setdefault("path", options["path"])

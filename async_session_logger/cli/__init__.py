@@ -38,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `show ID --tree FILE`: argparse gives an optional PATH list (PATH* beside --store) none
+    # of the words after an option; they are files all the same.
+    if extra and hasattr(args, "paths") and not any(x.startswith("-") for x in extra):
+        args.paths = [*args.paths, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status: int = args.run(args)
     except CliError as exc:

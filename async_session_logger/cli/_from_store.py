@@ -15,7 +15,7 @@ from ..store import Filters, SqliteStore, StoreError, load_runs, load_summaries,
 from ._common import EXIT_USAGE, CliError, parse_meta, parse_when
 from ._render import escape
 
-__all__ = ["add_options", "open_store", "show_runs", "summaries", "where_option"]
+__all__ = ["add_options", "check_source", "open_store", "show_runs", "summaries", "where_option"]
 
 
 def where_option(text: str) -> str:
@@ -42,6 +42,12 @@ def add_options(parser: argparse.ArgumentParser, *, where: bool) -> None:
             metavar="metadata.KEY=VALUE",
             help="only sessions whose metadata KEY equals VALUE (as --meta)",
         )
+
+
+def check_source(args: argparse.Namespace) -> None:
+    """Refuse neither or both of PATHs and ``--store`` (a usage error)."""
+    if bool(args.paths) == bool(args.store):
+        raise CliError("give log files (PATH ...) or --store URL, one of them", EXIT_USAGE)
 
 
 def open_store(url: str) -> SqliteStore:

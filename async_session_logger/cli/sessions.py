@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from .._reader import SessionSummary, SummaryBuilder
+from . import _from_store
 from ._common import CliError, parse_meta, parse_when, reader_warnings
 from ._input import read_logs
 from ._render import (
@@ -45,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "too): id, start, duration, entries, errors, status; level counts, discarded entries, "
         "parent and summary keys when the logs carry them.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="log files")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="log files (or --store URL)")
     parser.add_argument(
         "--status",
         action="append",
@@ -69,6 +70,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="indent child sessions under their parent (the table; --json stays flat)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON array instead")
+    _from_store.add_options(parser, where=True)
     parser.set_defaults(run=run)
 
 
@@ -79,10 +81,14 @@ def run(args: argparse.Namespace) -> int:
     if since is not None and until is not None and since >= until:
         raise CliError("--since must be earlier than --until", 2)
     meta = parse_meta(args.meta)
-    builder = SummaryBuilder()
-    bad_files = read_logs(args.paths, builder.add)
-    with reader_warnings():
-        every = builder.finish()
+    _from_store.check_source(args)
+    if args.store:
+        every, bad_files = _from_store.summaries(args), 0
+    else:
+        builder = SummaryBuilder()
+        bad_files = read_logs(args.paths, builder.add)
+        with reader_warnings():
+            every = builder.finish()
     chosen = [
         s
         for s in sorted(every, key=_start_key)

@@ -25,6 +25,7 @@ from .._reader import (
     parse_timestamp,
     read_entries,
 )
+from . import _from_store
 from ._common import CliError, parse_level, reader_warnings
 from ._input import read_logs
 from ._render import (
@@ -55,7 +56,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "entry in seq order, coloured by level on a terminal, with custom fields indented.",
     )
     parser.add_argument("session_id", metavar="SESSION_ID")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="log files")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="log files (or --store URL)")
     parser.add_argument(
         "--level",
         metavar="LEVEL",
@@ -70,6 +71,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json", action="store_true", help="print the entries as JSON Lines, as in the log"
     )
     add_colour_option(parser)
+    _from_store.add_options(parser, where=False)
     parser.set_defaults(run=run)
 
 
@@ -88,6 +90,9 @@ def add_colour_option(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the session."""
     min_level = parse_level(args.level) if args.level else 0
+    _from_store.check_source(args)
+    if args.store:
+        return _render_runs(args, _from_store.show_runs(args), min_level)
     wanted: str = args.session_id
     family = _Family(wanted, args.tree)
     near = _NearIds(wanted)
@@ -107,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         family.read_again(args.paths)
     with reader_warnings():
         runs = family.runs()
+    return _render_runs(args, runs, min_level, bad_files)
+
+
+def _render_runs(
+    args: argparse.Namespace,
+    runs: Sequence[tuple[Session, Sequence[Session | SessionSummary]]],
+    min_level: int,
+    bad_files: int = 0,
+) -> int:
+    """Print each run of the session (from files or a store) with its children."""
     out = sys.stdout
     style = Style(choose_colour(args.color, out))
     for number, (session, children) in enumerate(runs, 1):

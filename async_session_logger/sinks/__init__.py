@@ -1,7 +1,8 @@
 """Sinks: where entries go. Each does I/O only; the logger's lanes own policy and stats.
 
 ``MqttSink`` and ``SmtpSink`` are imported on first use, so that their client libraries
-(aiomqtt, aiosmtplib: the ``[mqtt]`` and ``[smtp]`` extras) load only when used.
+(aiomqtt, aiosmtplib: the ``[mqtt]`` and ``[smtp]`` extras) load only when used; so is
+``SqliteSink`` (stdlib ``sqlite3``).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from .stdout import StdoutSink
 if TYPE_CHECKING:
     from .mqtt import MqttSink
     from .smtp import SmtpSink
+    from .sqlite import SqliteSink
 
 __all__ = [
     "Batch",
@@ -26,10 +28,11 @@ __all__ = [
     "PartialWriteError",
     "Sink",
     "SmtpSink",
+    "SqliteSink",
     "StdoutSink",
 ]
 
-_LAZY = {"MqttSink": "mqtt", "SmtpSink": "smtp"}
+_LAZY = {"MqttSink": "mqtt", "SmtpSink": "smtp", "SqliteSink": "sqlite"}
 
 
 def __getattr__(name: str) -> Any:

@@ -129,3 +129,49 @@ def test_where_option_rejects_other_columns() -> None:
     with pytest.raises(SystemExit):
         _args("--where", "status=error")
     assert _args("--where", "metadata.a.b=c=d").meta == ["a.b=c=d"]
+
+
+def test_the_commands_print_the_same_for_a_store_and_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sessions` and `show` over `--store sqlite:///...` print exactly what they print over
+    the same sessions in a file; method="sqlite" writes the store."""
+    from async_session_logger import SessionLogger
+    from async_session_logger.cli import main
+
+    log_path, db_path = tmp_path / "log.jsonl", tmp_path / "s.db"
+    with SessionLogger(
+        method=["file", "sqlite"],
+        path=str(log_path),
+        sqlite={"path": str(db_path)},
+        dead_letter_path=None,
+        buffer_level="DEBUG",
+    ) as log:
+        with log.session("parent", {"user_id": "u1"}) as parent:
+            parent.debug("held")
+            parent.annotate(rows=3)
+            with log.session("child", parent=parent) as child:
+                child.error("failed")
+        with log.session("other", {"user_id": "u2"}):
+            pass
+    store = f"sqlite:///{db_path}"
+    for from_file, from_store in (
+        (["sessions", str(log_path)], ["sessions", "--store", store]),
+        (["sessions", "--tree", str(log_path)], ["sessions", "--tree", "--store", store]),
+        (
+            ["sessions", "--meta", "user_id=u1", str(log_path)],
+            ["sessions", "--where", "metadata.user_id=u1", "--store", store],
+        ),
+        (
+            ["show", "parent", "--tree", str(log_path)],
+            ["show", "parent", "--tree", "--store", store],
+        ),
+        (["show", "child", "--json", str(log_path)], ["show", "child", "--json", "--store", store]),
+    ):
+        assert main(from_file) == 0
+        expected = capsys.readouterr().out
+        assert main(from_store) == 0
+        assert capsys.readouterr().out == expected, from_store
+        assert expected.strip()
+    assert main(["sessions"]) == 2  # neither files nor a store: a usage error
+    assert main(["sessions", str(log_path), "--store", store]) == 2  # both
