@@ -64,8 +64,13 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def where_sql(filters: Filters) -> tuple[str, list[Any]]:
-    """Return a WHERE clause (without the keyword) and its parameters."""
+def where_sql(filters: Filters, *, dialect: str = "sqlite") -> tuple[str, list[Any]]:
+    """Return a WHERE clause (without the keyword) and its parameters.
+
+    ``dialect`` is ``"sqlite"`` or ``"postgresql"``: only the JSON functions differ (SQLite's
+    ``json_type``/``json_extract`` with a ``$.`` path text, PostgreSQL's ``json_typeof`` and
+    ``#>>`` with a path array); both take the path and the value as parameters.
+    """
     parts: list[str] = []
     params: list[Any] = []
     if filters.status:
@@ -80,14 +85,30 @@ def where_sql(filters: Filters) -> tuple[str, list[Any]]:
         parts.append(f"{moment} < ?")
         params.append(_stamp(filters.until))
     for key, value in filters.meta:
-        paths = ['$."' + key + '"'] if _SAFE_KEY.match(key) else []
+        # Each path twice: SQLite's path text, PostgreSQL's key array.
+        paths: list[str] = []
+        arrays: list[list[str]] = []
+        if _SAFE_KEY.match(key):
+            paths.append('$."' + key + '"')
+            arrays.append([key])
         segments = key.split(".")
         if len(segments) > 1 and all(_SAFE_PART.match(p) for p in segments):
             paths.append("$." + ".".join(f'"{p}"' for p in segments))
+            arrays.append(segments)
         if not paths:
             continue  # a key SQL cannot name safely: matched in Python only
         # A string must equal the value; any other JSON type is compared in Python.
         ors = []
+        if dialect == "postgresql":
+            for array in arrays:
+                ors.append(
+                    "(metadata #> ?::text[] IS NOT NULL AND "
+                    "(json_typeof(metadata #> ?::text[]) <> 'string' "
+                    "OR metadata #>> ?::text[] = ?))"
+                )
+                params.extend((array, array, array, value))
+            parts.append("(" + " OR ".join(ors) + ")")
+            continue
         for path in paths:
             ors.append(
                 "(json_type(metadata, ?) IS NOT NULL AND "
@@ -194,7 +215,8 @@ def load_summaries(store: SqliteStore, filters: Filters, *, every: bool) -> list
     Without ``every`` only the rows the filters select are read (the caller still applies the
     filters in Python, which are exact where the SQL is a superset).
     """
-    where, params = ("", []) if every else where_sql(filters)
+    dialect = getattr(store, "dialect", "sqlite")
+    where, params = ("", []) if every else where_sql(filters, dialect=dialect)
     found = [summary_of_row(row) for row in store.session_rows(where, params)]
     link(found)
     return found

@@ -1,0 +1,191 @@
+"""The PostgreSQL store on a real throwaway cluster: the SQLite store's rows, concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from async_session_logger import read_sessions
+from async_session_logger.store import LATEST, PostgresStore, SqliteStore, StoreVersionError
+
+from ..postgres_cluster import PostgresCluster
+from . import write_story
+
+_names = count()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """One cluster for the module; each test makes its own databases."""
+    with PostgresCluster(tmp_path_factory.mktemp("pg")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[bytes]]:
+    """A real log file, the SQLite store written beside it, and the log's lines."""
+    root = tmp_path_factory.mktemp("story")
+    write_story(root / "log.jsonl", root / "store.db")
+    return root / "log.jsonl", root / "store.db", (root / "log.jsonl").read_bytes().splitlines()
+
+
+def fresh_database(cluster: PostgresCluster) -> str:
+    """Create an empty database on the cluster; return its URL."""
+    name = f"t{next(_names)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(cluster.dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return cluster.url(name)
+
+
+def _normal(table: list[tuple[Any, ...]], fields: int | None) -> list[tuple[Any, ...]]:
+    """Rows with the JSONB custom_fields column parsed (its text is PostgreSQL's)."""
+    out = []
+    for row in table:
+        values = list(row)
+        if fields is not None and values[fields] is not None:
+            values[fields] = orjson.loads(values[fields])
+        out.append(tuple(values))
+    return sorted(out, key=repr)
+
+
+def tables(store: SqliteStore) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Return both tables, comparable across SQLite and PostgreSQL."""
+    return _normal(store.table("entries"), 8), _normal(store.table("sessions"), None)
+
+
+def test_same_tables_as_sqlite_for_any_order_and_duplicates(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """In order, twice, or shuffled in small batches with duplicates: SQLite's very rows."""
+    _, db, lines = story
+    sqlite = SqliteStore(str(db), create=False)
+    expected = tables(sqlite)
+    sqlite.close()
+    store = PostgresStore(fresh_database(cluster))
+    assert store.found_version == 0 and store.version == LATEST
+    assert store.write(lines) == []
+    assert store.write(lines) == []
+    assert tables(store) == expected
+    store.close()
+    rng = random.Random(13)
+    for _ in range(3):
+        shuffled = lines + rng.sample(lines, len(lines) // 2)
+        rng.shuffle(shuffled)
+        store = PostgresStore(fresh_database(cluster))
+        at = 0
+        while at < len(shuffled):
+            size = rng.randint(1, 4)
+            store.write(shuffled[at : at + size])
+            at += size
+        assert tables(store) == expected
+        store.close()
+
+
+def test_rows_equal_read_sessions_and_bad_lines_come_back(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """Each sessions row says what read_sessions says; unkeyable lines are returned, alone."""
+    log, _, lines = story
+    store = PostgresStore(fresh_database(cluster))
+    assert store.write([b"not json", *lines, b'{"event": "log"}']) == [0, len(lines) + 1]
+    rows = store.session_rows()
+    sessions = read_sessions(log)
+    assert len(rows) == len(sessions)
+    by_key = {(r["session_id"], r["started"]): r for r in rows}
+    for session in sessions:
+        assert session.started_at is not None
+        row = by_key[(session.session_id, session.started_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))]
+        assert row["status"] == session.status
+        assert row["duration_s"] == session.duration_s
+        assert orjson.loads(row["levels"]) == session.levels
+        assert orjson.loads(row["summary"]) == session.summary
+        assert orjson.loads(row["metadata"]) == session.metadata
+        assert row["parent"] == session.parent_session_id
+        assert (row["errors"], row["discarded"]) == (session.errors, session.discarded)
+        assert row["entries"] == sum(1 for e in session.entries if e["event"] == "log")
+    # The whole entry is kept as written, byte for byte (JSON, not JSONB).
+    assert sorted(line for (line,) in store.conn.execute("SELECT entry FROM entries")) == sorted(
+        line.decode() for line in lines
+    )
+    store.close()
+
+
+def test_two_writers_of_the_same_sessions_give_one_writers_rows(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """Two stores writing interleaved, overlapping batches of one log at once: the same rows."""
+    _, db, lines = story
+    sqlite = SqliteStore(str(db), create=False)
+    expected = tables(sqlite)
+    sqlite.close()
+    url = fresh_database(cluster)
+    PostgresStore(url).close()
+    for attempt in range(3):
+        if attempt:
+            url = fresh_database(cluster)
+        barrier = threading.Barrier(2)
+        failures: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_writer, args=(url, lines, attempt * 2 + n, barrier, failures))
+            for n in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert failures == []
+        store = PostgresStore(url)
+        assert tables(store) == expected
+        store.close()
+
+
+def _writer(
+    url: str, lines: list[bytes], seed: int, barrier: threading.Barrier, failures: list[Any]
+) -> None:
+    """Write the log's lines, shuffled with duplicates, in batches of 3 (in a thread)."""
+    rng = random.Random(seed)
+    mine = lines + rng.sample(lines, len(lines) // 2)
+    rng.shuffle(mine)
+    try:
+        store = PostgresStore(url)  # both may migrate a new database at once
+        barrier.wait(timeout=30)
+        for at in range(0, len(mine), 3):
+            store.write(mine[at : at + 3])
+        store.close()
+    except BaseException as exc:  # reported by the test
+        failures.append(exc)
+
+
+def test_newer_schema_is_refused_untouched(cluster: PostgresCluster) -> None:
+    """A database made by a newer library version is refused with a clear error."""
+    url = fresh_database(cluster)
+    store = PostgresStore(url)
+    store.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (LATEST + 1,))
+    store.close()
+    with pytest.raises(StoreVersionError, match=f"schema version {LATEST + 1}, newer"):
+        PostgresStore(url)
+    assert asyncio.run(_max_version(url)) == LATEST + 1
+
+
+async def _max_version(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+    finally:
+        await conn.close()
