@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from .._reader import SessionSummary, SummaryBuilder
+from ..store.query import matches
 from . import _from_store
 from ._common import CliError, parse_meta, parse_when, reader_warnings
 from ._input import read_logs
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         for s in sorted(every, key=_start_key)
         if (not args.status or s.status in args.status)
         and _in_range(s, since, until)
-        and all(_meta_matches(s.metadata, key, value) for key, value in meta)
+        and all(matches(s.metadata, key, value) for key, value in meta)
     ]
     out = sys.stdout
     if args.json:
@@ -202,25 +203,6 @@ def _in_range(session: SessionSummary, since: datetime | None, until: datetime |
     if moment is None:
         return False
     return (since is None or moment >= since) and (until is None or moment < until)
-
-
-def _meta_matches(metadata: dict[str, Any], key: str, wanted: str) -> bool:
-    value: Any = metadata
-    if key in metadata:
-        value = metadata[key]
-    else:
-        # A dotted key reaches into nested metadata: --meta device.fw=1.4
-        for part in key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                return False
-            value = value[part]
-    if isinstance(value, str):
-        return value == wanted
-    # Numbers, booleans and null compare by their JSON text: --meta attempt=3, --meta ok=true
-    try:
-        return orjson.dumps(value).decode() == wanted
-    except TypeError:
-        return False
 
 
 def describe(session: SessionSummary) -> dict[str, Any]:

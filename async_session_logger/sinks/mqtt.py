@@ -34,7 +34,14 @@ from paho.mqtt import client as paho_client
 
 from .._errors import ConfigurationError, SinkError
 from ._base import Batch, Sink
-from ._mqtt_payload import MQTT_MAX_PACKET, Message, ParentBook, ReplayBuffer, build_messages
+from ._mqtt_payload import (
+    MQTT_MAX_PACKET,
+    Message,
+    ParentBook,
+    Plan,
+    ReplayBuffer,
+    build_messages,
+)
 from ._mqtt_spool import Spool, SpoolRecord
 
 __all__ = ["MqttSink"]
@@ -483,18 +490,7 @@ class MqttSink(Sink):
             client = self._client
             assert client is not None
             # Built after connecting: the broker's packet limit comes with its CONNACK.
-            plan = build_messages(
-                batch,
-                self.topic,
-                self.entries_per_message,
-                status=self.status,
-                limit=self.packet_limit,
-                qos=self.qos,
-                v5=self.protocol == "5",
-                skip=sorted(skip),
-                no_status=sorted(no_status),
-                parents=self._parents if self.status else None,
-            )
+            plan = self._plan(batch, self.packet_limit, skip, no_status)
             for reason, indices in plan.rejected.items():
                 self._refuse(refused, skip, reason, indices)
             if self._replay_pending:
@@ -539,6 +535,21 @@ class MqttSink(Sink):
         limits = [n for n in (self.max_packet_size, self._known_limit) if n]
         return min(limits) if limits else None
 
+    def _plan(self, batch: Batch, limit: int | None, skip: set[int], no_status: set[int]) -> Plan:
+        # The batch as this sink publishes it (to the broker, or to the spool).
+        return build_messages(
+            batch,
+            self.topic,
+            self.entries_per_message,
+            status=self.status,
+            limit=limit,
+            qos=self.qos,
+            v5=self.protocol == "5",
+            skip=sorted(skip),
+            no_status=sorted(no_status),
+            parents=self._parents if self.status else None,
+        )
+
     async def _to_spool(
         self,
         batch: Batch,
@@ -549,18 +560,7 @@ class MqttSink(Sink):
         """Append the batch's messages to the spool (under its lock); dead-letter what cannot."""
         spool = self._spool
         assert spool is not None
-        plan = build_messages(
-            batch,
-            self.topic,
-            self.entries_per_message,
-            status=self.status,
-            limit=self._spool_limit,
-            qos=self.qos,
-            v5=self.protocol == "5",
-            skip=sorted(skip),
-            no_status=sorted(no_status),
-            parents=self._parents if self.status else None,
-        )
+        plan = self._plan(batch, self._spool_limit, skip, no_status)
         for reason, indices in plan.rejected.items():
             self._refuse(refused, skip, reason, indices)
         taken = await asyncio.to_thread(spool.append, plan.messages)
