@@ -8,6 +8,7 @@ children), so every line they print is rendered by the same code.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 
 from .._reader import Session, SessionSummary
@@ -31,7 +32,10 @@ def add_options(parser: argparse.ArgumentParser, *, where: bool) -> None:
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="read a session store instead of files: sqlite:///PATH (see docs/store.md)",
+        help=(
+            "read a session store instead of files: sqlite:///PATH or "
+            "postgresql://USER@HOST[:PORT]/DB (see docs/store.md)"
+        ),
     )
     if where:
         parser.add_argument(
@@ -54,16 +58,41 @@ def open_store(url: str) -> SqliteStore:
     """Open an existing store for reading.
 
     Raises:
-        CliError: an unknown URL scheme, a missing or damaged file, a newer schema.
+        CliError: an unknown URL scheme, a missing or damaged file, a newer schema, a
+            PostgreSQL server that cannot be reached or holds no store.
     """
     if url.startswith(("postgresql://", "postgres://")):
-        raise CliError("PostgreSQL stores are not supported yet (sqlite:///PATH is)", EXIT_USAGE)
+        return _open_postgres(url)
     try:
         return SqliteStore(sqlite_path(url), create=False)
     except StoreError as exc:
         raise CliError(str(exc), EXIT_USAGE if "URL" in str(exc) else 1) from exc
     except OSError as exc:
         raise CliError(f"{url}: {exc.strerror or exc}") from exc
+
+
+def _open_postgres(url: str) -> SqliteStore:
+    """Open an existing PostgreSQL store (asyncpg is imported only here: the extra)."""
+    try:
+        from ..store.postgres import PostgresStore
+    except ImportError:
+        raise CliError(
+            "PostgreSQL stores need asyncpg: pip install 'async-session-logger[postgres]'"
+        ) from None
+    import asyncpg  # type: ignore[import-untyped]  # installed with PostgresStore's extra
+
+    try:
+        return PostgresStore(url, create=False)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The URL may hold a password: name the server by what asyncpg says, not the URL.
+        raise CliError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+
+def _shown(url: str) -> str:
+    """Return a store URL fit to print: a PostgreSQL URL's password is masked."""
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def summaries(args: argparse.Namespace) -> list[SessionSummary]:
@@ -97,5 +126,5 @@ def show_runs(args: argparse.Namespace) -> list[tuple[Session, Sequence[Session 
     finally:
         store.close()
     if not runs:
-        raise CliError(f"no session '{escape(args.session_id)}' in {escape(args.store)}")
+        raise CliError(f"no session '{escape(args.session_id)}' in {escape(_shown(args.store))}")
     return runs

@@ -189,3 +189,87 @@ async def _max_version(url: str) -> int:
         return int(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
     finally:
         await conn.close()
+
+
+def test_the_commands_print_the_same_for_postgresql_and_a_file(
+    cluster: PostgresCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sessions` and `show` over `--store postgresql://...` print what they print for the file."""
+    from async_session_logger import SessionLogger
+    from async_session_logger.cli import main
+
+    log_path = tmp_path / "log.jsonl"
+    with SessionLogger(path=str(log_path), dead_letter_path=None, buffer_level="DEBUG") as log:
+        with log.session("parent", {"user_id": "u1", "zone": "b", "a": 1}) as parent:
+            parent.debug("held")
+            parent.annotate(rows=3, b=2, a=1)
+            with log.session("child", parent=parent) as child:
+                child.error("failed")
+                child.info("after", custom_fields={"z": 1, "a": 2})
+        with log.session("other", {"user_id": "u2", "device": {"fw": "1.4"}}):
+            pass
+    url = fresh_database(cluster)
+    store = PostgresStore(url)
+    store.write(log_path.read_bytes().splitlines())
+    store.close()
+    for from_file, from_store in (
+        (["sessions", str(log_path)], ["sessions", "--store", url]),
+        (["sessions", "--json", str(log_path)], ["sessions", "--json", "--store", url]),
+        (["sessions", "--tree", str(log_path)], ["sessions", "--tree", "--store", url]),
+        (
+            ["sessions", "--meta", "user_id=u1", str(log_path)],
+            ["sessions", "--where", "metadata.user_id=u1", "--store", url],
+        ),
+        (
+            ["sessions", "--meta", "device.fw=1.4", str(log_path)],
+            ["sessions", "--where", "metadata.device.fw=1.4", "--store", url],
+        ),
+        (
+            ["sessions", "--status", "closed", "--since", "1h", str(log_path)],
+            ["sessions", "--status", "closed", "--since", "1h", "--store", url],
+        ),
+        (["show", "parent", "--tree", str(log_path)], ["show", "parent", "--tree", "--store", url]),
+        (["show", "child", "--json", str(log_path)], ["show", "child", "--json", "--store", url]),
+    ):
+        assert main(from_file) == 0
+        expected = capsys.readouterr().out
+        assert main(from_store) == 0
+        assert capsys.readouterr().out == expected, from_store
+        assert expected.strip()
+    # A database without a store, and a server that is not there: errors, not tracebacks.
+    assert main(["sessions", "--store", fresh_database(cluster)]) == 1
+    assert "holds no session store" in capsys.readouterr().err
+    assert main(["show", "nobody", "--store", url.replace("asl@", "asl:pw@")]) == 1
+    assert "asl:***@" in capsys.readouterr().err
+
+
+def test_filters_select_in_sql_and_hostile_values_match_nothing(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """The PostgreSQL filters pick SQLite's rows; SQL in a --where value is only a value."""
+    from datetime import UTC, datetime, timedelta
+
+    from async_session_logger.store import Filters, load_summaries, where_sql
+
+    _, _, lines = story
+    store = PostgresStore(fresh_database(cluster))
+    store.write(lines)
+
+    def ids(filters: Filters) -> list[str]:
+        return [s.session_id for s in load_summaries(store, filters, every=False)]
+
+    assert ids(Filters(status=["interrupted"])) == ["req-3", "open-1"]
+    assert ids(Filters(meta=[("user_id", "u1")])) == ["req-1", "req-3", "req-3"]
+    assert ids(Filters(meta=[("nested.k", "v")])) == ["req-2"]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert ids(Filters(since=later)) == []
+    assert len(ids(Filters(since=later - timedelta(hours=3)))) == 6
+    before = tables(store)
+    assert ids(Filters(meta=[("user_id", "x' OR '1'='1")])) == []
+    assert ids(Filters(meta=[("user_id", "'; DROP TABLE sessions; --")])) == []
+    assert ids(Filters(meta=[("user_id", "x' OR 1=1 --")])) == ["open-1"]
+    assert ids(Filters(meta=[('user_id") OR 1=1 --', "u1")])) == ids(Filters())
+    assert tables(store) == before
+    where, params = where_sql(Filters(meta=[("user_id", "x' OR 1=1 --")]), dialect="postgresql")
+    assert "x' OR" not in where and "x' OR 1=1 --" in params
+    store.close()
