@@ -16,7 +16,15 @@ from ..store import Filters, SqliteStore, StoreError, load_runs, load_summaries,
 from ._common import EXIT_USAGE, CliError, parse_meta, parse_when
 from ._render import escape
 
-__all__ = ["add_options", "check_source", "open_store", "show_runs", "summaries", "where_option"]
+__all__ = [
+    "add_options",
+    "check_source",
+    "open_store",
+    "show_runs",
+    "shown_url",
+    "summaries",
+    "where_option",
+]
 
 
 def where_option(text: str) -> str:
@@ -79,18 +87,14 @@ def _open_postgres(url: str) -> SqliteStore:
         raise CliError(
             "PostgreSQL stores need asyncpg: pip install 'async-session-logger[postgres]'"
         ) from None
-    import asyncpg  # type: ignore[import-untyped]  # installed with PostgresStore's extra
-
     try:
         return PostgresStore(url, create=False)
     except StoreError as exc:
+        # asyncpg's messages name the host and database, never the password.
         raise CliError(str(exc)) from exc
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The URL may hold a password: name the server by what asyncpg says, not the URL.
-        raise CliError(f"cannot open the PostgreSQL store: {exc}") from exc
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """Return a store URL fit to print: a PostgreSQL URL's password is masked."""
     return re.sub(r"^(postgres(?:ql)?://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
@@ -126,5 +130,5 @@ def show_runs(args: argparse.Namespace) -> list[tuple[Session, Sequence[Session 
     finally:
         store.close()
     if not runs:
-        raise CliError(f"no session '{escape(args.session_id)}' in {escape(_shown(args.store))}")
+        raise CliError(f"no session '{escape(args.session_id)}' in {escape(shown_url(args.store))}")
     return runs

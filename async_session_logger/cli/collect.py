@@ -41,6 +41,7 @@ from ..store import SqliteStore, StoreError, sqlite_path
 from ._acks import ack, enable_manual_acks
 from ._common import CliError, note, warn
 from ._dedup import Seen, Tracker
+from ._from_store import shown_url
 from ._mqtt import add_auth_options, password, tls_context
 from ._render import plural
 from ._store import MAX_UNWRITTEN, Store
@@ -80,7 +81,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="write to a session store instead of files: sqlite:///PATH (created if missing)",
+        help="write to a session store instead of files: sqlite:///PATH (created if missing) "
+        "or postgresql://USER@HOST[:PORT]/DB (schema created if missing)",
     )
     parser.add_argument(
         "--per",
@@ -141,8 +143,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if (args.out is None) == (args.store is None):
         raise CliError("give one of --out DIR and --store URL", 2)
-    if args.store is not None and not args.store.startswith("sqlite:///"):
-        raise CliError(f"--store {args.store!r}: collect writes to sqlite:///PATH stores", 2)
+    if args.store is not None and not args.store.startswith(
+        ("sqlite:///", "postgresql://", "postgres://")
+    ):
+        raise CliError(
+            f"--store {shown_url(args.store)!r}: collect writes to sqlite:///PATH or "
+            "postgresql://... stores",
+            2,
+        )
     try:
         import aiomqtt  # noqa: F401 - checked here for a clear message
     except ImportError:
@@ -172,7 +180,8 @@ class Collector:
         self.tls = tls_context(args)
         self.port: int = args.port or (8883 if self.tls else 1883)
         self.password = password(args)
-        self.target: str = args.out if args.out is not None else args.store
+        # What is printed (and names the default client id): a URL's password masked.
+        self.target: str = args.out if args.out is not None else shown_url(args.store)
         self.client_id: str = args.client_id or _default_client_id(self.target, group)
         # Files under --out, or a store database (--store): opened in the commit thread.
         self.store = Store(args.out, args.per) if args.out is not None else None
@@ -382,10 +391,23 @@ class Collector:
 
     def _open_db(self) -> None:
         """Open (or create) the store database, in the commit thread."""
+        url: str = self.args.store
         try:
-            self.db = SqliteStore(sqlite_path(self.args.store), synchronous="FULL")
+            if url.startswith(("postgresql://", "postgres://")):
+                # Imported here: asyncpg is the [postgres] extra's. The store commits with the
+                # server's synchronous_commit (on by default): acks go out after a durable COMMIT.
+                from ..store.postgres import PostgresStore
+
+                self.db = PostgresStore(url)
+            else:
+                self.db = SqliteStore(sqlite_path(url), synchronous="FULL")
+        except ImportError:
+            raise CliError(
+                "--store postgresql://... needs asyncpg: "
+                "pip install 'async-session-logger[postgres]'"
+            ) from None
         except (StoreError, OSError, sqlite3.Error) as exc:
-            raise CliError(f"--store {self.args.store}: {exc}") from None
+            raise CliError(f"--store {self.target}: {exc}") from None
 
     def _close_outputs(self) -> None:
         if self.store is not None:
@@ -436,7 +458,8 @@ class Collector:
         try:
             # synchronous=FULL: the commit is on disk (WAL synced) before the acks go out.
             bad = self.db.write([item[4] for item in items])
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            # StoreError: PostgreSQL refused or the connection broke (reopened by the next try).
             if not self.db_failing:
                 warn(f"cannot write {self.target}: {exc}; keeping entries in memory")
             self.db_failing = True

@@ -209,7 +209,8 @@ class PostgresStore(SqliteStore):
 
     Raises:
         StoreVersionError: the database holds a newer schema than this library's.
-        StoreError: ``create`` is false and the database holds no store.
+        StoreError: ``create`` is false and the database holds no store; the server cannot
+            be reached or refuses the login or the migration (asyncpg's message).
     """
 
     dialect: Final = "postgresql"
@@ -219,11 +220,17 @@ class PostgresStore(SqliteStore):
             raise StoreError(f"not a PostgreSQL store URL (postgresql://...): {url!r}")
         self.path = url
         self.journal_mode = "postgresql"
-        self.pg = _Connection(url, timeout)
+        try:
+            self.pg = _Connection(url, timeout)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
         # SqliteStore's code runs over it: it makes exactly the calls _Connection provides.
         self.conn = cast(sqlite3.Connection, self.pg)
         try:
             self.found_version = self.pg.run(self._migrate(create))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            self.pg.close()
+            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
         except BaseException:
             self.pg.close()
             raise

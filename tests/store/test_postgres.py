@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import subprocess
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -17,6 +21,20 @@ import pytest
 from async_session_logger import read_sessions
 from async_session_logger.store import LATEST, PostgresStore, SqliteStore, StoreVersionError
 
+from ..cli.helpers import start_cli, wait_until
+from ..cli.test_collect_group import (
+    ENTRIES,
+    PUBLISHERS,
+    SESSIONS,
+    TOTAL,
+    _finish,
+    _kill_all,
+    _publish,
+    _stop,
+    _subscribed,
+    _written,
+)
+from ..mqtt_broker import Broker
 from ..postgres_cluster import PostgresCluster
 from . import write_story
 
@@ -273,3 +291,79 @@ def test_filters_select_in_sql_and_hostile_values_match_nothing(
     where, params = where_sql(Filters(meta=[("user_id", "x' OR 1=1 --")]), dialect="postgresql")
     assert "x' OR" not in where and "x' OR 1=1 --" in params
     store.close()
+
+
+def _pg_collector(
+    broker: Broker, url: str, tmp_path: Path, name: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """Start `collect --group g --store URL` as a process (stderr in tmp_path/NAME.err)."""
+    return start_cli(
+        "collect", "--host", "127.0.0.1", "--port", broker.port, "--store", url,
+        "--client-id", name, "--reconnect-max", "0.3", "--group", "g", *extra,
+        out=tmp_path / f"{name}.out", err=tmp_path / f"{name}.err",
+    )  # fmt: skip
+
+
+def _count_entries(url: str) -> int:
+    """Return how many entries the store holds (0 before its schema exists)."""
+
+    async def count_rows() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('entries')") is None:
+                return 0
+            return int(await conn.fetchval("SELECT COUNT(*) FROM entries"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count_rows())
+
+
+def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """3 publishers, 2 collectors of a group into PostgreSQL, one SIGKILLed: exactly once."""
+    url = fresh_database(cluster)
+    procs: list[subprocess.Popen[bytes]] = []
+    with Broker(workdir=tmp_path / "broker") as broker:
+        try:
+            for name in ("p1c", "p2c"):
+                procs.append(_pg_collector(broker, url, tmp_path, name))
+            for name in ("p1c", "p2c"):
+                _subscribed(tmp_path, name)
+            publishers = _publish(broker, tmp_path)
+            procs += publishers
+            wait_until(lambda: _count_entries(url) >= TOTAL // 4, 30, "a first share")
+            assert all(p.poll() is None for p in publishers), "the kill must come mid-stream"
+            procs[0].kill()  # SIGKILL: what it received but had not committed is not acked
+            procs[0].wait()
+            procs[0] = _pg_collector(broker, url, tmp_path, "p1c-again", "--client-id", "p1c")
+            _subscribed(tmp_path, "p1c-again")
+            _finish(publishers)
+            wait_until(lambda: _count_entries(url) >= TOTAL, 30, f"{TOTAL} stored entries")
+            time.sleep(0.5)  # a late duplicate would land now
+            assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
+        finally:
+            _kill_all(procs)
+    store = PostgresStore(url, create=False)
+    try:
+        entries = store.table("entries")
+        rows = store.session_rows()
+    finally:
+        store.close()
+    sent = [
+        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
+    ]
+    assert len(sent) == TOTAL
+    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
+    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
+        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
+    }
+    # The rows equal those one SQLite writer derives from the same entries.
+    sqlite = SqliteStore(str(tmp_path / "one.db"))
+    sqlite.write(sent)
+    assert sorted(map(repr, sqlite.session_rows())) == sorted(map(repr, rows))
+    sqlite.close()
+    summary = (tmp_path / "p2c.err").read_text().splitlines()[-1]
+    assert re.search(r"stopped: \d+ entr\w+ committed to postgresql://asl@", summary), summary
+    assert _written(tmp_path, "p2c") > 0
