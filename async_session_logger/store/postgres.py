@@ -59,6 +59,27 @@ _BATCH_INSERT: Final = (
 )
 
 
+# The store code's per-run statements on sessions (see _Connection._from_batch), whitespace
+# normalized; the update is matched up to its WHERE, which follows.
+_KNOWN_RUNS: Final = "SELECT run FROM sessions WHERE session_id = ? AND run > ?"
+_ADD_COLUMNS: Final = "status, levels, entries, errors, dropped, missing, stored, first_stamp"
+_ADD_READ: Final = f"SELECT {_ADD_COLUMNS} FROM sessions WHERE session_id = ? AND run = ?"
+_ADD_WRITE: Final = (
+    "UPDATE sessions SET levels = ?, entries = ?, errors = ?, dropped = ?, missing = ?, "
+    "stored = ?, first_stamp = ? WHERE"
+)
+_ADD_WRITE_SQL: Final = _ADD_WRITE + " session_id = ? AND run = ?"
+_BATCH_ROWS: Final = (
+    f"SELECT session_id, run, {_ADD_COLUMNS} FROM sessions WHERE session_id = ANY($1::text[])"
+)
+
+
+def _numbered(sql: str) -> str:
+    """Return ``sql`` with PostgreSQL's ``$1, $2...`` for SQLite's ``?`` placeholders."""
+    numbered = iter(range(1, sql.count("?") + 1))
+    return _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", sql)
+
+
 def is_postgres_url(url: str) -> bool:
     """Return whether ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
     return url.startswith(("postgresql://", "postgres://"))
@@ -112,6 +133,11 @@ class _Connection:
         self.total_changes = 0
         # Session ids whose advisory locks the next transaction takes (set by write()).
         self.lock_ids: list[str] = []
+        # Within a locked transaction: the sessions rows of its ids as read at BEGIN (by id:
+        # run and the columns _ADD_READ asks for), the runs changed since, deferred updates.
+        self.rows: dict[str, list[tuple[str, tuple[Any, ...]]]] | None = None
+        self.dirty: set[tuple[Any, ...]] = set()
+        self.updates: list[tuple[Any, ...]] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="asl-postgres", daemon=True
@@ -143,9 +169,34 @@ class _Connection:
         """Run one statement (``?`` placeholders); BEGIN IMMEDIATE also takes the locks."""
         if sql == "BEGIN IMMEDIATE":
             return self.run(self._begin())
-        numbered = iter(range(1, len(params) + 1))
-        text = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", sql)
-        return self.run(self._execute(text, tuple(params)))
+        shape = " ".join(sql.split())
+        if self.rows is not None:
+            served = self._from_batch(shape, tuple(params))
+            if served is not None:
+                return served
+        return self.run(self._execute(_numbered(sql), tuple(params), shape))
+
+    def _from_batch(self, shape: str, params: tuple[Any, ...]) -> _Cursor | None:
+        """Answer a per-run read from the rows read at BEGIN, or defer a per-run update.
+
+        The store code reads and updates sessions rows one run at a time: a round trip each,
+        most of a batch's time on a network. The rows of the batch's ids were read in one query
+        after their locks were taken, so they hold until this transaction changes them; a run
+        it changed (``dirty``) is read from the server again. Statements not recognized here
+        run as they are: a change to the store code costs speed, never correctness.
+        """
+        assert self.rows is not None
+        if shape == _KNOWN_RUNS and not any(key[0] == params[0] for key in self.dirty):
+            found = [(r,) for (r, _) in self.rows.get(params[0], []) if r > params[1]]
+            return _Cursor(found, len(found))
+        if shape == _ADD_READ and params not in self.dirty:
+            found = [row for (r, row) in self.rows.get(params[0], []) if r == params[1]]
+            return _Cursor(found, len(found))
+        if shape.startswith(_ADD_WRITE):
+            self.dirty.add(params[-2:])
+            self.updates.append(params)
+            return _Cursor([], 1)
+        return None
 
     async def _begin(self) -> _Cursor:
         pg = await self.live()
@@ -159,11 +210,33 @@ class _Connection:
                 _LOCK_SESSIONS,
                 self.lock_ids,
             )
+            rows: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+            for record in await pg.fetch(_BATCH_ROWS, self.lock_ids):
+                rows.setdefault(record[0], []).append((record[1], tuple(record)[2:]))
+            self.rows, self.dirty, self.updates = rows, set(), []
         return _Cursor([], 0)
 
-    async def _execute(self, sql: str, params: tuple[Any, ...]) -> _Cursor:
+    async def _flush(self, pg: asyncpg.Connection) -> None:
+        """Run the deferred updates, pipelined in one ``executemany``."""
+        if self.updates:
+            updates, self.updates = self.updates, []
+            await pg.executemany(_numbered(_ADD_WRITE_SQL), updates)
+            self.total_changes += len(updates)
+
+    async def _execute(self, sql: str, params: tuple[Any, ...], shape: str) -> _Cursor:
         pg = await self.live()
-        if sql.lstrip().upper().startswith("SELECT"):
+        if shape == "ROLLBACK":
+            self.updates = []  # the transaction failed: nothing of it is to be run
+        await self._flush(pg)
+        if shape in ("COMMIT", "ROLLBACK"):
+            self.rows, self.dirty, self.updates = None, set(), []
+        elif self.rows is not None:
+            # A change to a sessions row: later reads of that run go to the server.
+            if shape.startswith(("INSERT INTO sessions", "DELETE FROM sessions")):
+                self.dirty.add(params[:2])
+            elif shape.startswith("UPDATE sessions"):
+                self.rows = None  # not one of ours: read everything from the server
+        if shape.upper().startswith("SELECT"):
             records = await pg.fetch(sql, *params)
             return _Cursor([tuple(r) for r in records], len(records))
         status = await pg.execute(sql, *params)
@@ -180,7 +253,9 @@ class _Connection:
         ]
 
         async def insert() -> _Cursor:
-            status = await (await self.live()).execute(_BATCH_INSERT, *columns)
+            pg = await self.live()
+            await self._flush(pg)
+            status = await pg.execute(_BATCH_INSERT, *columns)
             self.total_changes += _count(status)
             return _Cursor([], _count(status))
 

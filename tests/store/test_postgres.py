@@ -367,3 +367,27 @@ def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
     summary = (tmp_path / "p2c.err").read_text().splitlines()[-1]
     assert re.search(r"stopped: \d+ entr\w+ committed to postgresql://asl@", summary), summary
     assert _written(tmp_path, "p2c") > 0
+
+
+def test_a_write_during_a_server_crash_fails_whole_and_the_next_reconnects(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """Server SIGKILLed: the write raises StoreError; after a restart the same batch lands."""
+    from async_session_logger.store import StoreError
+
+    _, db, lines = story
+    sqlite = SqliteStore(str(db), create=False)
+    expected = tables(sqlite)
+    sqlite.close()
+    store = PostgresStore(fresh_database(cluster))
+    half = len(lines) // 2
+    store.write(lines[:half])
+    cluster.kill()
+    try:
+        with pytest.raises(StoreError, match="PostgreSQL store"):
+            store.write(lines[half:])
+    finally:
+        cluster.start()
+    assert store.write(lines[half:]) == []  # the same batch again, on a new connection
+    assert tables(store) == expected
+    store.close()
