@@ -32,6 +32,7 @@ __all__ = [
     "SummaryBuilder",
     "discarded_of",
     "entry_problem",
+    "link_children",
     "parent_of",
     "parse_timestamp",
     "read_entries",
@@ -447,8 +448,12 @@ def _pick_parent(runs: list[N], started: datetime | None) -> N:
     return runs[-1]
 
 
-def _link(nodes: list[N], depth: int) -> None:
+def link_children(nodes: list[N], depth: int = 2) -> None:
     """Fill every node's ``children`` from the parent ids, breaking cycles with a warning.
+
+    The one rule for files and stores: a parent id used by several runs names the run that
+    started last at or before the child; a cycle is read as roots (``ReaderWarning`` pointing
+    ``depth`` frames up).
 
     Iterative throughout: a hostile file with a chain of a million parents must neither hit
     the recursion limit nor loop.
@@ -664,7 +669,7 @@ class SessionBuilder(_Grouper[_SessionSlot]):
             slot.session.entries.sort(key=_by_seq)
         sessions = [slot.session for slot in self._slots]
         # Frames: _link, _finish, finish() or read_sessions(), then their caller.
-        _link(sessions, 4)
+        link_children(sessions, 4)
         return sessions
 
 
@@ -839,5 +844,5 @@ class SummaryBuilder(_Grouper[_SummarySlot]):
             if summary.status == "open":
                 summary.levels = slot.counted.levels
         summaries = [slot.summary for slot in self._slots]
-        _link(summaries, 3)  # frames: _link, finish, its caller
+        link_children(summaries, 3)  # frames: link_children, finish, its caller
         return summaries

@@ -16,7 +16,14 @@ from typing import Any, Final
 
 import orjson
 
-from .._reader import ReaderWarning, Session, SessionBuilder, SessionSummary, parse_timestamp
+from .._reader import (
+    ReaderWarning,
+    Session,
+    SessionBuilder,
+    SessionSummary,
+    link_children,
+    parse_timestamp,
+)
 from .schema import StoreError
 from .sqlite import SqliteStore
 
@@ -166,47 +173,9 @@ def summary_of_row(row: dict[str, Any]) -> SessionSummary:
 
 
 def link(summaries: list[SessionSummary]) -> None:
-    """Fill ``children`` from the parent ids, as the reader does (cycles read as roots).
-
-    A parent id used by several runs names the run that started last at or before the child.
-    Iterative: a chain of a million parents neither recurses nor loops.
-    """
-    runs: dict[str, list[SessionSummary]] = {}
-    for node in summaries:
-        node.children.clear()
-        runs.setdefault(node.session_id, []).append(node)
-    parent: dict[int, SessionSummary] = {}
-    for node in summaries:
-        candidates = runs.get(node.parent_session_id or "", [])
-        if not candidates:
-            continue
-        started = node.started_at
-        earlier = [r for r in candidates if started and r.started_at and r.started_at <= started]
-        parent[id(node)] = max(earlier, key=_start_key) if earlier else candidates[-1]
-    state: dict[int, int] = {}
-    for node in summaries:
-        path: list[SessionSummary] = []
-        current: SessionSummary | None = node
-        while current is not None and id(current) not in state:
-            state[id(current)] = 1
-            path.append(current)
-            current = parent.get(id(current))
-        if current is not None and state[id(current)] == 1:
-            for member in path[path.index(current) :]:
-                del parent[id(member)]
-        for seen in path:
-            state[id(seen)] = 2
-    for node in summaries:
-        up = parent.get(id(node))
-        if up is not None:
-            up.children.append(node)
-    for node in summaries:
-        node.children.sort(key=_start_key)
-
-
-def _start_key(node: SessionSummary) -> tuple[int, str]:
-    moment = node.started_at
-    return (0, moment.isoformat()) if moment is not None else (1, "")
+    """Fill ``children`` from the parent ids by the reader's own rule (cycles read as roots,
+    with a ``ReaderWarning`` as for files)."""
+    link_children(summaries, 4)  # frames: link_children, link, load_summaries, its caller
 
 
 def load_summaries(store: SqliteStore, filters: Filters, *, every: bool) -> list[SessionSummary]:
