@@ -63,6 +63,18 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
             proc.wait()
 
 
+def start_publisher(
+    port: int, name: str, sessions: int, entries: int, tmp_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start PUBLISHER as ``name``; its own copy of every entry goes to tmp_path/NAME.jsonl."""
+    local = str(tmp_path / f"{name}.jsonl")
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(port), name, str(sessions), str(entries), local],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def test_two_publishers_and_a_broker_crash_collect_every_entry_once(tmp_path: Path) -> None:
     """Broker SIGKILLed mid-stream and restarted: files hold every (session, seq) exactly once."""
     out = tmp_path / "collected"
@@ -78,22 +90,7 @@ def test_two_publishers_and_a_broker_crash_collect_every_entry_once(tmp_path: Pa
             wait_until(lambda: b"subscribed to logs/#" in err.read_bytes(), 15, "subscription")
             broker.save()  # the collector's persistent session survives the crash
             for name in ("p1", "p2"):
-                publishers.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-c",
-                            PUBLISHER,
-                            str(broker.port),
-                            name,
-                            str(sessions),
-                            str(entries),
-                            str(tmp_path / f"{name}.jsonl"),
-                        ],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                    )
-                )
+                publishers.append(start_publisher(broker.port, name, sessions, entries, tmp_path))
             wait_until(lambda: len(_collected(out)) >= 400, 30, "a first share of the entries")
             assert all(p.poll() is None for p in publishers), "the crash must come mid-stream"
             broker.kill()

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from async_session_logger.store import SqliteStore
 from ..conftest import MountFactory
 from ..mqtt_broker import Broker, mosquitto_pub
 from .helpers import run_cli, start_cli, wait_until
-from .test_collect import PUBLISHER
+from .test_collect import start_publisher
 
 SESSIONS, ENTRIES = 2, 300
 PUBLISHERS = ("p1", "p2", "p3")
@@ -38,23 +37,7 @@ def _distinct(out: Path) -> int:
 
 
 def _publish(broker: Broker, tmp_path: Path) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                PUBLISHER,
-                str(broker.port),
-                name,
-                str(SESSIONS),
-                str(ENTRIES),
-                str(tmp_path / f"{name}.jsonl"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for name in PUBLISHERS
-    ]
+    return [start_publisher(broker.port, name, SESSIONS, ENTRIES, tmp_path) for name in PUBLISHERS]
 
 
 def _collector(
