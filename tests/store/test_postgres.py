@@ -87,14 +87,21 @@ def tables(store: SqliteStore) -> tuple[list[tuple[Any, ...]], list[tuple[Any, .
     return _normal(store.table("entries"), 8), _normal(store.table("sessions"), None)
 
 
+def sqlite_tables(db: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Return both tables of the SQLite store written from the same story: the reference."""
+    sqlite = SqliteStore(str(db), create=False)
+    try:
+        return tables(sqlite)
+    finally:
+        sqlite.close()
+
+
 def test_same_tables_as_sqlite_for_any_order_and_duplicates(
     cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
 ) -> None:
     """In order, twice, or shuffled in small batches with duplicates: SQLite's very rows."""
     _, db, lines = story
-    sqlite = SqliteStore(str(db), create=False)
-    expected = tables(sqlite)
-    sqlite.close()
+    expected = sqlite_tables(db)
     store = PostgresStore(fresh_database(cluster))
     assert store.found_version == 0 and store.version == LATEST
     assert store.write(lines) == []
@@ -149,9 +156,7 @@ def test_two_writers_of_the_same_sessions_give_one_writers_rows(
 ) -> None:
     """Two stores writing interleaved, overlapping batches of one log at once: the same rows."""
     _, db, lines = story
-    sqlite = SqliteStore(str(db), create=False)
-    expected = tables(sqlite)
-    sqlite.close()
+    expected = sqlite_tables(db)
     url = fresh_database(cluster)
     PostgresStore(url).close()
     for attempt in range(3):
@@ -376,9 +381,7 @@ def test_a_write_during_a_server_crash_fails_whole_and_the_next_reconnects(
     from async_session_logger.store import StoreError
 
     _, db, lines = story
-    sqlite = SqliteStore(str(db), create=False)
-    expected = tables(sqlite)
-    sqlite.close()
+    expected = sqlite_tables(db)
     store = PostgresStore(fresh_database(cluster))
     half = len(lines) // 2
     store.write(lines[:half])
