@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -93,11 +94,22 @@ class SqliteStore:
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE per batch).
         self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         try:
-            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self.journal_mode = str(mode)
-            self.found_version = migrate(self.conn)
+            deadline = time.monotonic() + busy_timeout
+            while True:
+                try:
+                    mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                    self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                    self.journal_mode = str(mode)
+                    self.found_version = migrate(self.conn)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Two writers creating one new file at once: switching it to WAL takes an
+                    # exclusive lock for which SQLite does not call the busy handler, so the
+                    # loser gets "database is locked" at once. Try again within busy_timeout.
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             if "not a database" in str(exc) or "malformed" in str(exc):

@@ -271,3 +271,26 @@ def test_rows_added_to_equal_rows_derived(tmp_path: Path, story: tuple[Path, lis
             store.write(every[at : at + size])
         store.close()
         assert _tables(path) == _tables(whole)
+
+
+def test_two_writers_creating_one_new_store_at_once_both_open(tmp_path: Path) -> None:
+    """Two collectors starting on one new file: neither gets "database is locked" (switching a
+    new file to WAL does not wait for the busy timeout; the open retries within it)."""
+    import threading
+
+    errors: list[BaseException] = []
+    for trial in range(30):
+        path = str(tmp_path / f"new-{trial}.db")
+
+        def open_close(path: str = path) -> None:
+            try:
+                SqliteStore(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_close) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
