@@ -188,7 +188,7 @@ class Session:
         counts = LevelCounter()
         for entry in self.entries:
             counts.add(entry)
-        return counts.levels
+        return counts.ordered()
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -403,6 +403,17 @@ def discarded_of(close: dict[str, Any] | None) -> int:
     return (_count(close.get("discarded")) or 0) if close is not None else 0
 
 
+_STANDARD_ORDER: Final = {"DEBUG": 0, "INFO": 1, "WARNING": 2, "ERROR": 3, "CRITICAL": 4}
+
+
+def _level_order(item: tuple[str, int]) -> tuple[int, str]:
+    name = item[0]
+    rank = _STANDARD_ORDER.get(name)
+    if rank is not None:
+        return rank, ""
+    return (6, "") if name == OTHER_LEVELS else (5, name)
+
+
 class LevelCounter:
     """Count log entries per level name, holding at most ``MAX_LEVEL_NAMES`` names."""
 
@@ -420,6 +431,15 @@ class LevelCounter:
             levelno = _count(entry.get("levelno"))
             name = level_name(levelno) if levelno is not None else "?"
         self.add_count(name, 1)
+
+    def ordered(self) -> dict[str, int]:
+        """Return the counts in a fixed order, whatever order the entries came in.
+
+        The standard names by severity (as a close entry records them), then the others by
+        name, ``OTHER_LEVELS`` last: a store that receives a session's entries out of order
+        then holds the same row as one that received them in order.
+        """
+        return dict(sorted(self.levels.items(), key=_level_order))
 
     def add_count(self, name: str, count: int) -> None:
         """Add ``count`` under ``name``; past the name limit, under ``OTHER_LEVELS``."""
@@ -842,7 +862,7 @@ class SummaryBuilder(_Grouper[_SummarySlot]):
             summary = slot.summary
             summary.missing = slot.seqs.missing()
             if summary.status == "open":
-                summary.levels = slot.counted.levels
+                summary.levels = slot.counted.ordered()
         summaries = [slot.summary for slot in self._slots]
         link_children(summaries, 3)  # frames: link_children, finish, its caller
         return summaries

@@ -152,7 +152,7 @@ def session_values(session_id: str, run: str, facts: RunFacts) -> tuple[Any, ...
             if name is None:
                 name = level_name(levelno) if levelno is not None and levelno >= 0 else "?"
             counter.add_count(name, count)
-        levels = counter.levels
+        levels = counter.ordered()
         duration = None
     else:
         raw = close.get("status")

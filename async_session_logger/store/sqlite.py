@@ -10,11 +10,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
-from .._reader import LevelCounter, entry_problem
+from .._reader import MAX_LEVEL_NAMES, LevelCounter, entry_problem
 from . import rows
 from .schema import StoreError, migrate, version_of
 
@@ -22,6 +22,8 @@ __all__ = ["SqliteStore", "check_not_link", "sqlite_path"]
 
 _START: Final = "session_start"
 _CLOSE: Final = "session_close"
+# The rows _first_stamp reads before it gives up (and the run's row is derived instead).
+_FIRST_ROWS: Final = 8
 _ENTRY_INSERT: Final = (
     f"INSERT INTO entries ({', '.join(rows.ENTRY_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(rows.ENTRY_COLUMNS))}) "
@@ -346,8 +348,11 @@ class SqliteStore:
     def _add(self, session_id: str, run: str, entries: list[dict[str, Any]]) -> bool:
         """Add new entries to a run's row without a scan; False when it must be derived.
 
-        Only for entries past the run's highest seq, each with a plain level: then every
-        column follows by adding (the result equals :meth:`_derive`'s, which the tests check).
+        For entries just inserted (new seqs: past the run's highest, or filling a missing one,
+        as batches split between collectors arrive out of order), none a lifecycle entry and
+        each with a plain level: then every column follows by adding (the result equals
+        :meth:`_derive`'s, which the tests check), and only ``first_stamp`` may need a short
+        look at the run's first rows (:meth:`_first_stamp`) when a seq below the top filled in.
         """
         row = self.conn.execute(
             "SELECT status, levels, entries, errors, dropped, missing, stored, first_stamp "
@@ -361,17 +366,25 @@ class SqliteStore:
         entries.sort(key=lambda e: int(e["seq"]))
         counter = LevelCounter()
         counter.levels = orjson.loads(levels_text)
+        filled = False
         for entry in entries:
             levelno = entry.get("levelno")
             if (
-                entry["seq"] <= top
-                or not isinstance(entry.get("level"), str)
+                not isinstance(entry.get("level"), str)
                 or not isinstance(levelno, int)
                 or isinstance(levelno, bool)
                 or not 0 <= levelno < 2**63
             ):
                 return False
-            top = entry["seq"]
+            if entry["seq"] <= top:
+                # Inserted just now (the caller's insert changed every row), so this seq was
+                # missing: it fills a hole instead of extending the run. Past the cap on level
+                # names, which names count is decided by seq order: derive.
+                filled = True
+                if len(counter.levels) >= MAX_LEVEL_NAMES - 1:
+                    return False
+            else:
+                top = entry["seq"]
             stored += 1
             if levelno >= 40:
                 errors += 1
@@ -385,11 +398,16 @@ class SqliteStore:
                     dropped += count
             if first is None:
                 first = rows.stamp(entry.get("timestamp"))
+        if filled:
+            found = self._first_stamp(session_id, run)
+            if found is False:
+                return False
+            first = found
         self.conn.execute(
             "UPDATE sessions SET levels = ?, entries = ?, errors = ?, dropped = ?, missing = ?, "
             "stored = ?, first_stamp = ? WHERE session_id = ? AND run = ?",
             (
-                orjson.dumps(counter.levels).decode(),
+                orjson.dumps(counter.ordered()).decode(),
                 logged,
                 errors,
                 dropped,
@@ -401,6 +419,31 @@ class SqliteStore:
             ),
         )
         return True
+
+    def _first_stamp(self, session_id: str, run: str) -> str | Literal[False] | None:
+        """Return the time of the run's lowest-seq timed entry (start and close aside).
+
+        :meth:`_derive`'s rule, read from the first few rows by seq (the index's order); False
+        when those hold no answer (many untimed entries first): then the row is derived.
+        """
+        start = close = False
+        read = 0
+        for _, event, timestamp in self.conn.execute(
+            "SELECT seq, event, timestamp FROM entries WHERE session_id = ? AND run = ? "
+            f"ORDER BY seq LIMIT {_FIRST_ROWS}",
+            (session_id, run),
+        ):
+            read += 1
+            # _derive leaves out the first start and the first close (by seq) only.
+            if event == _START and not start:
+                start = True
+                continue
+            if event == _CLOSE and not close:
+                close = True
+                continue
+            if timestamp is not None:
+                return str(timestamp)
+        return None if read < _FIRST_ROWS else False  # all rows read: none is timed
 
     def _entry_at(self, session_id: str, run: str, seq: int | None) -> dict[str, Any] | None:
         if seq is None:

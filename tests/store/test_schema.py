@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 from pathlib import Path
@@ -294,3 +295,133 @@ def test_two_writers_creating_one_new_store_at_once_both_open(tmp_path: Path) ->
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def _entry(seq: int, *, event: str = "log", levelno: int = 20, timed: bool = True) -> bytes:
+    entry: dict[str, Any] = {
+        "session_id": "o",
+        "seq": seq,
+        "event": event,
+        "level": logging.getLevelName(levelno),
+        "levelno": levelno,
+        "message": f"m{seq}",
+    }
+    if event == "session_start":
+        entry["metadata"] = {}
+    if event == "session_close":
+        entry["status"] = "closed"
+    if timed:
+        entry["timestamp"] = f"2026-11-24T06:00:{seq % 60:02d}.{seq:06d}Z"
+    return orjson.dumps(entry)
+
+
+def _derives(store: SqliteStore) -> list[str]:
+    """Record the full-run scans (_derive's GROUP BY) the store's connection runs."""
+    seen: list[str] = []
+    store.conn.set_trace_callback(
+        lambda sql: seen.append(sql) if "GROUP BY event, level, levelno" in sql else None
+    )
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batches_out_of_order_fill_holes_without_a_rescan(tmp_path: Path, seed: int) -> None:
+    """Log batches arriving out of seq order (split between collectors) update the row by
+    adding, never by rescanning the run, and give the row computed from all entries."""
+    rng = random.Random(seed)
+    middle = [
+        _entry(seq, levelno=rng.choice((10, 20, 30, 40, 50)), timed=rng.random() < 0.8)
+        for seq in range(1, 61)
+    ]
+    start, close = _entry(0, event="session_start"), _entry(61, event="session_close")
+    whole = tmp_path / "whole.db"
+    store = _store(whole)
+    store.write([start, *middle])
+    store.close()
+    batches = [middle[at : at + 4] for at in range(0, len(middle), 4)]
+    rng.shuffle(batches)
+    path = tmp_path / "shuffled.db"
+    store = _store(path)
+    store.write([start])
+    scans = _derives(store)
+    for batch in batches:
+        store.write(batch)
+    store.conn.set_trace_callback(None)
+    store.close()
+    assert scans == []
+    assert _tables(path) == _tables(whole)
+    # The close still derives (its recorded levels replace the counted ones): same rows too.
+    for db in (path, whole):
+        store = _store(db)
+        store.write([close])
+        store.close()
+    assert _tables(path) == _tables(whole)
+
+
+@pytest.mark.parametrize(
+    ("first", "filler", "expected_first"),
+    [
+        # A filler below the first timed entry, with a time: it becomes the first stamp.
+        ([3], (1, True), "2026-11-24T06:00:01.000001Z"),
+        # ... without a time: the first stamp stays.
+        ([3], (1, False), "2026-11-24T06:00:03.000003Z"),
+        # A filler above it changes nothing.
+        ([1], (2, True), "2026-11-24T06:00:01.000001Z"),
+    ],
+)
+def test_a_filler_entry_moves_the_first_stamp_as_a_rescan_would(
+    tmp_path: Path, first: list[int], filler: tuple[int, bool], expected_first: str
+) -> None:
+    """first_stamp (the start time of a session whose start is missing) follows the lowest
+    timed seq when a hole below it fills in, as deriving the row from all entries gives."""
+    lines = [_entry(seq, timed=True) for seq in first] + [_entry(5)]
+    seq, timed = filler
+    late = _entry(seq, timed=timed)
+    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
+    store = _store(path)
+    store.write(lines)
+    scans = _derives(store)
+    store.write([late])
+    store.close()
+    assert scans == []
+    store = _store(whole)
+    store.write([*lines, late])
+    store.close()
+    assert _tables(path) == _tables(whole)
+    store = _store(path)
+    (row,) = store.session_rows()
+    store.close()
+    assert row["first_stamp"] == expected_first
+
+
+def test_many_untimed_entries_first_fall_back_to_a_rescan(tmp_path: Path) -> None:
+    """When the run's first rows hold no time, the filled-in row is derived: still right."""
+    lines = [_entry(seq, timed=False) for seq in range(12)] + [_entry(14)]
+    late = _entry(13)
+    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
+    store = _store(path)
+    store.write(lines)
+    scans = _derives(store)
+    store.write([late])
+    store.close()
+    assert len(scans) == 1
+    store = _store(whole)
+    store.write([*lines, late])
+    store.close()
+    assert _tables(path) == _tables(whole)
+
+
+def test_a_filler_in_a_run_with_no_time_at_all_keeps_no_first_stamp(tmp_path: Path) -> None:
+    """A short run whose entries carry no time keeps first_stamp empty when a hole fills."""
+    lines = [_entry(1, timed=False), _entry(3, timed=False)]
+    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
+    store = _store(path)
+    store.write(lines)
+    scans = _derives(store)
+    store.write([_entry(2, timed=False)])
+    store.close()
+    assert scans == []
+    store = _store(whole)
+    store.write([*lines, _entry(2, timed=False)])
+    store.close()
+    assert _tables(path) == _tables(whole)
