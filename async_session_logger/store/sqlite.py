@@ -254,32 +254,49 @@ class SqliteStore:
     def _adopt(self, session_id: str, run: str, known: list[str]) -> set[tuple[str, str]]:
         """Move the entries a new start claims, then re-place parked ones; return runs touched.
 
-        Moved one by one (few: only entries that arrived before their start), each through
-        :meth:`_place`, so that a collision parks rather than drops.
+        In bulk: one DELETE for each kind and one batch INSERT into their new runs (in a group
+        of collectors, a session's first entries often arrive before its start, from the other
+        member). When that INSERT skipped some (a seq the new run already holds), every moved
+        entry goes through :meth:`_place` again, in the same order, so that a collision parks
+        rather than drops: those already placed find themselves, a no-op.
         """
         conn = self.conn
         touched: set[tuple[str, str]] = set()
+        movable_where = (
+            "WHERE session_id = ? AND run < ? AND run NOT LIKE '!%' "
+            "AND event <> 'session_start' AND COALESCE(timestamp, '~') >= ?"
+        )
+        parked_where = "WHERE session_id = ? AND run LIKE '!%'"
         movable = conn.execute(
-            "SELECT run, seq, entry FROM entries WHERE session_id = ? AND run < ? "
-            "AND run NOT LIKE '!%' AND event <> 'session_start' "
-            "AND COALESCE(timestamp, '~') >= ? ORDER BY run, seq",
+            f"SELECT run, seq, entry FROM entries {movable_where} ORDER BY run, seq",
             (session_id, run, run),
         ).fetchall()
         parked = conn.execute(
-            "SELECT run, seq, entry FROM entries WHERE session_id = ? AND run LIKE '!%' "
-            "ORDER BY run, seq",
+            f"SELECT run, seq, entry FROM entries {parked_where} ORDER BY run, seq",
             (session_id,),
         ).fetchall()
-        for old, seq, line in [*movable, *parked]:
-            conn.execute(
-                "DELETE FROM entries WHERE session_id = ? AND run = ? AND seq = ?",
-                (session_id, old, seq),
-            )
+        if not movable and not parked:
+            return touched
+        if movable:
+            conn.execute(f"DELETE FROM entries {movable_where}", (session_id, run, run))
+        if parked:
+            conn.execute(f"DELETE FROM entries {parked_where}", (session_id,))
+        moved: list[tuple[dict[str, Any], str, str]] = []
+        for old, _, line in [*movable, *parked]:
             touched.add((session_id, old))
             entry = orjson.loads(line)
-            placed = self._place(entry, line, _run_for(entry, known))
-            if placed is not None:
-                touched.add((session_id, placed))
+            target = _run_for(entry, known)
+            touched.add((session_id, target))
+            moved.append((entry, line, target))
+        before = conn.total_changes
+        conn.executemany(
+            _ENTRY_INSERT, [rows.entry_values(entry, line, target) for entry, line, target in moved]
+        )
+        if conn.total_changes - before != len(moved):
+            for entry, line, target in moved:
+                placed = self._place(entry, line, target)
+                if placed is not None:
+                    touched.add((session_id, placed))
         return touched
 
     def _derive(self, session_id: str, run: str) -> None:

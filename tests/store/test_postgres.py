@@ -374,6 +374,81 @@ def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
     assert _written(tmp_path, "p2c") > 0
 
 
+def _published(tmp_path: Path) -> int:
+    """Return how many entries the publishers wrote to their own local copies so far."""
+    return sum(
+        (tmp_path / f"{n}.jsonl").read_bytes().count(b"\n")
+        for n in PUBLISHERS
+        if (tmp_path / f"{n}.jsonl").exists()
+    )
+
+
+def _check_store_exactly_once(url: str, tmp_path: Path) -> None:
+    """The store holds every published entry once, byte for byte; rows as one writer's."""
+    store = PostgresStore(url, create=False)
+    try:
+        entries = store.table("entries")
+        rows = store.session_rows()
+    finally:
+        store.close()
+    sent = [
+        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
+    ]
+    assert len(sent) == TOTAL
+    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
+    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
+        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
+    }
+    sqlite = SqliteStore(str(tmp_path / "one.db"))
+    sqlite.write(sent)
+    assert sorted(map(repr, sqlite.session_rows())) == sorted(map(repr, rows))
+    sqlite.close()
+
+
+def test_a_broker_crash_under_a_group_into_postgresql_with_a_durable_safety_net(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Broker SIGKILLed mid-stream and restarted, 2 members of a group and a non-shared durable
+    collector (the documented safety net) into PostgreSQL: every entry exactly once."""
+    url = fresh_database(cluster)
+    procs: list[subprocess.Popen[bytes]] = []
+    with Broker(persistence=True, workdir=tmp_path / "broker") as broker:
+        try:
+            procs.append(_pg_collector(broker, url, tmp_path, "g1"))
+            procs.append(_pg_collector(broker, url, tmp_path, "g2"))
+            # The net: no --group (its own persistent subscription to the whole stream).
+            net = start_cli(
+                "collect", "--host", "127.0.0.1", "--port", broker.port, "--store", url,
+                "--client-id", "net", "--reconnect-max", "0.3",
+                out=tmp_path / "net.out", err=tmp_path / "net.err",
+            )  # fmt: skip
+            procs.append(net)
+            for name in ("g1", "g2", "net"):
+                _subscribed(tmp_path, name)
+            broker.save()  # the sessions (and the net's plain subscription) survive the crash
+            publishers = _publish(broker, tmp_path)
+            procs += publishers
+            # Publishers outrun collectors into PostgreSQL: the crash is timed by what they sent.
+            wait_until(lambda: _published(tmp_path) >= TOTAL // 4, 30, "a first share sent")
+            wait_until(lambda: _count_entries(url) > 0, 30, "a first entry stored")
+            assert all(p.poll() is None for p in publishers), "the crash must come mid-stream"
+            broker.kill()
+            time.sleep(0.3)
+            broker.restart()
+            for name in ("g1", "g2", "net"):
+                _subscribed(tmp_path, name, times=2)
+            _finish(publishers)
+            wait_until(lambda: _count_entries(url) >= TOTAL, 60, f"{TOTAL} stored entries")
+            time.sleep(0.5)  # a late duplicate would land now
+            assert all(_stop(p) == 0 for p in procs[:3])
+        finally:
+            _kill_all(procs)
+    _check_store_exactly_once(url, tmp_path)
+    for name in ("g1", "g2"):
+        log = (tmp_path / f"{name}.err").read_text()
+        assert "lost the connection" in log and "subscribed again to $share/g/logs/#" in log
+
+
 def test_a_write_during_a_server_crash_fails_whole_and_the_next_reconnects(
     cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
 ) -> None:

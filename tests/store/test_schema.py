@@ -425,3 +425,29 @@ def test_a_filler_in_a_run_with_no_time_at_all_keeps_no_first_stamp(tmp_path: Pa
     store.write([*lines, _entry(2, timed=False)])
     store.close()
     assert _tables(path) == _tables(whole)
+
+
+def test_a_late_start_moves_its_entries_in_bulk(tmp_path: Path) -> None:
+    """A start arriving after 200 of its entries moves them with a fixed number of statements
+    (not a round trip per entry), and the rows equal those of the entries written in order."""
+    logs = [_entry(seq) for seq in range(1, 201)]
+    start = _entry(0, event="session_start")
+    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
+    store = _store(path)
+    store.write(logs)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    store.write([start])
+    store.conn.set_trace_callback(None)
+    store.close()
+    # (sqlite3 traces each row of an executemany as a statement of its own: inserts aside.)
+    others = [sql for sql in statements if not sql.startswith("INSERT INTO entries")]
+    assert len(others) < 30, others[:40]
+    store = _store(whole)
+    store.write([start, *logs])
+    store.close()
+    assert _tables(path) == _tables(whole)
+    store = _store(path)
+    (row,) = store.session_rows()
+    store.close()
+    assert (row["run"], row["stored"], row["missing"]) == ("2026-11-24T06:00:00.000000Z", 201, 0)
