@@ -197,7 +197,7 @@ def collect_case(
                             stdout=subprocess.DEVNULL,
                             stderr=stderr,
                             cwd=run,
-                        )  # fmt: skip
+                        )
                     )
             for err in errs:
                 _wait(lambda err=err: b"subscribed" in err.read_bytes(), 30, f"{err.name}")
@@ -218,7 +218,7 @@ def collect_case(
                     ],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                )  # fmt: skip
+                )
                 for p in range(args.publishers)
             ]
             _wait(lambda: count() >= total, 600, f"{total} entries in {name}")
@@ -259,9 +259,16 @@ def sink_case(name: str, args: argparse.Namespace, work: Path, round_: int) -> f
 
 
 CASES = (
-    "pg-1", "pg-2", "pg-2s", "sqlite-1", "sqlite-2", "sqlite-2s", "files-1", "FileSink",
+    "pg-1",
+    "pg-2",
+    "pg-2s",
+    "sqlite-1",
+    "sqlite-2",
+    "sqlite-2s",
+    "files-1",
+    "FileSink",
     "SqliteSink",
-)  # fmt: skip
+)
 
 
 def main() -> None:
