@@ -8,8 +8,9 @@ import os
 import queue
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .._context import mark_thread_internal
 from ..store.schema import StoreError, StoreVersionError
@@ -20,6 +21,26 @@ __all__ = ["SqliteSink"]
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], asyncio.Future[Any]]
+# How long a fork waits for a sink's transaction in progress to end (then it goes ahead).
+_FORK_WAIT: Final = 10.0
+_live: weakref.WeakSet[SqliteSink] = weakref.WeakSet()
+_held: list[SqliteSink] = []
+
+
+def _before_fork() -> None:
+    """Let no transaction be in progress at a fork (see ``SqliteSink._idle``)."""
+    for sink in list(_live):
+        if sink._idle.acquire(timeout=_FORK_WAIT):
+            _held.append(sink)
+
+
+def _after_fork() -> None:
+    # In the child too: the lock was copied held, by a thread the child does not have.
+    while _held:
+        _held.pop()._idle.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 class SqliteSink(Sink):
@@ -62,6 +83,12 @@ class SqliteSink(Sink):
         self._thread: threading.Thread | None = None
         # Connections a forked child inherited: never closed there (the parent's to close).
         self._inherited: list[SqliteStore] = []
+        # Held by the thread while it works on the database, and by a fork around it: a child
+        # forked in the middle of a transaction would inherit SQLite's in-process record of
+        # that transaction's locks, which no thread of the child ever releases, and its own new
+        # connection to the file would wait on them and fail with "database is locked".
+        self._idle = threading.Lock()
+        _live.add(self)
 
     # -- the thread ---------------------------------------------------------------------------
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -83,7 +110,8 @@ class SqliteSink(Sink):
                 return
             fn, future = job
             try:
-                result: Any = fn()
+                with self._idle:
+                    result: Any = fn()
             except BaseException as exc:  # delivered to the caller, never kills the thread
                 _settle(future, None, exc)
             else:

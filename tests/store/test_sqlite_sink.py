@@ -175,3 +175,52 @@ async def test_startup_errors_surface_in_the_caller(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
         await missing.open()
     await missing.close()
+
+
+_FORK_POOL = """
+import multiprocessing, sys
+from async_session_logger import SessionLogger
+from async_session_logger.sinks.sqlite import SqliteSink
+
+logger = SessionLogger(sinks=[SqliteSink(sys.argv[1])], dead_letter_path=sys.argv[1] + ".dead")
+logger.start_session("parent")
+for i in range(1000):
+    logger.log_entry("parent", f"p{i}")   # some still queued in the parent at fork time
+
+def work(n):
+    logger.start_session(f"child-{n}")
+    for i in range(200):
+        logger.log_entry(f"child-{n}", f"c{n}-{i}")
+    logger.close_session(f"child-{n}")
+    return n
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("fork").Pool(3)
+    done = pool.map(work, range(8))
+    pool.close()
+    pool.join()
+    logger.close_session("parent")
+    report = logger.close()
+    print(len(done), report.ok, flush=True)
+"""
+
+
+def test_fork_pool_children_write_through_the_parents_sqlite_sink(tmp_path: Path) -> None:
+    """A fork Pool working with the parent's logger and SqliteSink: the children open their own
+    connections (not the parent's inherited one) and every entry of every process is stored
+    once; the parent's entries queued at fork time are written by the parent only."""
+    db = tmp_path / "forked.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_POOL, str(db)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["8", "True"]
+    assert _rows(db, "SELECT session_id, stored, missing, status FROM sessions ORDER BY 1") == [
+        *[(f"child-{n}", 202, 0, "closed") for n in range(8)],
+        ("parent", 1002, 0, "closed"),
+    ]
+    assert _rows(db, "SELECT COUNT(*), COUNT(DISTINCT session_id || ':' || seq) FROM entries") == [
+        (8 * 202 + 1002, 8 * 202 + 1002)
+    ]
+    assert not (tmp_path / "forked.db.dead").exists()
+    assert "Traceback" not in done.stderr
