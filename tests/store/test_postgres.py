@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import date, timedelta
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -469,3 +470,75 @@ def test_a_write_during_a_server_crash_fails_whole_and_the_next_reconnects(
     assert store.write(lines[half:]) == []  # the same batch again, on a new connection
     assert tables(store) == expected
     store.close()
+
+
+def _partition_recipe() -> list[str]:
+    """Return the SQL blocks of docs/scaling.md's "Partitioned entries" section, in order."""
+    doc = (Path(__file__).parents[2] / "docs" / "scaling.md").read_text(encoding="utf-8")
+    section = doc.split("## Partitioned entries (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
+    assert len(blocks) == 3, "convert, add a day, drop a day"
+    return blocks
+
+
+def test_the_documented_partitioned_entries_table_keeps_the_same_rows(
+    cluster: PostgresCluster, story: tuple[Path, Path, list[bytes]]
+) -> None:
+    """docs/scaling.md's recipe, run as written on a real server: entries partitioned by run
+    day, each day's rows in the day's partition, SQLite's very rows; then the days dropped."""
+    _, db, lines = story
+    convert, add_day, drop_day = _partition_recipe()
+    # The story's entries carry today's time (two days if it ran across midnight).
+    days = sorted({orjson.loads(line)["timestamp"][:10] for line in lines})
+    url = fresh_database(cluster)
+    PostgresStore(url).close()  # the schema, as collect creates it
+
+    def dated(sql: str, day: str) -> str:
+        return (
+            sql.replace("2026-11-29", _next(day))
+            .replace("2026-11-28", day)
+            .replace("2026_11_28", day.replace("-", "_"))
+        )
+
+    async def run_sql(*statements: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def counts() -> dict[str, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            names = ["entries_waiting", "entries_default"]
+            names += [f"entries_{day.replace('-', '_')}" for day in days]
+            found = {}
+            for name in names:
+                if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
+                    found[name] = int(await conn.fetchval(f"SELECT COUNT(*) FROM {name}"))
+            found["sessions"] = int(await conn.fetchval("SELECT COUNT(*) FROM sessions"))
+            return found
+        finally:
+            await conn.close()
+
+    asyncio.run(run_sql(convert, *(dated(add_day, day) for day in days)))
+    store = PostgresStore(url)
+    rng = random.Random(5)
+    shuffled = lines + rng.sample(lines, len(lines) // 2)
+    rng.shuffle(shuffled)
+    for at in range(0, len(shuffled), 3):
+        assert store.write(shuffled[at : at + 3]) == []
+    assert tables(store) == sqlite_tables(db)
+    store.close()
+    found = asyncio.run(counts())
+    assert (found.pop("entries_waiting"), found.pop("entries_default")) == (0, 0)
+    assert found.pop("sessions") == len(sqlite_tables(db)[1])
+    assert sum(found.values()) == len(lines) and len(found) == len(days)
+    asyncio.run(run_sql(*(dated(drop_day, day) for day in days)))
+    assert asyncio.run(counts()) == {"entries_waiting": 0, "entries_default": 0, "sessions": 0}
+
+
+def _next(day: str) -> str:
+    """Return the day after ``day`` (YYYY-MM-DD)."""
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
