@@ -406,11 +406,12 @@ def _check_store_exactly_once(url: str, tmp_path: Path) -> None:
     sqlite.close()
 
 
-def test_a_broker_crash_under_a_group_into_postgresql_with_a_durable_safety_net(
+def test_a_broker_crash_then_a_member_sigkill_under_a_group_into_postgresql(
     cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    """Broker SIGKILLed mid-stream and restarted, 2 members of a group and a non-shared durable
-    collector (the documented safety net) into PostgreSQL: every entry exactly once."""
+    """Broker SIGKILLed mid-stream and restarted, then a member SIGKILLed and restarted, with 2
+    members of a group and a non-shared durable collector (the documented safety net) writing
+    into PostgreSQL: every entry exactly once, every sessions row one writer's."""
     url = fresh_database(cluster)
     procs: list[subprocess.Popen[bytes]] = []
     with Broker(persistence=True, workdir=tmp_path / "broker") as broker:
@@ -438,6 +439,12 @@ def test_a_broker_crash_under_a_group_into_postgresql_with_a_durable_safety_net(
             broker.restart()
             for name in ("g1", "g2", "net"):
                 _subscribed(tmp_path, name, times=2)
+            # And a member SIGKILLed while the stream is still coming in, restarted under its id.
+            assert _count_entries(url) < TOTAL, "the member's kill must come mid-stream"
+            procs[0].kill()
+            procs[0].wait()
+            procs[0] = _pg_collector(broker, url, tmp_path, "g1-again", "--client-id", "g1")
+            _subscribed(tmp_path, "g1-again")
             _finish(publishers)
             wait_until(lambda: _count_entries(url) >= TOTAL, 60, f"{TOTAL} stored entries")
             time.sleep(0.5)  # a late duplicate would land now
@@ -448,6 +455,7 @@ def test_a_broker_crash_under_a_group_into_postgresql_with_a_durable_safety_net(
     for name in ("g1", "g2"):
         log = (tmp_path / f"{name}.err").read_text()
         assert "lost the connection" in log and "subscribed again to $share/g/logs/#" in log
+    assert "subscribed to $share/g/logs/#" in (tmp_path / "g1-again.err").read_text()
 
 
 def test_a_write_during_a_server_crash_fails_whole_and_the_next_reconnects(
