@@ -3,9 +3,12 @@
 ``PostgresStore`` runs :class:`~.sqlite.SqliteStore`'s own write and read code (run placement,
 parking, adoption, sessions rows derived or added to) over a small connection object that speaks
 the subset of ``sqlite3`` that code uses, translated to asyncpg: ``?`` becomes ``$n``, a batch of
-entries becomes one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, and each
-transaction first takes a per-session advisory lock for every id of its batch. The rows are
-therefore derived by the same code as SQLite's, and two writers of one session serialize on it.
+entries becomes one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, a batch of
+row updates one pipelined ``executemany``, and each transaction begins by taking a per-session
+advisory lock for every id of its batch (the store's ``_begin`` hook). The rows are therefore
+derived by the same code as SQLite's, and two writers of one session serialize on it. The store
+code reads a batch's sessions rows in one query and sends its row updates together, so a batch
+costs a handful of round trips whatever the number of its sessions.
 
 Everything here is blocking, as for SQLite: the CLI and ``collect``'s commit thread call it
 directly. asyncpg needs an event loop, so each store owns a private one, running in its own
@@ -24,7 +27,6 @@ from concurrent.futures import Future
 from typing import Any, Final, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; typed here where used
-import orjson
 
 from . import rows
 from .schema import LATEST, MIGRATIONS, StoreError, StoreVersionError
@@ -56,21 +58,6 @@ _BATCH_INSERT: Final = (
     "SELECT * FROM unnest("
     + ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ENTRY_TYPES, 1))
     + ") ON CONFLICT (session_id, run, seq) DO NOTHING"
-)
-
-
-# The store code's per-run statements on sessions (see _Connection._from_batch), whitespace
-# normalized; the update is matched up to its WHERE, which follows.
-_KNOWN_RUNS: Final = "SELECT run FROM sessions WHERE session_id = ? AND run > ?"
-_ADD_COLUMNS: Final = "status, levels, entries, errors, dropped, missing, stored, first_stamp"
-_ADD_READ: Final = f"SELECT {_ADD_COLUMNS} FROM sessions WHERE session_id = ? AND run = ?"
-_ADD_WRITE: Final = (
-    "UPDATE sessions SET levels = ?, entries = ?, errors = ?, dropped = ?, missing = ?, "
-    "stored = ?, first_stamp = ? WHERE"
-)
-_ADD_WRITE_SQL: Final = _ADD_WRITE + " session_id = ? AND run = ?"
-_BATCH_ROWS: Final = (
-    f"SELECT session_id, run, {_ADD_COLUMNS} FROM sessions WHERE session_id = ANY($1::text[])"
 )
 
 
@@ -131,13 +118,6 @@ class _Connection:
         self.url = url
         self.timeout = timeout
         self.total_changes = 0
-        # Session ids whose advisory locks the next transaction takes (set by write()).
-        self.lock_ids: list[str] = []
-        # Within a locked transaction: the sessions rows of its ids as read at BEGIN (by id:
-        # run and the columns _ADD_READ asks for), the runs changed since, deferred updates.
-        self.rows: dict[str, list[tuple[str, tuple[Any, ...]]]] | None = None
-        self.dirty: set[tuple[Any, ...]] = set()
-        self.updates: list[tuple[Any, ...]] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="asl-postgres", daemon=True
@@ -166,77 +146,29 @@ class _Connection:
         return self.pg
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
-        """Run one statement (``?`` placeholders); BEGIN IMMEDIATE also takes the locks."""
-        if sql == "BEGIN IMMEDIATE":
-            return self.run(self._begin())
-        shape = " ".join(sql.split())
-        if self.rows is not None:
-            served = self._from_batch(shape, tuple(params))
-            if served is not None:
-                return served
-        return self.run(self._execute(_numbered(sql), tuple(params), shape))
+        """Run one statement (``?`` placeholders) and return its rows or its change count."""
+        return self.run(self._execute(_numbered(sql), tuple(params)))
 
-    def _from_batch(self, shape: str, params: tuple[Any, ...]) -> _Cursor | None:
-        """Answer a per-run read from the rows read at BEGIN, or defer a per-run update.
+    def begin(self, lock_ids: Sequence[str]) -> None:
+        """Open a transaction and take the advisory lock of every session id in it."""
+        self.run(self._begin(list(lock_ids)))
 
-        The store code reads and updates sessions rows one run at a time: a round trip each,
-        most of a batch's time on a network. The rows of the batch's ids were read in one query
-        after their locks were taken, so they hold until this transaction changes them; a run
-        it changed (``dirty``) is read from the server again. Statements not recognized here
-        run as they are: a change to the store code costs speed, never correctness.
-        """
-        assert self.rows is not None
-        if shape == _KNOWN_RUNS and not any(key[0] == params[0] for key in self.dirty):
-            found = [(r,) for (r, _) in self.rows.get(params[0], []) if r > params[1]]
-            return _Cursor(found, len(found))
-        if shape == _ADD_READ and params not in self.dirty:
-            found = [row for (r, row) in self.rows.get(params[0], []) if r == params[1]]
-            return _Cursor(found, len(found))
-        if shape.startswith(_ADD_WRITE):
-            self.dirty.add(params[-2:])
-            self.updates.append(params)
-            return _Cursor([], 1)
-        return None
-
-    async def _begin(self) -> _Cursor:
+    async def _begin(self, lock_ids: list[str]) -> None:
         pg = await self.live()
         await pg.execute("BEGIN")
-        if self.lock_ids:
+        if lock_ids:
             # Distinct lock keys in ascending order: two writers never wait on each other in
             # opposite orders (ids whose hashes collide share a key, and still cannot deadlock).
             await pg.execute(
                 "SELECT pg_advisory_xact_lock($1::int, k) FROM "
                 "(SELECT DISTINCT hashtext(i) AS k FROM unnest($2::text[]) AS i ORDER BY k) AS s",
                 _LOCK_SESSIONS,
-                self.lock_ids,
+                lock_ids,
             )
-            rows: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
-            for record in await pg.fetch(_BATCH_ROWS, self.lock_ids):
-                rows.setdefault(record[0], []).append((record[1], tuple(record)[2:]))
-            self.rows, self.dirty, self.updates = rows, set(), []
-        return _Cursor([], 0)
 
-    async def _flush(self, pg: asyncpg.Connection) -> None:
-        """Run the deferred updates, pipelined in one ``executemany``."""
-        if self.updates:
-            updates, self.updates = self.updates, []
-            await pg.executemany(_numbered(_ADD_WRITE_SQL), updates)
-            self.total_changes += len(updates)
-
-    async def _execute(self, sql: str, params: tuple[Any, ...], shape: str) -> _Cursor:
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> _Cursor:
         pg = await self.live()
-        if shape == "ROLLBACK":
-            self.updates = []  # the transaction failed: nothing of it is to be run
-        await self._flush(pg)
-        if shape in ("COMMIT", "ROLLBACK"):
-            self.rows, self.dirty, self.updates = None, set(), []
-        elif self.rows is not None:
-            # A change to a sessions row: later reads of that run go to the server.
-            if shape.startswith(("INSERT INTO sessions", "DELETE FROM sessions")):
-                self.dirty.add(params[:2])
-            elif shape.startswith("UPDATE sessions"):
-                self.rows = None  # not one of ours: read everything from the server
-        if shape.upper().startswith("SELECT"):
+        if sql.lstrip()[:6].upper() == "SELECT":
             records = await pg.fetch(sql, *params)
             return _Cursor([tuple(r) for r in records], len(records))
         status = await pg.execute(sql, *params)
@@ -245,16 +177,26 @@ class _Connection:
         return _Cursor([], changed)
 
     def executemany(self, sql: str, values: Sequence[Sequence[Any]]) -> _Cursor:
-        """Insert a batch of ``entries`` rows in one statement (the only batch the store runs)."""
+        """Run a batch: entries rows in one ``INSERT ... unnest``; other statements pipelined.
+
+        For an ``UPDATE`` the change count is the number of rows given (asyncpg's
+        ``executemany`` reports none; the store's batched updates each name an existing row).
+        """
         if not sql.startswith("INSERT INTO entries"):
-            raise StoreError(f"unexpected batch statement: {sql[:40]!r}")
+
+            async def pipelined() -> _Cursor:
+                pg = await self.live()
+                await pg.executemany(_numbered(sql), [tuple(v) for v in values])
+                self.total_changes += len(values)
+                return _Cursor([], len(values))
+
+            return self.run(pipelined())
         columns = [list(column) for column in zip(*values, strict=True)] or [
             [] for _ in rows.ENTRY_COLUMNS
         ]
 
         async def insert() -> _Cursor:
             pg = await self.live()
-            await self._flush(pg)
             status = await pg.execute(_BATCH_INSERT, *columns)
             self.total_changes += _count(status)
             return _Cursor([], _count(status))
@@ -295,6 +237,8 @@ class PostgresStore(SqliteStore):
             raise StoreError(f"not a PostgreSQL store URL (postgresql://...): {url!r}")
         self.path = url
         self.journal_mode = "postgresql"
+        self._rows: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._updates: list[tuple[Any, ...]] = []
         try:
             self.pg = _Connection(url, timeout)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -354,24 +298,23 @@ class PostgresStore(SqliteStore):
 
         return self.pg.run(version())
 
+    def _begin(self, session_ids: list[str]) -> None:
+        """Open the batch's transaction, holding the advisory lock of each of its session ids.
+
+        Concurrent writers of one id serialize on it (and derive its rows as one writer would);
+        writers of different ids run in parallel.
+        """
+        self.pg.begin(session_ids)
+
     def write(self, lines: Sequence[bytes]) -> list[int]:
         """Store the entries of JSON ``lines`` in one transaction; return the unusable ones.
 
         As :meth:`SqliteStore.write`, with the advisory locks of the batch's session ids taken
-        at the start of the transaction, so that concurrent writers of one id serialize.
+        at the start of the transaction (:meth:`_begin`).
 
         Raises:
             StoreError: the server refused or the connection failed (nothing was committed).
         """
-        ids: set[str] = set()
-        for line in lines:
-            try:
-                entry = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("session_id"), str):
-                ids.add(entry["session_id"])
-        self.pg.lock_ids = sorted(ids)
         try:
             return super().write(lines)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -380,5 +323,3 @@ class PostgresStore(SqliteStore):
             if pg is not None and not pg.is_closed() and pg.is_in_transaction():
                 pg.terminate()
             raise StoreError(f"PostgreSQL store: {exc}") from exc
-        finally:
-            self.pg.lock_ids = []

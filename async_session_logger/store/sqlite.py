@@ -24,6 +24,14 @@ _START: Final = "session_start"
 _CLOSE: Final = "session_close"
 # The rows _first_stamp reads before it gives up (and the run's row is derived instead).
 _FIRST_ROWS: Final = 8
+# The sessions columns a batch reads once per run (_read_rows) and _add updates.
+_ROW: Final = "status, levels, entries, errors, dropped, missing, stored, first_stamp"
+_ADD_UPDATE: Final = (
+    "UPDATE sessions SET levels = ?, entries = ?, errors = ?, dropped = ?, missing = ?, "
+    "stored = ?, first_stamp = ? WHERE session_id = ? AND run = ?"
+)
+# Ids per query of _read_rows (SQLite allows 32,766 parameters per statement; PostgreSQL 65,535).
+_IDS_PER_QUERY: Final = 500
 _ENTRY_INSERT: Final = (
     f"INSERT INTO entries ({', '.join(rows.ENTRY_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(rows.ENTRY_COLUMNS))}) "
@@ -90,6 +98,8 @@ class SqliteStore:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = path
+        self._rows: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._updates: list[tuple[Any, ...]] = []
         check_not_link(path)
         if not create and not os.path.exists(path):
             raise StoreError(f"{path}: no such store file")
@@ -152,28 +162,60 @@ class SqliteStore:
         if not parsed:
             return bad
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(sorted({entry["session_id"] for entry, _ in parsed}))
         try:
+            self._rows = self._read_rows({entry["session_id"] for entry, _ in parsed})
+            self._updates = []
             touched, added = self._insert(parsed)
             for session_id, run in sorted(touched):
                 self._derive(session_id, run)
             for (session_id, run), entries in added.items():
                 if (session_id, run) not in touched and not self._add(session_id, run, entries):
                     self._derive(session_id, run)
+            if self._updates:
+                conn.executemany(_ADD_UPDATE, self._updates)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._rows, self._updates = {}, []
         conn.execute("COMMIT")
         return bad
+
+    def _begin(self, session_ids: list[str]) -> None:
+        """Open a batch's write transaction (the ids are those of its entries, sorted).
+
+        SQLite takes its one write lock now (``BEGIN IMMEDIATE``); ``PostgresStore`` takes a
+        lock per session id instead, so that writers of different sessions run in parallel.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _read_rows(self, session_ids: set[str]) -> dict[str, dict[str, tuple[Any, ...]]]:
+        """Return the batch's sessions rows, read once: by id, by run, the ``_ROW`` columns.
+
+        Read after :meth:`_begin` (under the lock), they hold for the transaction: a run whose
+        row it derives again is never added to afterwards (see :meth:`write`).
+        """
+        found: dict[str, dict[str, tuple[Any, ...]]] = {}
+        ids = sorted(session_ids)
+        for at in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[at : at + _IDS_PER_QUERY]
+            for session_id, run, *columns in self.conn.execute(
+                f"SELECT session_id, run, {_ROW} FROM sessions "
+                f"WHERE session_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                found.setdefault(session_id, {})[run] = tuple(columns)
+        return found
 
     def _insert(
         self, parsed: list[tuple[dict[str, Any], str]]
     ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[dict[str, Any]]]]:
         """Insert the entries; return the runs to derive again, and those only added to.
 
-        A run only added to received new entries in seq order after all it held (the usual
-        case: a live session's next batch), none of them a lifecycle entry: its row is updated
-        by adding, not recomputed (see :meth:`_add`).
+        A run only added to received new entries only (past its highest seq: a live session's
+        next batch; or filling holes below it: a batch another collector overtook), none of
+        them a lifecycle entry: its row is updated by adding, not recomputed (see :meth:`_add`).
         """
         conn = self.conn
         added: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -185,11 +227,8 @@ class SqliteStore:
             if found is None:
                 found = runs[session_id] = sorted(
                     r
-                    for (r,) in conn.execute(
-                        "SELECT run FROM sessions WHERE session_id = ? AND run > ?",
-                        (session_id, rows.NO_RUN),
-                    )
-                    if not r.startswith(rows.PARKED)
+                    for r in self._rows.get(session_id, ())
+                    if r > rows.NO_RUN and not r.startswith(rows.PARKED)
                 )
             return found
 
@@ -371,11 +410,7 @@ class SqliteStore:
         :meth:`_derive`'s, which the tests check), and only ``first_stamp`` may need a short
         look at the run's first rows (:meth:`_first_stamp`) when a seq below the top filled in.
         """
-        row = self.conn.execute(
-            "SELECT status, levels, entries, errors, dropped, missing, stored, first_stamp "
-            "FROM sessions WHERE session_id = ? AND run = ?",
-            (session_id, run),
-        ).fetchone()
+        row = self._rows.get(session_id, {}).get(run)
         if row is None:
             return False
         status, levels_text, logged, errors, dropped, missing, stored, first = row
@@ -420,9 +455,8 @@ class SqliteStore:
             if found is False:
                 return False
             first = found
-        self.conn.execute(
-            "UPDATE sessions SET levels = ?, entries = ?, errors = ?, dropped = ?, missing = ?, "
-            "stored = ?, first_stamp = ? WHERE session_id = ? AND run = ?",
+        # Sent with the batch's other updates, in one executemany before COMMIT.
+        self._updates.append(
             (
                 orjson.dumps(counter.ordered()).decode(),
                 logged,
@@ -433,7 +467,7 @@ class SqliteStore:
                 first,
                 session_id,
                 run,
-            ),
+            )
         )
         return True
 
