@@ -21,7 +21,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 # The info strings a doc may use. A block meant to run says exactly ``python``; one that cannot
 # run alone says ``python fragment`` (GitHub still highlights it) and the text says so too.
-KNOWN_INFO = {"", "python", "python fragment", "bash", "text"}
+# ``sql`` blocks (docs/scaling.md's partitioned entries) are run on a real PostgreSQL server by
+# tests/store/test_postgres.py.
+KNOWN_INFO = {"", "python", "python fragment", "bash", "text", "sql"}
 # A snippet that waits for a server that is not there must fail this, not hang the suite.
 TIMEOUT_S = 90
 
