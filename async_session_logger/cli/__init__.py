@@ -1,8 +1,8 @@
 """The ``async-session-logger`` command: read, follow, collect and replay session logs.
 
 Each command lives in its own module (``sessions``, ``show``, ``tail``, ``collect``,
-``replay``) with ``add_parser()`` and ``run(args) -> int``. User errors are one line on stderr
-and a non-zero exit status, never a traceback. See docs/cli.md.
+``replay``, ``serve``) with ``add_parser()`` and ``run(args) -> int``. User errors are one line
+on stderr and a non-zero exit status, never a traceback. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import collect, replay, sessions, show, tail
+from . import collect, replay, serve, sessions, show, tail
 from ._common import PROG, CliError, say
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (sessions, show, tail, collect, replay):
+    for module in (sessions, show, tail, collect, replay, serve):
         module.add_parser(commands)
     return parser
 

@@ -1,0 +1,231 @@
+"""The session browser's in-memory index: one small row per session run, updated entry by entry.
+
+Built in one pass over the files at start, then fed the lines the files grow by. A row keeps
+what the list shows and filters on (status, times, counts, levels, metadata, parent, summary)
+and a bounded lower-case text of the id, metadata and messages for the text search; never the
+entries themselves (a session page reads those from the files again, see ``sources``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from .._reader import LevelCounter, discarded_of, parent_of, recorded_levels, summary_of
+from ..store.rows import stamp as stamp_of
+
+__all__ = ["TEXT_LIMIT", "Query", "Row", "SessionIndex", "SORTS"]
+
+# Bytes of lower-case text kept per session for the text search (id, metadata, messages).
+TEXT_LIMIT: Final = 64 * 1024
+SORTS: Final = ("start", "-start", "duration", "-duration")
+# Sorts before every time: sessions with no time at all come last in the newest-first list.
+_EPOCH_KEY: Final = ""
+
+
+@dataclass(slots=True)
+class Row:
+    """One run of one session id, as the list shows it."""
+
+    session_id: str
+    run: int
+    status: str = "open"
+    started: str | None = None
+    closed: str | None = None
+    first_stamp: str | None = None
+    duration_s: float | None = None
+    entries: int = 0
+    errors: int = 0
+    counted: LevelCounter = field(default_factory=LevelCounter)
+    recorded: dict[str, int] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    discarded: int = 0
+    seqs: set[int] = field(default_factory=set)
+    start: dict[str, Any] | None = None
+    text: list[str] = field(default_factory=list)
+    text_size: int = 0
+    children: int = 0
+    version: int = 0
+
+    @property
+    def moment(self) -> str:
+        """Return the time the list sorts and filters on: start, else first entry, else close."""
+        return self.started or self.first_stamp or self.closed or _EPOCH_KEY
+
+    @property
+    def missing(self) -> int:
+        """Return how many seqs below the highest one were never read."""
+        return (max(self.seqs) + 1 - len(self.seqs)) if self.seqs else 0
+
+    def levels(self) -> dict[str, int]:
+        """Return the close entry's recorded levels, or those counted while it is open."""
+        return self.recorded if self.recorded is not None else self.counted.ordered()
+
+    def add_text(self, value: str) -> None:
+        """Keep ``value`` (lower case) for the text search, within ``TEXT_LIMIT``."""
+        if self.text_size >= TEXT_LIMIT:
+            return
+        piece = value[: TEXT_LIMIT - self.text_size].lower()
+        self.text.append(piece)
+        self.text_size += len(piece)
+
+    def matches(self, needle: str) -> bool:
+        """Return whether the lower-case ``needle`` is in the id, metadata or messages."""
+        return any(needle in piece for piece in self.text)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the row as the JSON API gives it."""
+        return {
+            "session_id": self.session_id,
+            "run": self.run,
+            "status": self.status,
+            "started": self.started,
+            "closed": self.closed,
+            "first_stamp": self.first_stamp,
+            "duration_s": self.duration_s,
+            "entries": self.entries,
+            "errors": self.errors,
+            "missing": self.missing,
+            "levels": self.levels(),
+            "metadata": self.metadata,
+            "parent": self.parent,
+            "children": self.children,
+            "summary": self.summary,
+            "discarded": self.discarded,
+        }
+
+
+@dataclass
+class Query:
+    """What ``/api/sessions`` asks for."""
+
+    status: Sequence[str] = ()
+    text: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    sort: str = "-start"
+    limit: int = 50
+    offset: int = 0
+
+
+def _bound(moment: datetime) -> str:
+    """Return a time in the rows' fixed-width form (which sorts as time does)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SessionIndex:
+    """Every session run read so far, by id; fed entries that passed ``entry_problem``."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self._current: dict[str, Row] = {}
+        self._runs: dict[str, list[Row]] = {}
+        # Bumped on every change: the live events say which rows changed since a version.
+        self.version = 0
+
+    def add(self, entry: dict[str, Any]) -> Row | None:
+        """Add one entry; return the row it changed (None for a duplicate)."""
+        session_id: str = entry["session_id"]
+        seq: int = entry["seq"]
+        event = entry["event"]
+        row = self._current.get(session_id)
+        if row is None or (
+            event == "session_start" and row.start is not None and row.start != entry
+        ):
+            row = self._new(session_id)
+        if seq in row.seqs:
+            return None
+        row.seqs.add(seq)
+        stamp = stamp_of(entry.get("timestamp"))
+        if event == "session_start":
+            row.start = entry
+            metadata = entry.get("metadata")
+            row.metadata = metadata if isinstance(metadata, dict) else {}
+            row.started = stamp
+            row.parent = parent_of(entry)
+            row.add_text(orjson.dumps(row.metadata).decode())
+            if row.parent is not None:
+                self._count_child(row.parent)
+        elif event == "session_close" and row.status == "open":
+            status = entry.get("status")
+            row.status = status if isinstance(status, str) else "closed"
+            row.closed = stamp
+            duration = entry.get("duration_s")
+            if isinstance(duration, int | float) and not isinstance(duration, bool):
+                row.duration_s = float(duration)
+            row.recorded = recorded_levels(entry)
+            row.summary = summary_of(entry)
+            row.discarded = discarded_of(entry)
+        else:
+            if row.first_stamp is None and stamp is not None:
+                row.first_stamp = stamp
+            if event == "log":
+                row.entries += 1
+                row.counted.add(entry)
+            levelno = entry.get("levelno")
+            if isinstance(levelno, int) and levelno >= 40:
+                row.errors += 1
+            message = entry.get("message")
+            if isinstance(message, str):
+                row.add_text(message)
+        self.version += 1
+        row.version = self.version
+        return row
+
+    def _new(self, session_id: str) -> Row:
+        runs = self._runs.setdefault(session_id, [])
+        row = Row(session_id, run=len(runs) + 1)
+        row.add_text(session_id)
+        runs.append(row)
+        self.rows.append(row)
+        self._current[session_id] = row
+        return row
+
+    def _count_child(self, parent: str) -> None:
+        found = self._current.get(parent)
+        if found is not None:
+            found.children += 1
+            self.version += 1
+            found.version = self.version
+
+    def runs(self, session_id: str) -> list[Row]:
+        """Return the runs of an id, oldest first ([] if unknown)."""
+        return self._runs.get(session_id, [])
+
+    def changed_since(self, version: int) -> list[Row]:
+        """Return the rows changed after ``version`` (newest changes last)."""
+        return sorted((r for r in self.rows if r.version > version), key=lambda r: r.version)
+
+    def select(self, query: Query) -> tuple[int, list[Row]]:
+        """Return how many rows match ``query``, and the page of them it asks for."""
+        rows: Iterable[Row] = self.rows
+        if query.status:
+            wanted = set(query.status)
+            rows = (r for r in rows if r.status in wanted)
+        if query.since is not None:
+            since = _bound(query.since)
+            rows = (r for r in rows if r.moment and r.moment >= since)
+        if query.until is not None:
+            until = _bound(query.until)
+            rows = (r for r in rows if r.moment and r.moment < until)
+        if query.text:
+            needle = query.text.lower()
+            rows = (r for r in rows if r.matches(needle))
+        found = list(rows)
+        if query.sort in ("start", "-start"):
+            found.sort(key=lambda r: (r.moment, r.session_id, r.run), reverse=query.sort[0] == "-")
+        else:
+            # Sessions without a duration (open) sort after the others either way.
+            found.sort(
+                key=lambda r: (r.duration_s is not None, r.duration_s or 0.0),
+                reverse=query.sort[0] == "-",
+            )
+            if query.sort[0] != "-":
+                found.sort(key=lambda r: r.duration_s is None)
+        return len(found), found[query.offset : query.offset + query.limit]
