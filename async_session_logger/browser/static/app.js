@@ -219,20 +219,28 @@ function messageCell(entry) {
   return td;
 }
 
+// Milliseconds since the epoch with the microseconds the logger writes (Date.parse stops at ms).
+function micros(iso) {
+  const ms = Date.parse(iso);
+  if (Number.isNaN(ms)) return NaN;
+  const fraction = /\.(\d+)/.exec(String(iso));
+  return ms + (fraction ? Number((fraction[1] + "000000").slice(3, 6)) / 1000 : 0);
+}
+
 function drawAxis(entries, gaps, discarded) {
   const axis = $("axis");
-  const times = entries.map((e) => Date.parse(e.timestamp)).filter((t) => !Number.isNaN(t));
+  const times = entries.map((e) => micros(e.timestamp)).filter((t) => !Number.isNaN(t));
   const marks = [];
   const low = Math.min(...times), high = Math.max(...times);
   const span = high - low || 1;
   for (const entry of entries) {
-    const t = Date.parse(entry.timestamp);
+    const t = micros(entry.timestamp);
     const mark = el("span", null, "mark " + levelClass(entry.level) + " event-" + String(entry.event).replace(/[^a-z_]/g, ""));
     mark.style.left = (Number.isNaN(t) ? 0 : ((t - low) / span) * 100).toFixed(3) + "%";
     mark.title = `#${entry.seq} ${visible(entry.level ?? "")} ${visible(String(entry.message ?? "")).slice(0, 200)}`;
     marks.push(mark);
   }
-  const bySeq = new Map(entries.map((e) => [e.seq, Date.parse(e.timestamp)]));
+  const bySeq = new Map(entries.map((e) => [e.seq, micros(e.timestamp)]));
   for (const gap of gaps) {
     const t = bySeq.get(gap.after_seq);
     const mark = el("span", `${gap.missing} missing`, "gap-mark");
@@ -243,7 +251,10 @@ function drawAxis(entries, gaps, discarded) {
   const notes = [];
   if (gaps.length) notes.push(`${gaps.reduce((n, g) => n + g.missing, 0)} entries missing in ${gaps.length} gap(s)`);
   if (discarded) notes.push(`${discarded} held entries discarded (buffer_level)`);
-  if (times.length) notes.push(`${localTime(new Date(low).toISOString())} → ${localTime(new Date(high).toISOString())}`);
+  if (times.length) {
+    const spanText = span >= 1 ? duration(span / 1000) : `${Math.round(span * 1000)} µs`;
+    notes.push(`${localTime(new Date(low).toISOString())} → ${localTime(new Date(high).toISOString())} (${spanText})`);
+  }
   $("axis-notes").textContent = notes.join(" · ");
 }
 
