@@ -128,6 +128,7 @@ class SessionIndex:
         self._runs: dict[str, list[Row]] = {}
         # Bumped on every change: the live events say which rows changed since a version.
         self.version = 0
+        self._last: tuple[tuple[Any, ...], list[Row]] | None = None
 
     def add(self, entry: dict[str, Any]) -> Row | None:
         """Add one entry; return the row it changed (None for a duplicate)."""
@@ -203,7 +204,25 @@ class SessionIndex:
         return sorted((r for r in self.rows if r.version > version), key=lambda r: r.version)
 
     def select(self, query: Query) -> tuple[int, list[Row]]:
-        """Return how many rows match ``query``, and the page of them it asks for."""
+        """Return how many rows match ``query``, and the page of them it asks for.
+
+        The matching rows, sorted, are kept until the index changes: the next pages of the same
+        query (and the live page's refetch while nothing changed) cost a slice.
+        """
+        key = (
+            self.version,
+            tuple(query.status),
+            query.text,
+            query.since,
+            query.until,
+            query.sort,
+        )
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._match(query))
+        found = self._last[1]
+        return len(found), found[query.offset : query.offset + query.limit]
+
+    def _match(self, query: Query) -> list[Row]:
         rows: Iterable[Row] = self.rows
         if query.status:
             wanted = set(query.status)
@@ -228,4 +247,4 @@ class SessionIndex:
             )
             if query.sort[0] != "-":
                 found.sort(key=lambda r: r.duration_s is None)
-        return len(found), found[query.offset : query.offset + query.limit]
+        return found
