@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any, Final, TypeVar
 import orjson
 from aiohttp import web
 
-from ..cli._common import CliError, parse_when
+from ..cli._common import PROG, CliError, parse_when
 from .index import SORTS, Query
 from .sources import Source
 
@@ -142,6 +143,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = _error(404, "not found")
         except web.HTTPMethodNotAllowed:
             response = _error(405, "read-only: GET and HEAD only")
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a file gone, a store that fails: said in JSON, not a crash
+            print(f"{PROG} serve: {request.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            response = _error(500, f"{type(exc).__name__}: {exc}")
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
     return response

@@ -255,3 +255,19 @@ def test_serve_user_errors(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "give log files" in nothing.stderr
     bad = run_cli("serve", "--store", "mysql://x", "--port", "0")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_a_store_that_breaks_under_the_server_gives_json_500(serve: Serve, tmp_path: Path) -> None:
+    """A store file overwritten with junk while served: requests answer 500 in JSON, with the
+    security headers, and the server keeps serving (and stops cleanly)."""
+    db = tmp_path / "sessions.db"
+    _one_session("s", "x", sinks=[SqliteSink(db)], dead_letter_path=None)
+    served = serve("--store", f"sqlite:///{db}")
+    assert _ids(_get(served, "/api/sessions")) == ["s"]
+    for name in ("sessions.db-wal", "sessions.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    db.write_bytes(b"not a database at all" * 1000)
+    broken = _get(served, "/api/sessions/s")
+    assert broken.status_code == 500 and "error" in broken.json()
+    assert broken.headers["x-content-type-options"] == "nosniff"
+    assert _get(served, "/api/status").status_code in (200, 500)
