@@ -351,25 +351,7 @@ def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
             assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
         finally:
             _kill_all(procs)
-    store = PostgresStore(url, create=False)
-    try:
-        entries = store.table("entries")
-        rows = store.session_rows()
-    finally:
-        store.close()
-    sent = [
-        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
-    ]
-    assert len(sent) == TOTAL
-    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
-    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
-        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
-    }
-    # The rows equal those one SQLite writer derives from the same entries.
-    sqlite = SqliteStore(str(tmp_path / "one.db"))
-    sqlite.write(sent)
-    assert sorted(map(repr, sqlite.session_rows())) == sorted(map(repr, rows))
-    sqlite.close()
+    _check_store_exactly_once(url, tmp_path)
     summary = (tmp_path / "p2c.err").read_text().splitlines()[-1]
     assert re.search(r"stopped: \d+ entr\w+ committed to postgresql://asl@", summary), summary
     assert _written(tmp_path, "p2c") > 0
@@ -385,7 +367,8 @@ def _published(tmp_path: Path) -> int:
 
 
 def _check_store_exactly_once(url: str, tmp_path: Path) -> None:
-    """The store holds every published entry once, byte for byte; rows as one writer's."""
+    """The store holds every published entry once, byte for byte, and every sessions row
+    equals the one a single SQLite writer derives from the same entries."""
     store = PostgresStore(url, create=False)
     try:
         entries = store.table("entries")

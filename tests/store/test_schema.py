@@ -358,6 +358,22 @@ def test_batches_out_of_order_fill_holes_without_a_rescan(tmp_path: Path, seed: 
     assert _tables(path) == _tables(whole)
 
 
+def _late(tmp_path: Path, lines: list[bytes], late: bytes) -> list[str]:
+    """Write ``lines`` then ``late`` into one store, all at once into another; check both hold
+    the same rows, and return the full-run scans the late write ran."""
+    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
+    store = _store(path)
+    store.write(lines)
+    scans = _derives(store)
+    store.write([late])
+    store.close()
+    store = _store(whole)
+    store.write([*lines, late])
+    store.close()
+    assert _tables(path) == _tables(whole)
+    return scans
+
+
 @pytest.mark.parametrize(
     ("first", "filler", "expected_first"),
     [
@@ -376,19 +392,8 @@ def test_a_filler_entry_moves_the_first_stamp_as_a_rescan_would(
     timed seq when a hole below it fills in, as deriving the row from all entries gives."""
     lines = [_entry(seq, timed=True) for seq in first] + [_entry(5)]
     seq, timed = filler
-    late = _entry(seq, timed=timed)
-    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
-    store = _store(path)
-    store.write(lines)
-    scans = _derives(store)
-    store.write([late])
-    store.close()
-    assert scans == []
-    store = _store(whole)
-    store.write([*lines, late])
-    store.close()
-    assert _tables(path) == _tables(whole)
-    store = _store(path)
+    assert _late(tmp_path, lines, _entry(seq, timed=timed)) == []
+    store = _store(tmp_path / "late.db")
     (row,) = store.session_rows()
     store.close()
     assert row["first_stamp"] == expected_first
@@ -397,34 +402,13 @@ def test_a_filler_entry_moves_the_first_stamp_as_a_rescan_would(
 def test_many_untimed_entries_first_fall_back_to_a_rescan(tmp_path: Path) -> None:
     """When the run's first rows hold no time, the filled-in row is derived: still right."""
     lines = [_entry(seq, timed=False) for seq in range(12)] + [_entry(14)]
-    late = _entry(13)
-    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
-    store = _store(path)
-    store.write(lines)
-    scans = _derives(store)
-    store.write([late])
-    store.close()
-    assert len(scans) == 1
-    store = _store(whole)
-    store.write([*lines, late])
-    store.close()
-    assert _tables(path) == _tables(whole)
+    assert len(_late(tmp_path, lines, _entry(13))) == 1
 
 
 def test_a_filler_in_a_run_with_no_time_at_all_keeps_no_first_stamp(tmp_path: Path) -> None:
     """A short run whose entries carry no time keeps first_stamp empty when a hole fills."""
     lines = [_entry(1, timed=False), _entry(3, timed=False)]
-    path, whole = tmp_path / "late.db", tmp_path / "whole.db"
-    store = _store(path)
-    store.write(lines)
-    scans = _derives(store)
-    store.write([_entry(2, timed=False)])
-    store.close()
-    assert scans == []
-    store = _store(whole)
-    store.write([*lines, _entry(2, timed=False)])
-    store.close()
-    assert _tables(path) == _tables(whole)
+    assert _late(tmp_path, lines, _entry(2, timed=False)) == []
 
 
 def test_a_late_start_moves_its_entries_in_bulk(tmp_path: Path) -> None:
