@@ -31,6 +31,7 @@ __all__ = [
     "SessionSummary",
     "SummaryBuilder",
     "discarded_of",
+    "duration_of",
     "entry_problem",
     "link_children",
     "parent_of",
@@ -38,6 +39,7 @@ __all__ = [
     "read_entries",
     "read_sessions",
     "recorded_levels",
+    "status_of",
     "summary_of",
 ]
 
@@ -164,11 +166,8 @@ class Session:
         closed it) and ``evicted`` (``max_open_sessions`` closed it); any other string in the
         file is returned as it is.
         """
-        if self.close is None:
-            return "open"
-        status = self.close.get("status")
         # A formatter may drop or mangle the key; the session is still closed.
-        return status if isinstance(status, str) else "closed"
+        return "open" if self.close is None else status_of(self.close)
 
     @property
     def parent_session_id(self) -> str | None:
@@ -213,10 +212,7 @@ class Session:
     @property
     def duration_s(self) -> float | None:
         """Return the duration the close entry records, or None while the session is open."""
-        value = None if self.close is None else self.close.get("duration_s")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return None
+        return duration_of(self.close)
 
     @property
     def missing_seqs(self) -> list[int]:
@@ -396,6 +392,20 @@ def summary_of(close: dict[str, Any] | None) -> dict[str, Any]:
     """Return a close entry's ``summary`` if it is an object, else ``{}``."""
     value = None if close is None else close.get("summary")
     return value if isinstance(value, dict) else {}
+
+
+def status_of(close: dict[str, Any]) -> str:
+    """Return a close entry's status; ``closed`` when a formatter dropped or mangled the key."""
+    status = close.get("status")
+    return status if isinstance(status, str) else "closed"
+
+
+def duration_of(close: dict[str, Any] | None) -> float | None:
+    """Return the duration a close entry records, or None (no close, or no number)."""
+    value = None if close is None else close.get("duration_s")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def discarded_of(close: dict[str, Any] | None) -> int:
@@ -814,13 +824,9 @@ class _SummarySlot(_Slot):
             summary.parent_session_id = parent_of(entry)
             return
         if event == _CLOSE and summary.status == "open":
-            status = entry.get("status")
-            # As Session.status: a formatter may drop or mangle the key.
-            summary.status = status if isinstance(status, str) else "closed"
+            summary.status = status_of(entry)
             summary.closed_at = stamp
-            duration = entry.get("duration_s")
-            if isinstance(duration, int | float) and not isinstance(duration, bool):
-                summary.duration_s = float(duration)
+            summary.duration_s = duration_of(entry)
             summary.levels = recorded_levels(entry)
             summary.summary = summary_of(entry)
             summary.discarded = discarded_of(entry)

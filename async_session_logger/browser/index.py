@@ -15,7 +15,15 @@ from typing import Any, Final
 
 import orjson
 
-from .._reader import LevelCounter, discarded_of, parent_of, recorded_levels, summary_of
+from .._reader import (
+    LevelCounter,
+    discarded_of,
+    duration_of,
+    parent_of,
+    recorded_levels,
+    status_of,
+    summary_of,
+)
 from ..store.rows import stamp as stamp_of
 
 __all__ = ["TEXT_LIMIT", "Query", "Row", "SessionIndex", "SORTS"]
@@ -154,12 +162,9 @@ class SessionIndex:
             if row.parent is not None:
                 self._count_child(row.parent)
         elif event == "session_close" and row.status == "open":
-            status = entry.get("status")
-            row.status = status if isinstance(status, str) else "closed"
+            row.status = status_of(entry)
             row.closed = stamp
-            duration = entry.get("duration_s")
-            if isinstance(duration, int | float) and not isinstance(duration, bool):
-                row.duration_s = float(duration)
+            row.duration_s = duration_of(entry)
             row.recorded = recorded_levels(entry)
             row.summary = summary_of(entry)
             row.discarded = discarded_of(entry)
