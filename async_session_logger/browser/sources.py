@@ -13,6 +13,7 @@ import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -124,6 +125,12 @@ class FileSource(Source):
         self.followers: dict[str, Follower] = {}
         self.retired: list[Follower] = []
         self.read_once: set[str] = set()
+        # Where each id's lines are: pairs (file number, byte offset) in one array per id; the
+        # files by number as (path when read, device, inode). A session page reads those lines
+        # instead of every file; whatever does not check out sends it back to a full scan.
+        self.offsets: dict[str, array[int]] = {}
+        self.files: list[tuple[str, int, int]] = []
+        self._file_numbers: dict[tuple[int, int], int] = {}
         for path in paths:
             if not os.path.exists(path):
                 raise SourceError(f"{path}: no such file or directory")
@@ -164,13 +171,11 @@ class FileSource(Source):
                 continue  # gone between the listing and the open: the next look sees
             self.followers[path] = follower
         for old in self.retired:
-            self._take(old.read_all())
+            self._read(old, every=True)
             old.close()
         self.retired = []
         for path, follower in list(self.followers.items()):
-            self._take(follower.read())
-            while not follower.at_end:
-                self._take(follower.read())
+            self._read(follower, every=True)
             change = follower.change()
             if change == "rotated":
                 fresh = Follower(path)
@@ -181,24 +186,44 @@ class FileSource(Source):
                 # The old file may still get the writer's last lines: read it once more.
                 self.retired.append(follower)
                 self.followers[path] = fresh
-                self._take(fresh.read_all())
+                self._read(fresh, every=True)
             elif change == "truncated":
                 follower.open()  # read again from the start: seqs already seen are skipped
-                self._take(follower.read_all())
+                self._read(follower, every=True)
 
-    def _take(self, lines: list[tuple[int, bytes]]) -> None:
-        for _, line in lines:
-            if not line.strip():
-                continue
-            try:
-                entry = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self.corrupt_lines += 1
-                continue
-            if entry_problem(entry) is not None:
-                self.corrupt_lines += 1
-                continue
-            self.index.add(entry)
+    def _read(self, follower: Follower, *, every: bool) -> None:
+        """Take the follower's new complete lines, noting where each one starts."""
+        assert follower.fh is not None
+        key = follower.identity
+        number = self._file_numbers.get(key)
+        if number is None:
+            number = self._file_numbers[key] = len(self.files)
+            self.files.append((follower.path, *key))
+        while True:
+            position = follower.fh.tell() - len(follower.partial)
+            lines = follower.read()
+            for _, line in lines:
+                self._take_line(line, number, position)
+                position += len(line) + 1
+            if not every or follower.at_end:
+                return
+
+    def _take_line(self, line: bytes, number: int, position: int) -> None:
+        if not line.strip():
+            return
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.corrupt_lines += 1
+            return
+        if entry_problem(entry) is not None:
+            self.corrupt_lines += 1
+            return
+        self.index.add(entry)
+        found = self.offsets.get(entry["session_id"])
+        if found is None:
+            found = self.offsets[entry["session_id"]] = array("q")
+        found.extend((number, position))
 
     @property
     def version(self) -> int:
@@ -232,6 +257,58 @@ class FileSource(Source):
         return session_json(chosen, row.run, [r.run for r in runs], row.describe())
 
     def _entries_of(self, session_ids: set[str]) -> Iterator[dict[str, Any]]:
+        """Yield the entries of these ids: from the lines noted for them, else from a scan."""
+        found = self._noted(session_ids)
+        if found is None:
+            yield from self._scan(session_ids)
+            return
+        yield from found
+        # Compressed files are read whole at start: their lines have no offsets.
+        for path in sorted(self.read_once):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ReaderWarning)
+                for entry in read_entries(path):
+                    if entry["session_id"] in session_ids:
+                        yield entry
+
+    def _noted(self, session_ids: set[str]) -> list[dict[str, Any]] | None:
+        """Read the lines noted for these ids; None when any file or line does not check out
+        (a file renamed out of sight, replaced, or truncated and rewritten)."""
+        wanted: dict[int, list[int]] = {}
+        for session_id in session_ids:
+            pairs = self.offsets.get(session_id, array("q"))
+            for at in range(0, len(pairs), 2):
+                wanted.setdefault(pairs[at], []).append(pairs[at + 1])
+        entries: list[dict[str, Any]] = []
+        for number, positions in sorted(wanted.items()):
+            path, device, inode = self.files[number]
+            located = _locate(path, device, inode)
+            if located is None:
+                return None
+            try:
+                with open(located, "rb") as fh:
+                    if (os.fstat(fh.fileno()).st_dev, os.fstat(fh.fileno()).st_ino) != (
+                        device,
+                        inode,
+                    ):
+                        return None
+                    for position in sorted(positions):
+                        fh.seek(position)
+                        try:
+                            entry = orjson.loads(fh.readline())
+                        except orjson.JSONDecodeError:
+                            return None
+                        if (
+                            entry_problem(entry) is not None
+                            or entry["session_id"] not in session_ids
+                        ):
+                            return None
+                        entries.append(entry)
+            except OSError:
+                return None
+        return entries
+
+    def _scan(self, session_ids: set[str]) -> Iterator[dict[str, Any]]:
         """Yield the entries of these ids from every file, oldest file first."""
         needles = [orjson.dumps(i) for i in session_ids]
         for path in self._all_files():
@@ -259,9 +336,14 @@ class FileSource(Source):
                             yield entry
 
     def _all_files(self) -> list[str]:
-        files = [f.path for f in self.retired] + list(self._files())
-        # Rotated siblings first (x.jsonl.2, x.jsonl.1), then the live file: oldest first.
-        return sorted(set(files), key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0)
+        """Return the files to scan, oldest first: a served file's rotated siblings too."""
+        files = {f.path for f in self.retired} | set(self._files())
+        for path in list(files):
+            files.update(_rotated(path))
+        existing = [p for p in files if os.path.isfile(p)]
+        # Rotated files are older than the live one, and sort by their stamp (FileSink's
+        # names) or by their modification time (an external rotation's x.jsonl.1, .2, ...).
+        return sorted(existing, key=lambda p: (os.path.getmtime(p), p))
 
     def close(self) -> None:
         for follower in [*self.followers.values(), *self.retired]:
@@ -395,6 +477,44 @@ class StoreSource(Source):
 
     def close(self) -> None:
         self.store.close()
+
+
+def _rotated(path: str) -> list[str]:
+    """Return the rotated files of a live file: FileSink's ``app.<stamp>.jsonl[.gz]`` beside
+    ``app.jsonl``, and ``app.jsonl.1``, ``app.jsonl.2.gz``... of logrotate and its kind."""
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.partition(".")
+    pattern = os.path.join(glob.escape(folder or "."), glob.escape(stem) + ".*")
+    found = []
+    for candidate in glob.glob(pattern):
+        rest = os.path.basename(candidate)[len(stem) :]
+        if rest.endswith(".gz"):
+            rest = rest[:-3]
+        # "." + stamp + "." + suffix (FileSink) or "." + suffix + "." + digits (logrotate).
+        if (dot and rest.endswith("." + suffix) and rest != "." + suffix) or (
+            dot and rest.startswith("." + suffix + ".") and rest[len(suffix) + 2 :].isdigit()
+        ):
+            found.append(candidate)
+    return found
+
+
+def _locate(path: str, device: int, inode: int) -> str | None:
+    """Return where the file (device, inode) read at ``path`` is now: there, or renamed by a
+    rotation within its directory; None if it is gone."""
+    folder = os.path.dirname(path) or "."
+    try:
+        names = [os.path.basename(path), *os.listdir(folder)]
+    except OSError:
+        return None
+    for name in names:
+        candidate = os.path.join(folder, name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue  # gone meanwhile, or the path itself renamed away
+        if (st.st_dev, st.st_ino) == (device, inode):
+            return candidate
+    return None
 
 
 def moment(row: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from async_session_logger import SessionLogger
+from async_session_logger import SessionLogger, read_entries
 from async_session_logger.sinks.sqlite import SqliteSink
 
 from ..cli.helpers import run_cli
@@ -271,3 +271,46 @@ def test_a_store_that_breaks_under_the_server_gives_json_500(serve: Serve, tmp_p
     assert broken.status_code == 500 and "error" in broken.json()
     assert broken.headers["x-content-type-options"] == "nosniff"
     assert _get(served, "/api/status").status_code in (200, 500)
+
+
+def test_a_session_page_across_rotations_and_a_rewritten_file(serve: Serve, tmp_path: Path) -> None:
+    """A session whose entries span files a real FileSink rotated (and gzipped) while served
+    comes back whole and in order; so does one after its file was truncated and rewritten."""
+    log = tmp_path / "app.jsonl"
+    write_story(log, sessions=1)
+    served = serve(log)
+    with SessionLogger(
+        method="file",
+        path=log,
+        file={"rotate_bytes": 4_000, "compress": "gzip"},
+        dead_letter_path=None,
+    ) as logger:
+        logger.start_session("long", metadata={"k": "v"})
+        for i in range(60):
+            logger.log_entry("long", f"line {i} " + "x" * 100, logging.INFO)
+            if i % 10 == 9:
+                logger.save_logs()
+                time.sleep(0.3)  # the server reads between rotations
+        logger.close_session("long")
+    assert len(list(tmp_path.glob("app.*.jsonl.gz"))) >= 3, "the sink rotated the file"
+    _wait(lambda: "long" in _ids(_get(served, "/api/sessions", status="closed")), "long closed")
+    found = _get(served, "/api/sessions/long").json()
+    assert [e["seq"] for e in found["entries"]] == list(range(62))
+    assert found["gaps"] == []
+    # The live file truncated and rewritten in place with other content: the offsets noted
+    # for it now point into other lines, which the page must not show as "long"'s.
+    log.write_bytes(b"")
+    _one_session("rewritten", "new content", method="file", path=log, dead_letter_path=None)
+    _wait(lambda: "rewritten" in _ids(_get(served, "/api/sessions")), "the rewritten file")
+    again = _get(served, "/api/sessions/long").json()
+    on_disk = sorted(
+        e["seq"]
+        for f in tmp_path.glob("app*.jsonl*")
+        for e in read_entries(f)
+        if e["session_id"] == "long"
+    )
+    assert 0 < len(on_disk) < 62  # the truncation took the live file's share
+    assert [e["seq"] for e in again["entries"]] == on_disk
+    assert [e["message"] for e in _get(served, "/api/sessions/rewritten").json()["entries"]][
+        1
+    ] == "new content"
