@@ -207,11 +207,17 @@ def main() -> None:
     print()
     for qos in (0, 1):
         ratio = med[("MqttSink", qos, 1)] / med[("raw aiomqtt", qos, None)]
-        verdict = "PASS" if ratio >= 0.8 else "FAIL"
-        print(f"- 1 entry/message, QoS {qos}: {ratio:.2f}x raw aiomqtt (target >= 0.8x) {verdict}")
+        verdict = "OK" if ratio >= 0.95 else "MISSED"
+        print(
+            f"target: 1 entry/message, QoS {qos} >= 0.95x raw aiomqtt (measured {ratio:.2f}x) "
+            f"{verdict}"
+        )
     packed = med[("MqttSink", 1, 100)]
-    verdict = "PASS" if packed >= 100_000 else "FAIL"
-    print(f"- 100 entries/message, QoS 1: {packed:,.0f} entries/s (target >= 100,000) {verdict}")
+    verdict = "OK" if packed >= 250_000 else "MISSED"
+    print(
+        f"target: 100 entries/message, QoS 1 >= 250,000 entries/s (measured {packed:,.0f}) "
+        f"{verdict}"
+    )
 
 
 if __name__ == "__main__":

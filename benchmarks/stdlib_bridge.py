@@ -148,6 +148,11 @@ def main() -> None:
             f"{name:<14} {caller * 1e6:>14.2f} {total * 1e6:>18.2f} {total / base:>14.2f}x"
             f"   lines {sorted(lines)}"
         )
+    print()
+    for name in ("bridge-sync", "bridge-async"):
+        ratio = statistics.median(r["total_s"] for r in runs[name]) / n / base
+        verdict = "OK" if ratio <= 1.5 else "MISSED"
+        print(f"target: {name} <= 1.5x stdlib-file per record (measured {ratio:.2f}x) {verdict}")
 
 
 if __name__ == "__main__":
