@@ -70,7 +70,8 @@ class Browser:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="asl-serve")
         # Opened on the worker thread: every later call runs there too.
         self.source: Source = self.executor.submit(open_source).result()
-        self.clients: set[asyncio.Queue[bytes | None]] = set()
+        # Each client's queue holds (session id or None for every client, event bytes).
+        self.clients: set[asyncio.Queue[tuple[str | None, bytes] | None]] = set()
         self.allowed_hosts: set[str] = set()
         self.seen = self.source.version
         self.poller: asyncio.Task[None] | None = None
@@ -89,8 +90,10 @@ class Browser:
         """Read what the source gained, and tell the live clients, every ``_POLL_S``."""
         while True:
             await asyncio.sleep(_POLL_S)
+            fresh: list[tuple[str, int, dict[str, Any]]] | None = []
             try:
                 await self.call(self.source.refresh)
+                fresh = await self.call(self.source.take_entries)
                 if self.source.version == self.seen or not self.clients:
                     self.seen = self.source.version
                     continue
@@ -98,17 +101,35 @@ class Browser:
                 self.seen = self.source.version
             except Exception as exc:  # a source that fails must not end the live events
                 changed = [{"error": f"{type(exc).__name__}: {exc}"}]
-            self.broadcast(changed)
+            self.broadcast(changed, fresh)
 
-    def broadcast(self, changed: list[dict[str, Any]]) -> None:
-        """Queue the events of the changed sessions for every client."""
-        if len(changed) > _MAX_EVENTS:
-            events = [b"event: reload\ndata: {}\n\n"]
+    def broadcast(
+        self,
+        changed: list[dict[str, Any]],
+        fresh: list[tuple[str, int, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Queue the events of the changed sessions and their new entries for every client."""
+        events: list[tuple[str | None, bytes]]
+        if len(changed) > _MAX_EVENTS or fresh is None:
+            events = [(None, b"event: reload\ndata: {}\n\n")]
         else:
-            events = [b"event: session\ndata: " + orjson.dumps(row) + b"\n\n" for row in changed]
+            # A store names no session (None): every client, even one watching one id, hears it.
+            events = [
+                (row.get("session_id"), b"event: session\ndata: " + orjson.dumps(row) + b"\n\n")
+                for row in changed
+            ]
+            events += [
+                (
+                    session_id,
+                    b"event: entry\ndata: "
+                    + orjson.dumps({"session_id": session_id, "run": run, "entry": entry})
+                    + b"\n\n",
+                )
+                for session_id, run, entry in fresh
+            ]
         for queue in list(self.clients):
             for event in events:
-                if queue.qsize() < 1_000:  # a client that reads nothing is not buffered forever
+                if queue.qsize() < 5_000:  # a client that reads nothing is not buffered forever
                     queue.put_nowait(event)
 
     async def close(self) -> None:
@@ -268,7 +289,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[str | None, bytes] | None] = asyncio.Queue()
     browser.clients.add(queue)
     try:
         await response.write(b": live\n\n")
@@ -280,12 +301,10 @@ async def _events(request: web.Request) -> web.StreamResponse:
                 continue
             if event is None:
                 break
-            if only is not None and event.startswith(b"event: session"):
-                row = orjson.loads(event.split(b"data: ", 1)[1])
-                # A store names no session (None): every page looks again.
-                if row.get("session_id") not in (only, None):
-                    continue
-            await response.write(event)
+            session_id, data = event
+            if only is not None and session_id not in (only, None):
+                continue
+            await response.write(data)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -36,6 +36,8 @@ __all__ = ["FileSource", "Source", "SourceError", "StoreSource", "session_json"]
 # Directories: the files a collector or a FileSink writes (rotated and gzip'd ones too).
 _PATTERNS: Final = ("*.jsonl", "*.jsonl.*", "*.log", "*.json")
 _MAX_ENTRIES: Final = 20_000  # entries of one session page; the rest are counted, not sent
+# New entries kept for the live ``entry`` events between two polls; beyond it, one "reload".
+MAX_FRESH: Final = 1_000
 
 
 class SourceError(Exception):
@@ -53,7 +55,11 @@ def _gaps(entries: list[dict[str, Any]]) -> list[dict[str, int]]:
 
 
 def session_json(
-    session: Session, run: int, runs: list[int], row: dict[str, Any]
+    session: Session,
+    run: int,
+    runs: list[int],
+    row: dict[str, Any],
+    parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return one session run in full, as ``/api/sessions/{id}`` gives it."""
     every = [e for e in (session.start, *session.entries, session.close) if e is not None]
@@ -76,6 +82,7 @@ def session_json(
         "more_entries": len(every) - len(shown),
         "gaps": _gaps(every),
         "children": [tree(child, 1) for child in session.children],
+        "parent": parent,
     }
 
 
@@ -85,6 +92,15 @@ class Source(ABC):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.corrupt_lines = 0
+        # Entries read since the last take_entries() (session id, run, entry), for the live
+        # ``entry`` events; None once more than MAX_FRESH came in one poll (the clients reload).
+        self.fresh: list[tuple[str, int, dict[str, Any]]] | None = []
+        self.collect = False
+
+    def take_entries(self) -> list[tuple[str, int, dict[str, Any]]] | None:
+        """Return the entries read since the last call (None: too many, reload instead)."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
     @abstractmethod
     def describe(self) -> list[str]:
@@ -137,6 +153,7 @@ class FileSource(Source):
             if not os.path.isdir(path) and not os.access(path, os.R_OK):
                 raise SourceError(f"{path}: cannot read it")
         self.refresh()
+        self.collect = True  # what was there at start is no live news
 
     def describe(self) -> list[str]:
         return list(self.paths)
@@ -219,7 +236,12 @@ class FileSource(Source):
         if entry_problem(entry) is not None:
             self.corrupt_lines += 1
             return
-        self.index.add(entry)
+        row = self.index.add(entry)
+        if row is not None and self.collect and self.fresh is not None:
+            if len(self.fresh) < MAX_FRESH:
+                self.fresh.append((row.session_id, row.run, entry))
+            else:
+                self.fresh = None
         found = self.offsets.get(entry["session_id"])
         if found is None:
             found = self.offsets[entry["session_id"]] = array("q")
@@ -254,7 +276,12 @@ class FileSource(Source):
         if not sessions:
             return None
         chosen = sessions[min(row.run, len(sessions)) - 1]
-        return session_json(chosen, row.run, [r.run for r in runs], row.describe())
+        parent = None
+        if row.parent is not None:
+            parent_runs = self.index.runs(row.parent)
+            status = parent_runs[-1].status if parent_runs else None
+            parent = {"session_id": row.parent, "status": status}
+        return session_json(chosen, row.run, [r.run for r in runs], row.describe(), parent)
 
     def _entries_of(self, session_ids: set[str]) -> Iterator[dict[str, Any]]:
         """Yield the entries of these ids: from the lines noted for them, else from a scan."""
@@ -473,7 +500,12 @@ class StoreSource(Source):
             "summary": session.summary,
             "discarded": session.discarded,
         }
-        return session_json(session, index, numbers, row)
+        parent = None
+        if session.parent_session_id is not None:
+            parent_runs = load_runs(self.store, session.parent_session_id, tree=False)
+            status = parent_runs[-1][0].status if parent_runs else None
+            parent = {"session_id": session.parent_session_id, "status": status}
+        return session_json(session, index, numbers, row, parent)
 
     def close(self) -> None:
         self.store.close()
