@@ -11,27 +11,47 @@ ids, metadata and messages, sorting by duration, and reading one session in full
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from async_session_logger import SessionLogger
 from async_session_logger.browser import FileSource, Query
 
 
-def _median(fn: Callable[[], object], rounds: int = 5, fresh: FileSource | None = None) -> float:
+def _median(
+    fn: Callable[[], object], rounds: int = 5, change: Callable[[], object] | None = None
+) -> float:
     times = []
     for _ in range(rounds):
-        if fresh is not None:
-            fresh.index.version += 1  # as after a change: no cached result
+        if change is not None:
+            change()  # the index changed: no cached result
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _entry(session_id: str, seq: int, event: str, stamp: str) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "v": 1,
+        "session_id": session_id,
+        "seq": seq,
+        "event": event,
+        "timestamp": stamp,
+        "level": "INFO",
+        "levelno": 20,
+        "message": "more",
+    }
+    if event == "session_start":
+        entry["metadata"] = {}
+    return entry
 
 
 def main() -> None:
@@ -67,11 +87,28 @@ def main() -> None:
             "sort=-duration": Query(sort="-duration"),
             "page 1000 (offset 50,000)": Query(offset=50_000),
         }
+        seq = itertools.count(100)
+        now = datetime.now(UTC)
+
+        def new_entry() -> None:
+            # What a growing file brings most: an entry of a session already listed.
+            sid = f"req-{args.sessions - 1}"
+            stamp = now.isoformat().replace("+00:00", "Z")
+            source.index.add(_entry(sid, next(seq), "log", stamp))
+
+        def new_session() -> None:
+            # A session that starts before others already listed: the start order is sorted.
+            sid = f"late-{next(seq)}"
+            stamp = (now - timedelta(days=1)).isoformat().replace("+00:00", "Z")
+            source.index.add(_entry(sid, 0, "session_start", stamp))
+
+        print(f"{'':<28} {'new entry':>10} {'new session':>12} {'same query':>11}")
         for name, query in cases.items():
             total = source.page(query)[0]
-            cold = _median(lambda q=query: source.page(q), fresh=source) * 1000
+            cold = _median(lambda q=query: source.page(q), change=new_entry) * 1000
+            sorted_ = _median(lambda q=query: source.page(q), change=new_session) * 1000
             warm = _median(lambda q=query: source.page(q)) * 1000
-            print(f"{name:<28} {cold:8.1f} ms after a change, {warm:6.2f} ms again"
+            print(f"{name:<28} {cold:7.1f} ms {sorted_:9.1f} ms {warm:8.2f} ms"
                   f"  ({total:,} match)")  # fmt: skip
         detail = _median(lambda: source.session(f"req-{args.sessions // 2}", None), rounds=3)
         print(f"{'one session in full':<28} {detail * 1000:8.1f} ms  (its lines read by offset)")

@@ -85,7 +85,11 @@ class Row:
 
     def matches(self, needle: str) -> bool:
         """Return whether the lower-case ``needle`` is in the id, metadata or messages."""
-        return any(needle in piece for piece in self.text)
+        text = self.text
+        if len(text) != 1:
+            # Joined once, at the first search after a change: one C-level scan per row.
+            text[:] = ["\x00".join(text)]
+        return needle in text[0]
 
     def describe(self) -> dict[str, Any]:
         """Return the row as the JSON API gives it."""
@@ -137,6 +141,14 @@ class SessionIndex:
         # Bumped on every change: the live events say which rows changed since a version.
         self.version = 0
         self._last: tuple[tuple[Any, ...], list[Row]] | None = None
+        # The rows by (moment, id, run), ascending. New sessions usually start last, so they
+        # are appended; anything else marks it for one sort at the next list request. Filters
+        # walk it, so a list request after new entries (not new sessions) sorts nothing.
+        self._by_start: list[Row] = []
+        self._start_dirty = False
+        # The rows by duration, both ways, kept until a session is added or closed.
+        self._duration_version = 0
+        self._by_duration: tuple[int, list[Row], list[Row]] | None = None
 
     def add(self, entry: dict[str, Any]) -> Row | None:
         """Add one entry; return the row it changed (None for a duplicate)."""
@@ -144,12 +156,15 @@ class SessionIndex:
         seq: int = entry["seq"]
         event = entry["event"]
         row = self._current.get(session_id)
-        if row is None or (
+        fresh = row is None or (
             event == "session_start" and row.start is not None and row.start != entry
-        ):
+        )
+        if fresh:
             row = self._new(session_id)
+        assert row is not None
         if seq in row.seqs:
             return None
+        before = row.moment
         row.seqs.add(seq)
         stamp = stamp_of(entry.get("timestamp"))
         if event == "session_start":
@@ -182,7 +197,34 @@ class SessionIndex:
                 row.add_text(message)
         self.version += 1
         row.version = self.version
+        if fresh:
+            by_start = self._by_start
+            if by_start and _start_key(by_start[-1]) > _start_key(row):
+                self._start_dirty = True
+            by_start.append(row)
+            self._duration_version += 1
+        elif row.moment != before:
+            self._start_dirty = True
+        if event == "session_close":
+            self._duration_version += 1
         return row
+
+    def _ordered_by_start(self) -> list[Row]:
+        if self._start_dirty:
+            self._by_start.sort(key=_start_key)
+            self._start_dirty = False
+        return self._by_start
+
+    def _ordered_by_duration(self, descending: bool) -> list[Row]:
+        if self._by_duration is None or self._by_duration[0] != self._duration_version:
+            timed = [r for r in self.rows if r.duration_s is not None]
+            untimed = [r for r in self.rows if r.duration_s is None]
+            rising = sorted(timed, key=_duration_key)
+            falling = sorted(timed, key=_duration_key, reverse=True)
+            # Sessions without a duration (open) come after the others either way.
+            self._by_duration = (self._duration_version, rising + untimed, falling + untimed)
+        _, rising, falling = self._by_duration
+        return falling if descending else rising
 
     def _new(self, session_id: str) -> Row:
         runs = self._runs.setdefault(session_id, [])
@@ -228,7 +270,12 @@ class SessionIndex:
         return len(found), found[query.offset : query.offset + query.limit]
 
     def _match(self, query: Query) -> list[Row]:
-        rows: Iterable[Row] = self.rows
+        rows: Iterable[Row]
+        if query.sort in ("start", "-start"):
+            ordered = self._ordered_by_start()
+            rows = reversed(ordered) if query.sort == "-start" else ordered
+        else:
+            rows = self._ordered_by_duration(query.sort == "-duration")
         if query.status:
             wanted = set(query.status)
             rows = (r for r in rows if r.status in wanted)
@@ -241,15 +288,12 @@ class SessionIndex:
         if query.text:
             needle = query.text.lower()
             rows = (r for r in rows if r.matches(needle))
-        found = list(rows)
-        if query.sort in ("start", "-start"):
-            found.sort(key=lambda r: (r.moment, r.session_id, r.run), reverse=query.sort[0] == "-")
-        else:
-            # Sessions without a duration (open) sort after the others either way.
-            found.sort(
-                key=lambda r: (r.duration_s is not None, r.duration_s or 0.0),
-                reverse=query.sort[0] == "-",
-            )
-            if query.sort[0] != "-":
-                found.sort(key=lambda r: r.duration_s is None)
-        return found
+        return list(rows)
+
+
+def _start_key(row: Row) -> tuple[str, str, int]:
+    return (row.moment, row.session_id, row.run)
+
+
+def _duration_key(row: Row) -> float:
+    return row.duration_s or 0.0
