@@ -3,6 +3,7 @@
 Run by hand, on a quiet machine::
 
     .venv/bin/python benchmarks/sessions.py [--entries 200000] [--repeat 5]
+    .venv/bin/python benchmarks/sessions.py --storm [--repeat 5]   # 10,000 tasks, own sessions
     .venv/bin/python benchmarks/sessions.py --million        # 1,000,000 sessions, bounded
 
 Each figure comes from a fresh child process, ``--repeat`` times; medians are printed.
@@ -14,6 +15,11 @@ Each figure comes from a fresh child process, ``--repeat`` times; medians are pr
 - ``bytes/held entry`` and ``bytes/open session``: tracemalloc's growth divided by the count
   (``log_entry(sid, "message %d", DEBUG, {"i": i})`` held; sessions opened with a small
   metadata dict and never closed).
+- ``--storm``: issue 15's session storm: 10,000 concurrent asyncio tasks, each in its own
+  session (``async with alog.session(...)``), 20 ``await s.info(...)`` each with a yield between,
+  ``AsyncSessionLogger`` to a file; beside the same app without logging (total time to the end
+  of ``save_logs()``, and the loop lag seen by a task sleeping 1 ms over and over). Targets:
+  total <= 3x the app without logging, lag p99 within 1.5x of it.
 - ``--million``: 1,000,000 sessions opened and never closed by one ``SessionLogger`` with
   ``max_open_sessions=10_000`` (every start past 10,000 evicts one), each with one entry, to a
   file; peak RSS of that process beside the same process opening nothing.
@@ -22,6 +28,7 @@ Each figure comes from a fresh child process, ``--repeat`` times; medians are pr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import resource
@@ -97,6 +104,69 @@ def child(what: str, n: int) -> dict[str, float]:
     raise ValueError(what)
 
 
+STORM_TASKS = 10_000
+STORM_ENTRIES = 20
+
+
+async def _storm(logging_on: bool, directory: Path) -> dict[str, float]:
+    from async_session_logger import AsyncSessionLogger
+
+    lags: list[float] = []
+    stop = False
+
+    async def monitor() -> None:
+        clock = time.perf_counter
+        while not stop:
+            t0 = clock()
+            await asyncio.sleep(0.001)
+            lags.append((clock() - t0 - 0.001) * 1000)
+
+    alog = AsyncSessionLogger(path=str(directory / "storm.jsonl"), dead_letter_path=None)
+    await alog.start()
+
+    async def task_logged(i: int) -> None:
+        async with alog.session(f"task-{i:05d}", {"i": i}) as s:
+            for j in range(STORM_ENTRIES):
+                await s.info("step", {"j": j})
+                await asyncio.sleep(0)
+
+    async def task_bare(i: int) -> None:
+        for _j in range(STORM_ENTRIES):
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(monitor())
+    await asyncio.sleep(0.05)
+    lags.clear()
+    body = task_logged if logging_on else task_bare
+    start = time.perf_counter()
+    await asyncio.gather(*(body(i) for i in range(STORM_TASKS)))
+    if logging_on:
+        await alog.save_logs()
+    total = time.perf_counter() - start
+    stop = True
+    await watcher
+    report = await alog.aclose()
+    lines = 0
+    path = directory / "storm.jsonl"
+    if path.exists():
+        with path.open("rb") as fh:
+            lines = sum(1 for _ in fh)
+    lags.sort()
+    return {
+        "seconds": total,
+        "lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
+        "lag_max_ms": lags[-1] if lags else 0.0,
+        "lines": float(lines),
+        "ok": float(report.ok),
+    }
+
+
+def storm(logging_on: bool, directory: Path) -> dict[str, float]:
+    """Run the session storm (or the same app without logging) in this process."""
+    sys.path.insert(0, str(REPO_ROOT))
+    return asyncio.run(_storm(logging_on, directory))
+
+
 def million(bounded: bool, directory: Path) -> dict[str, float]:
     """Open 1,000,000 sessions (or none) and report peak RSS in MiB."""
     sys.path.insert(0, str(REPO_ROOT))
@@ -137,17 +207,55 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--million", action="store_true")
+    parser.add_argument("--storm", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "million":
         print(json.dumps(million(True, Path(args.dir))))
         return
+    if args.child in ("storm-on", "storm-off"):
+        print(json.dumps(storm(args.child == "storm-on", Path(args.dir))))
+        return
     if args.child == "baseline":
         print(json.dumps(million(False, Path(args.dir))))
         return
     if args.child:
         print(json.dumps(child(args.child, args.entries)))
+        return
+    if args.storm:
+        on: list[dict[str, float]] = []
+        off: list[dict[str, float]] = []
+        for _ in range(args.repeat):  # alternate: noise spreads over both
+            with tempfile.TemporaryDirectory() as tmp:
+                off.append(_run(["--child", "storm-off", "--dir", tmp]))
+            with tempfile.TemporaryDirectory() as tmp:
+                on.append(_run(["--child", "storm-on", "--dir", tmp]))
+
+        def med(runs: list[dict[str, float]], key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        expected = STORM_TASKS * (STORM_ENTRIES + 2)
+        lines = sorted({int(r["lines"]) for r in on})
+        print(
+            f"{STORM_TASKS:,} tasks x own session x {STORM_ENTRIES} entries, medians of "
+            f"{args.repeat}: without logging {med(off, 'seconds'):.2f} s (lag p99 "
+            f"{med(off, 'lag_p99_ms'):.1f} ms, max {med(off, 'lag_max_ms'):.1f} ms); with "
+            f"logging {med(on, 'seconds'):.2f} s (lag p99 {med(on, 'lag_p99_ms'):.1f} ms, max "
+            f"{med(on, 'lag_max_ms'):.1f} ms); lines {lines} (expected {expected:,})"
+        )
+        ratio = med(on, "seconds") / med(off, "seconds")
+        lag_ratio = med(on, "lag_p99_ms") / max(med(off, "lag_p99_ms"), 1e-9)
+        for label, value, bound in (
+            ("storm total time vs no logging", ratio, 3.0),
+            ("storm loop-lag p99 vs no logging", lag_ratio, 1.5),
+        ):
+            verdict = "OK" if value <= bound else "MISSED"
+            print(f"target: {label} <= {bound:g}x (measured {value:.2f}x) {verdict}")
+        if lines != [expected]:
+            print(
+                f"target: storm writes every entry ({expected:,} lines) (measured {lines}) MISSED"
+            )
         return
     if args.million:
         with tempfile.TemporaryDirectory() as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import json
 import logging
@@ -12,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_session_logger import SessionLogger, read_entries
+from async_session_logger import AsyncSessionLogger, SessionLogger, read_entries
 from async_session_logger._entry import LOG, EntryBuilder, Masker, format_timestamp
 from async_session_logger.sinks import FileSink
 
@@ -111,3 +112,30 @@ def _parse_ns(stamp: str) -> int:
     day, frac = stamp[:-1].split(".")
     second = calendar.timegm(time.strptime(day, "%Y-%m-%dT%H:%M:%S"))
     return second * 10**9 + int(frac) * 1000
+
+
+def test_session_storm_writes_every_entry_once_in_seq_order(tmp_path: Path) -> None:
+    """3,000 tasks each in its own session, queue smaller than a turn: nothing lost, seqs whole."""
+    path = tmp_path / "storm.jsonl"
+    tasks, per_task = 3000, 5
+
+    async def main() -> None:
+        # max_queue below one turn's output: the writer drains more per turn, callers still wait.
+        alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=1000)
+        await alog.start()
+
+        async def task(i: int) -> None:
+            async with alog.session(f"t{i}") as s:
+                for j in range(per_task):
+                    await s.info("step", {"j": j})
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(task(i) for i in range(tasks)))
+        assert (await alog.aclose()).ok
+
+    asyncio.run(main())
+    seqs: dict[str, list[int]] = {}
+    for entry in read_entries(path):
+        seqs.setdefault(entry["session_id"], []).append(entry["seq"])
+    assert len(seqs) == tasks
+    assert all(s == list(range(per_task + 2)) for s in seqs.values())
