@@ -8,6 +8,7 @@ entries themselves (a session page reads those from the files again, see ``sourc
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,9 +142,8 @@ class SessionIndex:
         # Bumped on every change: the live events say which rows changed since a version.
         self.version = 0
         self._last: tuple[tuple[Any, ...], list[Row]] | None = None
-        # The rows by (moment, id, run), ascending. New sessions usually start last, so they
-        # are appended; anything else marks it for one sort at the next list request. Filters
-        # walk it, so a list request after new entries (not new sessions) sorts nothing.
+        # The rows by (moment, id, run), ascending, kept in order as rows come and change (a
+        # bisect and one list move each). Filters walk it: a list request sorts nothing.
         self._by_start: list[Row] = []
         self._start_dirty = False
         # The rows by duration, both ways, kept until a session is added or closed.
@@ -199,15 +199,32 @@ class SessionIndex:
         row.version = self.version
         if fresh:
             by_start = self._by_start
-            if by_start and _start_key(by_start[-1]) > _start_key(row):
-                self._start_dirty = True
-            by_start.append(row)
+            if not by_start or _start_key(by_start[-1]) <= _start_key(row):
+                by_start.append(row)  # the usual case: a session newer than every other
+            else:
+                bisect.insort(by_start, row, key=_start_key)
             self._duration_version += 1
         elif row.moment != before:
-            self._start_dirty = True
+            self._move(row, before)
         if event == "session_close":
             self._duration_version += 1
         return row
+
+    def _move(self, row: Row, before: str) -> None:
+        """Put a row whose moment changed from ``before`` at its new place in start order."""
+        by_start = self._by_start
+        old = (before, row.session_id, row.run)
+
+        def placed(other: Row) -> tuple[str, str, int]:
+            # The row's own key has changed already; the list holds it where ``old`` sorts.
+            return old if other is row else _start_key(other)
+
+        at = bisect.bisect_left(by_start, old, key=placed)
+        if not self._start_dirty and at < len(by_start) and by_start[at] is row:
+            del by_start[at]
+            bisect.insort(by_start, row, key=_start_key)
+        else:
+            self._start_dirty = True
 
     def _ordered_by_start(self) -> list[Row]:
         if self._start_dirty:
