@@ -316,8 +316,21 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return _error(404, "not found")
 
 
-def create_app(browser: Browser) -> web.Application:
-    """Return the application serving ``browser``'s source."""
+def create_app(source: Browser | Source | Callable[[], Source]) -> web.Application:
+    """Return the application serving a source.
+
+    ``source`` is a :class:`Browser`, a source, or a function that opens one (called on the
+    worker thread: a SQLite connection must be made on the thread that uses it, so give a
+    :class:`StoreSource` this way). The Host check needs :meth:`Browser.allow` once the port is
+    known; until then any Host is answered.
+    """
+    if isinstance(source, Browser):
+        browser = source
+    elif isinstance(source, Source):
+        ready = source
+        browser = Browser(lambda: ready)
+    else:
+        browser = Browser(source)
     app = web.Application(middlewares=[_guard])
     app[_BROWSER] = browser
     app.router.add_get("/", _page)

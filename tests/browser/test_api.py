@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -259,3 +260,29 @@ def test_a_session_page_across_rotations_and_a_rewritten_file(serve: Serve, tmp_
     assert [e["message"] for e in _get(served, "/api/sessions/rewritten").json()["entries"]][
         1
     ] == "new content"
+
+
+def test_create_app_serves_a_source_in_process(tmp_path: Path) -> None:
+    """`create_app(FileSource(...))` is a working aiohttp app on a real port, headers and all."""
+    from aiohttp import web
+
+    from async_session_logger.browser import FileSource, create_app
+
+    log = tmp_path / "app.jsonl"
+    write_story(log, sessions=2)
+
+    async def main() -> tuple[int, dict[str, Any], str]:
+        runner = web.AppRunner(create_app(FileSource([str(log)])))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            async with httpx.AsyncClient() as client:
+                got = await client.get(f"http://127.0.0.1:{port}/api/sessions", params={"q": "u1"})
+        finally:
+            await runner.cleanup()
+        return got.status_code, got.json(), got.headers["X-Content-Type-Options"]
+
+    status, body, nosniff = asyncio.run(main())
+    assert status == 200 and nosniff == "nosniff"
+    assert [s["session_id"] for s in body["sessions"]] == ["req-1"]
