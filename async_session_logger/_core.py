@@ -226,8 +226,7 @@ class AsyncSessionLogger:
             it; ``"drop_oldest"`` drops the oldest queued log entry to make room. Drops are
             counted (``stats()["dropped"]``, the report) and a ``gap`` entry in the session's
             stream says how many and which seqs. Start and close entries are never dropped.
-        batch_size: entries the writer encodes as one batch. A turn of the loop takes at
-            least one batch and at most the backlog it found (whole batches), then yields.
+        batch_size: most entries the writer encodes before it yields to the loop.
         mask_keys: key substrings whose values are masked in metadata and custom fields
             (``None`` turns masking off).
         on_error: called with a :class:`SinkError` once per sink incident (default: stderr).

@@ -59,26 +59,13 @@ class Writer:
         loop was stopped (the engine moved on to another loop) must never take more.
         """
         intake = self.intake
-        # Entries this turn of the loop may still take before yielding. A turn takes at least
-        # a batch and at most what was queued when it began (in whole batches): with thousands
-        # of producer tasks each adding an entry per turn, one batch per turn fell behind, the
-        # queue filled, and every producer then waited in line (a future per entry). What was
-        # queued at the start of a turn is what the producers made in one turn, so the
-        # writer's share of a turn stays in proportion to theirs.
-        turn = 0
         while True:
-            if turn <= 0:
-                turn = max(self.batch_size, len(intake))
-            # Whole batches even at the end of a turn: a lane merges small batches, and a
-            # remainder merged with a full one would exceed a sink's max_batch.
             items = intake.take(self.batch_size)
             if not items:
-                turn = 0
                 await intake.wait()
                 if not current():
                     return
                 continue
-            turn -= len(items)
             records: list[Record] = []
             for item in items:
                 if type(item) is tuple:  # a Record; markers are objects
@@ -96,10 +83,8 @@ class Writer:
                 self.dispatch(records)
             for lane in self.lanes:
                 if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
-                    turn = 0
                     await lane.wait_space()
-            if turn <= 0:
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)
             if not current():
                 return
 

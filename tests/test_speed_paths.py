@@ -120,7 +120,7 @@ def test_session_storm_writes_every_entry_once_in_seq_order(tmp_path: Path) -> N
     tasks, per_task = 3000, 5
 
     async def main() -> None:
-        # max_queue below one turn's output: the writer drains more per turn, callers still wait.
+        # max_queue below one turn's output: callers wait for room in line, and lose nothing.
         alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=1000)
         await alog.start()
 
