@@ -387,6 +387,9 @@ class StoreSource(Source):
         self._version = 0
         self._signature: tuple[Any, ...] | None = None
         self._rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # The last rows read for a (version, status, since, until): the next pages of a list,
+        # and other sorts or text searches over it, read nothing until the store changes.
+        self._read: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
         self.refresh()
 
     def describe(self) -> list[str]:
@@ -436,7 +439,10 @@ class StoreSource(Source):
         return found
 
     def page(self, query: Query) -> tuple[int, list[dict[str, Any]]]:
-        rows = self._summaries(query)
+        key = (self._version, tuple(query.status), query.since, query.until)
+        if self._read is None or self._read[0] != key:
+            self._read = (key, self._summaries(query))
+        rows = list(self._read[1])
         if query.status:
             rows = [r for r in rows if r["status"] in query.status]
         if query.text:

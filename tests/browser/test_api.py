@@ -197,6 +197,15 @@ def test_a_sqlite_store(serve: Serve, tmp_path: Path) -> None:
     assert _ids(_get(served, "/api/sessions", status="error")) == ["failed"]
     assert _ids(_get(served, "/api/sessions", q="message 2")) == ["s2"]
     assert _ids(_get(served, "/api/sessions", q="u3")) == ["s3"]
+    oldest_first = _ids(_get(served, "/api/sessions", sort="start"))
+    assert oldest_first == ["s0", "s1", "s2", "s3", "failed"]
+    assert _ids(_get(served, "/api/sessions")) == oldest_first[::-1]
+    second = _get(served, "/api/sessions", sort="start", limit=2, offset=2).json()
+    assert (second["total"], [s["session_id"] for s in second["sessions"]]) == (5, ["s2", "s3"])
+    assert (
+        _ids(_get(served, "/api/sessions", since="1h", status="closed,error")) == oldest_first[::-1]
+    )
+    assert _ids(_get(served, "/api/sessions", until="2000-01-01T00:00:00Z")) == []
     found = _get(served, "/api/sessions/failed").json()
     assert [e["message"] for e in found["entries"]][1] == "boom <b>"
     _one_session("later", "new", sinks=[SqliteSink(db)], dead_letter_path=None)
