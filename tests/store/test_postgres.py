@@ -339,8 +339,11 @@ def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
                 _subscribed(tmp_path, name)
             publishers = _publish(broker, tmp_path)
             procs += publishers
-            wait_until(lambda: _count_entries(url) >= TOTAL // 4, 30, "a first share")
-            assert all(p.poll() is None for p in publishers), "the kill must come mid-stream"
+            # Mid-stream for the collectors: some entries stored, many still to come (the
+            # publishers may be done by then: on a busy machine they outrun the collectors, and
+            # the broker holds the rest for the group).
+            wait_until(lambda: _count_entries(url) > 0, 30, "a first entry stored")
+            assert _count_entries(url) < TOTAL // 2, "the kill must come mid-stream"
             procs[0].kill()  # SIGKILL: what it received but had not committed is not acked
             procs[0].wait()
             procs[0] = _pg_collector(broker, url, tmp_path, "p1c-again", "--client-id", "p1c")
