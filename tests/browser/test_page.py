@@ -142,6 +142,13 @@ def test_the_session_page_shows_its_entries_in_order(
     metadata = driver.find_element(By.ID, "s-metadata").text
     assert "user_id" in metadata and "u2" in metadata
     _shot(driver, "session-error")
+    # The same page in the dark scheme, for a look at its colours (media emulation, no reload).
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    _shot(driver, "session-error-dark")
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     driver.get(served.url + "sessions/parent-1")
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#children a"))
     assert driver.find_element(By.CSS_SELECTOR, "#children a").text == "child-1"
