@@ -122,7 +122,11 @@ function navigateList(changes, replace = false) {
   route();
 }
 
+// Live events can start a load while another is in flight: only the newest one may render.
+let generation = 0;
+
 async function loadList() {
+  const mine = ++generation;
   const params = listParams();
   const api = new URLSearchParams(params);
   api.set("limit", String(PAGE));
@@ -135,8 +139,10 @@ async function loadList() {
   let data;
   try {
     data = await getJSON("/api/sessions?" + api);
+    if (mine !== generation) return;
     error.hidden = true;
   } catch (exc) {
+    if (mine !== generation) return;
     error.textContent = visible(exc.message);
     error.hidden = false;
     return;
@@ -275,12 +281,15 @@ function tree(list, nodes) {
 }
 
 async function loadSession(id, run) {
+  const mine = ++generation;
   const error = $("session-error");
   let data;
   try {
     data = await getJSON("/api/sessions/" + encodeURIComponent(id) + (run ? "?run=" + run : ""));
+    if (mine !== generation) return;
     error.hidden = true;
   } catch (exc) {
+    if (mine !== generation) return;
     error.textContent = visible(exc.message);
     error.hidden = false;
     return;
