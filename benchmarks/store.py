@@ -28,7 +28,6 @@ Rounds are interleaved (every case once, then again) and the table shows medians
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sqlite3
@@ -43,10 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import asyncpg  # noqa: E402
 
 from tests.mqtt_broker import Broker  # noqa: E402
-from tests.postgres_cluster import PostgresCluster  # noqa: E402
+from tests.postgres_cluster import PostgresCluster, count_entries  # noqa: E402
 
 PUBLISHER = r"""
 import sys, time
@@ -99,19 +97,6 @@ print(elapsed, report.ok, flush=True)
 COLLECT = [sys.executable, "-m", "async_session_logger", "collect"]
 
 
-def _count_pg(url: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(url)
-        try:
-            if await conn.fetchval("SELECT to_regclass('entries')") is None:
-                return 0
-            return int(await conn.fetchval("SELECT COUNT(*) FROM entries"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
-
-
 def _count_sqlite(path: Path) -> int:
     if not path.exists():
         return 0
@@ -124,19 +109,6 @@ def _count_sqlite(path: Path) -> int:
 
 def _count_files(out: Path) -> int:
     return sum(f.read_bytes().count(b"\n") for f in out.glob("*.jsonl")) if out.exists() else 0
-
-
-def _new_database(cluster: PostgresCluster, name: str) -> str:
-    async def create() -> None:
-        conn = await asyncpg.connect(cluster.dsn)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name}")
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return cluster.url(name)
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -161,8 +133,8 @@ def collect_case(
     run.mkdir()
     if kind == "pg":
         assert cluster is not None
-        url = _new_database(cluster, f"b{name.replace('-', '')}{round_}")
-        target, count = ["--store", url], lambda: _count_pg(url)
+        url = cluster.new_database(f"b{name.replace('-', '')}{round_}")
+        target, count = ["--store", url], lambda: count_entries(url)
     elif kind == "sqlite":
         db = run / "sessions.db"
         target, count = ["--store", f"sqlite:///{db}"], lambda: _count_sqlite(db)

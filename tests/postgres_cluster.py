@@ -10,6 +10,7 @@ SIGKILLs the postmaster like a crash; ``start()`` again recovers the same data d
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -22,9 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import asyncpg
+
 from .mqtt_broker import free_port
 
-__all__ = ["PostgresCluster", "PostgresError", "pg_binary"]
+__all__ = ["PostgresCluster", "PostgresError", "count_entries", "pg_binary"]
 
 HOST = "127.0.0.1"
 USER = "asl"  # the cluster's superuser; trust authentication on loopback
@@ -82,6 +85,20 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         """Return the connection URL of ``database``."""
         return f"postgresql://{USER}@{HOST}:{self.port}/{database}"
+
+    def new_database(self, name: str) -> str:
+        """Create the empty database ``name`` (dropped first if it exists); return its URL."""
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+                await conn.execute(f"CREATE DATABASE {name}")
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return self.url(name)
 
     def _run(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -201,3 +218,18 @@ def _backends_of(data: Path) -> list[int]:
         if str(data).encode() in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def count_entries(url: str) -> int:
+    """Return how many entries the store at ``url`` holds (0 before its schema exists)."""
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('entries')") is None:
+                return 0
+            return int(await conn.fetchval("SELECT COUNT(*) FROM entries"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())

@@ -99,6 +99,30 @@ def _check_exactly_once(out: Path, tmp_path: Path) -> None:
     }
 
 
+def check_store_exactly_once(store: SqliteStore, tmp_path: Path) -> None:
+    """The store (closed here) holds every published entry once, byte for byte, and every
+    sessions row equals the one a single SQLite writer derives from the same entries."""
+    try:
+        entries = store.table("entries")
+        rows = store.session_rows()
+    finally:
+        store.close()
+    sent = [
+        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
+    ]
+    assert len(sent) == TOTAL
+    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
+    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
+        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
+    }
+    one = SqliteStore(str(tmp_path / "one.db"))
+    try:
+        one.write(sent)
+        assert sorted(map(repr, one.session_rows())) == sorted(map(repr, rows))
+    finally:
+        one.close()
+
+
 def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -306,17 +330,5 @@ def test_a_group_into_one_sqlite_store_one_member_sigkilled(tmp_path: Path) -> N
             assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
         finally:
             _kill_all(procs)
-    store = SqliteStore(str(db), create=False)
-    try:
-        entries = store.table("entries")
-        rows = store.session_rows()
-    finally:
-        store.close()
-    sent = [
-        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
-    ]
-    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
-    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
-        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
-    }
+    check_store_exactly_once(SqliteStore(str(db), create=False), tmp_path)
     assert "committed to sqlite:///" in (tmp_path / "s2.err").read_text().splitlines()[-1]

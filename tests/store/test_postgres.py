@@ -8,7 +8,6 @@ import re
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
 from itertools import count
@@ -24,9 +23,7 @@ from async_session_logger.store import LATEST, PostgresStore, SqliteStore, Store
 
 from ..cli.helpers import start_cli, wait_until
 from ..cli.test_collect_group import (
-    ENTRIES,
     PUBLISHERS,
-    SESSIONS,
     TOTAL,
     _finish,
     _kill_all,
@@ -34,9 +31,10 @@ from ..cli.test_collect_group import (
     _stop,
     _subscribed,
     _written,
+    check_store_exactly_once,
 )
 from ..mqtt_broker import Broker
-from ..postgres_cluster import PostgresCluster
+from ..postgres_cluster import PostgresCluster, count_entries
 from . import write_story
 
 _names = count()
@@ -59,17 +57,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[by
 
 def fresh_database(cluster: PostgresCluster) -> str:
     """Create an empty database on the cluster; return its URL."""
-    name = f"t{next(_names)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(cluster.dsn)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return cluster.url(name)
+    return cluster.new_database(f"t{next(_names)}")
 
 
 def _normal(table: list[tuple[Any, ...]], fields: int | None) -> list[tuple[Any, ...]]:
@@ -310,21 +298,6 @@ def _pg_collector(
     )  # fmt: skip
 
 
-def _count_entries(url: str) -> int:
-    """Return how many entries the store holds (0 before its schema exists)."""
-
-    async def count_rows() -> int:
-        conn = await asyncpg.connect(url)
-        try:
-            if await conn.fetchval("SELECT to_regclass('entries')") is None:
-                return 0
-            return int(await conn.fetchval("SELECT COUNT(*) FROM entries"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count_rows())
-
-
 def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
     cluster: PostgresCluster, tmp_path: Path
 ) -> None:
@@ -342,19 +315,19 @@ def test_a_group_into_postgresql_one_member_sigkilled_and_restarted(
             # Mid-stream for the collectors: some entries stored, many still to come (the
             # publishers may be done by then: on a busy machine they outrun the collectors, and
             # the broker holds the rest for the group).
-            wait_until(lambda: _count_entries(url) > 0, 30, "a first entry stored")
-            assert _count_entries(url) < TOTAL // 2, "the kill must come mid-stream"
+            wait_until(lambda: count_entries(url) > 0, 30, "a first entry stored")
+            assert count_entries(url) < TOTAL // 2, "the kill must come mid-stream"
             procs[0].kill()  # SIGKILL: what it received but had not committed is not acked
             procs[0].wait()
             procs[0] = _pg_collector(broker, url, tmp_path, "p1c-again", "--client-id", "p1c")
             _subscribed(tmp_path, "p1c-again")
             _finish(publishers)
-            wait_until(lambda: _count_entries(url) >= TOTAL, 30, f"{TOTAL} stored entries")
+            wait_until(lambda: count_entries(url) >= TOTAL, 30, f"{TOTAL} stored entries")
             time.sleep(0.5)  # a late duplicate would land now
             assert _stop(procs[0]) == 0 and _stop(procs[1]) == 0
         finally:
             _kill_all(procs)
-    _check_store_exactly_once(url, tmp_path)
+    check_store_exactly_once(PostgresStore(url, create=False), tmp_path)
     summary = (tmp_path / "p2c.err").read_text().splitlines()[-1]
     assert re.search(r"stopped: \d+ entr\w+ committed to postgresql://asl@", summary), summary
     assert _written(tmp_path, "p2c") > 0
@@ -367,29 +340,6 @@ def _published(tmp_path: Path) -> int:
         for n in PUBLISHERS
         if (tmp_path / f"{n}.jsonl").exists()
     )
-
-
-def _check_store_exactly_once(url: str, tmp_path: Path) -> None:
-    """The store holds every published entry once, byte for byte, and every sessions row
-    equals the one a single SQLite writer derives from the same entries."""
-    store = PostgresStore(url, create=False)
-    try:
-        entries = store.table("entries")
-        rows = store.session_rows()
-    finally:
-        store.close()
-    sent = [
-        line for n in PUBLISHERS for line in (tmp_path / f"{n}.jsonl").read_bytes().splitlines()
-    ]
-    assert len(sent) == TOTAL
-    assert Counter(e[-1].encode() for e in entries) == Counter(sent)  # each entry once, exact
-    assert {(r["session_id"], r["status"], r["entries"], r["missing"]) for r in rows} == {
-        (f"{n}-s{s}", "closed", ENTRIES, 0) for n in PUBLISHERS for s in range(SESSIONS)
-    }
-    sqlite = SqliteStore(str(tmp_path / "one.db"))
-    sqlite.write(sent)
-    assert sorted(map(repr, sqlite.session_rows())) == sorted(map(repr, rows))
-    sqlite.close()
 
 
 def test_a_broker_crash_then_a_member_sigkill_under_a_group_into_postgresql(
@@ -418,7 +368,7 @@ def test_a_broker_crash_then_a_member_sigkill_under_a_group_into_postgresql(
             procs += publishers
             # Publishers outrun collectors into PostgreSQL: the crash is timed by what they sent.
             wait_until(lambda: _published(tmp_path) >= TOTAL // 4, 30, "a first share sent")
-            wait_until(lambda: _count_entries(url) > 0, 30, "a first entry stored")
+            wait_until(lambda: count_entries(url) > 0, 30, "a first entry stored")
             assert all(p.poll() is None for p in publishers), "the crash must come mid-stream"
             broker.kill()
             time.sleep(0.3)
@@ -426,18 +376,18 @@ def test_a_broker_crash_then_a_member_sigkill_under_a_group_into_postgresql(
             for name in ("g1", "g2", "net"):
                 _subscribed(tmp_path, name, times=2)
             # And a member SIGKILLed while the stream is still coming in, restarted under its id.
-            assert _count_entries(url) < TOTAL, "the member's kill must come mid-stream"
+            assert count_entries(url) < TOTAL, "the member's kill must come mid-stream"
             procs[0].kill()
             procs[0].wait()
             procs[0] = _pg_collector(broker, url, tmp_path, "g1-again", "--client-id", "g1")
             _subscribed(tmp_path, "g1-again")
             _finish(publishers)
-            wait_until(lambda: _count_entries(url) >= TOTAL, 60, f"{TOTAL} stored entries")
+            wait_until(lambda: count_entries(url) >= TOTAL, 60, f"{TOTAL} stored entries")
             time.sleep(0.5)  # a late duplicate would land now
             assert all(_stop(p) == 0 for p in procs[:3])
         finally:
             _kill_all(procs)
-    _check_store_exactly_once(url, tmp_path)
+    check_store_exactly_once(PostgresStore(url, create=False), tmp_path)
     for name in ("g1", "g2"):
         log = (tmp_path / f"{name}.err").read_text()
         assert "lost the connection" in log and "subscribed again to $share/g/logs/#" in log
