@@ -125,8 +125,26 @@ function navigateList(changes, replace = false) {
 // Live events can start a load while another is in flight: only the newest one may render.
 let generation = 0;
 
-async function loadList() {
+// Fetch for a view: the data, or null when a newer load began meanwhile or the request failed
+// (then its message is shown in the view's error line).
+async function loadFor(url, errorId) {
   const mine = ++generation;
+  const error = $(errorId);
+  try {
+    const data = await getJSON(url);
+    if (mine !== generation) return null;
+    error.hidden = true;
+    return data;
+  } catch (exc) {
+    if (mine === generation) {
+      error.textContent = visible(exc.message);
+      error.hidden = false;
+    }
+    return null;
+  }
+}
+
+async function loadList() {
   const params = listParams();
   const api = new URLSearchParams(params);
   api.set("limit", String(PAGE));
@@ -135,18 +153,8 @@ async function loadList() {
     const value = api.get(name);
     if (value && /^\d{4}-\d\d-\d\dT/.test(value)) api.set(name, new Date(value).toISOString());
   }
-  const error = $("list-error");
-  let data;
-  try {
-    data = await getJSON("/api/sessions?" + api);
-    if (mine !== generation) return;
-    error.hidden = true;
-  } catch (exc) {
-    if (mine !== generation) return;
-    error.textContent = visible(exc.message);
-    error.hidden = false;
-    return;
-  }
+  const data = await loadFor("/api/sessions?" + api, "list-error");
+  if (data === null) return;
   const body = $("sessions").tBodies[0];
   const rows = data.sessions.map((s) => {
     const tr = el("tr");
@@ -281,19 +289,9 @@ function tree(list, nodes) {
 }
 
 async function loadSession(id, run) {
-  const mine = ++generation;
-  const error = $("session-error");
-  let data;
-  try {
-    data = await getJSON("/api/sessions/" + encodeURIComponent(id) + (run ? "?run=" + run : ""));
-    if (mine !== generation) return;
-    error.hidden = true;
-  } catch (exc) {
-    if (mine !== generation) return;
-    error.textContent = visible(exc.message);
-    error.hidden = false;
-    return;
-  }
+  const url = "/api/sessions/" + encodeURIComponent(id) + (run ? "?run=" + run : "");
+  const data = await loadFor(url, "session-error");
+  if (data === null) return;
   const s = data.session;
   document.title = `${visible(s.session_id)} — sessions`;
   $("s-id").textContent = visible(s.session_id);
