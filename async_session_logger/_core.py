@@ -22,7 +22,7 @@ from typing import Any, Final, Self
 from ._config import DEFAULT_DEAD_LETTER_PATH, build_engine
 from ._engine import Engine
 from ._entry import DEFAULT_MASK_KEYS, Formatter
-from ._errors import InvalidFieldsError, SinkError
+from ._errors import InvalidFieldsError
 from ._handles import AsyncSessionHandle, SessionRef, parent_id_of
 from ._intake import Overflow
 from ._report import DeliveryReport, ErrorHandler
@@ -139,19 +139,17 @@ _DONE = _Done()
 
 
 class _Deferred(Coroutine[Any, Any, None]):
-    """The rest of a verb that could not finish at call time: start the logger, wait for room.
+    """The rest of a verb called before the logger ran on this loop: start it, wait for room.
 
-    Awaiting it does the rest. A verb whose entry could not be queued at call time (the queue
-    was full) and that is never awaited still queues its entry when this object is dropped,
-    past the bound, rather than losing it.
+    The verb's entry is queued already (at call time): awaiting this starts the logger on the
+    running loop and then, if the queue is full, waits for room like the hot path does.
     """
 
-    __slots__ = ("_commit", "_coro", "_engine", "_prepared")
+    __slots__ = ("_coro", "_engine", "_may_wait")
 
-    def __init__(self, engine: Engine, commit: Callable[[Any], None], prepared: Any) -> None:
+    def __init__(self, engine: Engine, may_wait: bool) -> None:
         self._engine = engine
-        self._commit = commit
-        self._prepared = prepared  # None: already queued
+        self._may_wait = may_wait
         self._coro: Coroutine[Any, Any, None] | None = None
 
     def _inner(self) -> Coroutine[Any, Any, None]:
@@ -173,35 +171,11 @@ class _Deferred(Coroutine[Any, Any, None]):
         return self._inner().__await__()
 
     async def _finish(self) -> None:
-        prepared, self._prepared = self._prepared, None
         engine = self._engine
         if not engine.running or engine.loop is not asyncio.get_running_loop():
             await engine.start()
-        if prepared is None:
-            return
-        intake = engine.intake
-        if not intake.must_wait:
-            self._commit(prepared)
-            return
-        await intake.admit()
-        try:
-            self._commit(prepared)
-        finally:
-            intake.admitted()
-
-    def __del__(self) -> None:
-        prepared = self._prepared
-        if prepared is None:
-            return
-        try:
-            self._commit(prepared)
-        except Exception as exc:
-            self._engine.report_error(
-                SinkError(
-                    f"an entry whose verb was never awaited could not be queued: {exc}",
-                    sink_name="*",
-                )
-            )
+        if self._may_wait and engine.intake.full:
+            await engine.intake.room()
 
 
 class AsyncSessionLogger:
@@ -221,8 +195,9 @@ class AsyncSessionLogger:
         custom_formatter: ``fmt(entry: dict) -> dict`` applied to every entry before encoding.
         sinks: sink objects, in addition to those named by ``method``.
         max_queue: entries waiting for the writer before the ``overflow`` policy applies.
-        overflow: what a full queue does to a new log entry: ``"block"`` (default) makes the
-            caller wait (``await`` in async code), so nothing is lost; ``"drop_newest"`` drops
+        overflow: what a full queue does to a new log entry: ``"block"`` (default) queues
+            it and makes the caller wait for room (``await``; first come first served; a
+            cancelled wait loses nothing), so nothing is lost; ``"drop_newest"`` drops
             it; ``"drop_oldest"`` drops the oldest queued log entry to make room. Drops are
             counted (``stats()["dropped"]``, the report) and a ``gap`` entry in the session's
             stream says how many and which seqs. Start and close entries are never dropped.
@@ -372,11 +347,15 @@ class AsyncSessionLogger:
         extra = exception_extra(exc_info) if exc_info else None
         # Running on this loop, and room without waiting in line: queue and return.
         loop = _get_running_loop()
-        if engine.live_loop is loop and len(self._buf) < self._intake.admit_below:
+        if engine.live_loop is loop:
+            # Queued now, in call order; a full queue makes the caller wait after that (the
+            # back-pressure), as the sync face's callers do.
             if extra is None:
-                self._log(session_id, message, level, custom_fields)
+                full = self._log(session_id, message, level, custom_fields)
             else:
-                self._log(session_id, message, level, custom_fields, extra)
+                full = self._log(session_id, message, level, custom_fields, extra)
+            if full:
+                return self._intake.room()
             return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
@@ -400,8 +379,9 @@ class AsyncSessionLogger:
         engine = self._engine
         extra = record_extra(exception, origin)
         loop = _get_running_loop()
-        if engine.live_loop is loop and len(self._buf) < self._intake.admit_below:
-            self._log(session_id, message, level, custom_fields, extra)  # as log_entry's
+        if engine.live_loop is loop:
+            if self._log(session_id, message, level, custom_fields, extra):  # as log_entry's
+                return self._intake.room()
             return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         if loop is not None and engine.other_loop_alive(loop):
@@ -431,12 +411,14 @@ class AsyncSessionLogger:
                 intake.wait_space_sync()
             commit(prepared)
             # Awaited on a loop (run_coroutine_threadsafe), the rest starts the logger there.
-            return _DONE if engine.running else _Deferred(engine, commit, None)
-        ready = engine.live_loop is loop
-        if (droppable and intake.drops) or not intake.must_wait:
-            commit(prepared)  # queued now; the awaitable only starts the logger if needed
-            return self._done_on(loop) if ready else _Deferred(engine, commit, None)
-        return _Deferred(engine, commit, prepared)
+            return _DONE if engine.running else _Deferred(engine, may_wait=False)
+        commit(prepared)  # queued now; awaiting only starts the logger or waits for room
+        may_wait = not (droppable and intake.drops)
+        if engine.live_loop is not loop:
+            return _Deferred(engine, may_wait)
+        if may_wait and intake.full:
+            return intake.room()
+        return self._done_on(loop)
 
     def session(
         self,

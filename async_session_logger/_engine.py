@@ -520,6 +520,7 @@ class Engine:
             "gap_entries": gaps.reported,
             "overflow": self.intake.overflow,
             "queued": len(self.intake),
+            "waiting": self.intake.waiting,
             "open_sessions": len(self.recorder.open_sessions),
             "held": recorder.held_now,
             "discarded": recorder.discarded,

@@ -11,15 +11,43 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, Final, Literal
 
 from ._gaps import Gaps
 
-__all__ = ["OVERFLOW_POLICIES", "Intake", "Overflow"]
+__all__ = ["OVERFLOW_POLICIES", "Intake", "Overflow", "Room"]
 
 Overflow = Literal["block", "drop_newest", "drop_oldest"]
 OVERFLOW_POLICIES: Final = ("block", "drop_newest", "drop_oldest")
 _LOG: Final = 1  # _entry.LOG (not imported: _entry imports orjson, this module stays light)
+
+
+class Room(asyncio.Future[None]):
+    """A producer's wait for room in a full intake: a future that also passes for a coroutine.
+
+    The verbs return it, so like their other return values it must be accepted by
+    ``asyncio.create_task()`` and ``run_coroutine_threadsafe()``; ``send`` steps it the way a
+    coroutine awaiting the future would.
+    """
+
+    __slots__ = ()
+
+    def send(self, value: Any) -> Any:
+        if not self.done():
+            self._asyncio_future_blocking = True
+            return self
+        self.result()  # a cancelled wait raises CancelledError here
+        raise StopIteration
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        pass
+
+
+Coroutine.register(Room)
 
 
 class Intake:
@@ -58,16 +86,9 @@ class Intake:
         self._space_sync = threading.Event()
         self._sync_waiters = 0
         self._waiters_lock = threading.Lock()
-        # Async producers wait in line (loop thread only): take() admits as many as it freed
-        # slots, each with a reserved slot, so the bound holds and no herd wakes at once.
-        self.waiters: deque[asyncio.Future[None]] = deque()
-        self.reserved = 0
-        self._gate()
-
-    def _gate(self) -> None:
-        # Derived from reserved and waiters, kept as a plain int for the async hot path: a
-        # producer may queue at once while len(buf) < admit_below (0 while others wait in line).
-        self.admit_below = 0 if self.waiters else self.limit - self.reserved
+        # Async producers that found the intake full: their entries are queued already, each
+        # waits on a future of its own (loop thread only) until take() makes room.
+        self.waiters: deque[Room] = deque()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the writer runs on (called from that loop's thread)."""
@@ -76,8 +97,6 @@ class Intake:
         self._data = asyncio.Event()  # loop-bound once waited on: a new loop needs a new one
         self._sleeping = False
         self.waiters = deque()  # futures of a previous loop can never be resolved
-        self.reserved = 0
-        self._gate()
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -161,54 +180,40 @@ class Intake:
                 items = self.gaps.insert(items)
         if self._sync_waiters and len(buf) < self.limit:
             self._space_sync.set()
-        if self.waiters:
-            self._admit()
+        if self.waiters and len(buf) < self.limit:
+            if threading.get_ident() == self._loop_thread:
+                self.release(self.limit - len(buf))
+            elif self._loop is not None:  # a close that gave up on the loop takes leftovers
+                try:
+                    self._loop.call_soon_threadsafe(self.release, len(self.waiters))
+                except RuntimeError:  # the loop is closed: nobody can wait on it any more
+                    pass
         return items
 
-    def _admit(self) -> None:
-        # Loop thread only. Each admitted waiter holds a reserved slot until it has pushed.
-        free = self.limit - len(self._buf) - self.reserved
-        waiters = self.waiters
-        while free > 0 and waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                self.reserved += 1
-                free -= 1
-        self._gate()
+    def room(self) -> Room:
+        """Return what an async producer awaits after queueing into a full intake.
+
+        Loop thread only. The producer's entry is queued already (so a cancelled wait loses
+        nothing); the wait is the back-pressure: it ends, first come first served, as
+        :meth:`take` frees slots, one waiter per slot.
+        """
+        room = Room(loop=self._loop)
+        self.waiters.append(room)
+        return room
 
     @property
-    def must_wait(self) -> bool:
-        """Whether an async producer must queue for a slot (block policy: full, or a line)."""
-        return len(self._buf) >= self.admit_below
+    def waiting(self) -> int:
+        """How many producers (tasks and threads) wait for room now."""
+        return self._sync_waiters + sum(1 for room in self.waiters if not room.done())
 
-    async def admit(self) -> None:
-        """Wait in line for a slot; the caller then holds a reservation: call :meth:`admitted`."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiters.append(future)
-        self._gate()
-        if len(self._buf) + self.reserved < self.limit:
-            self._admit()  # room already: the line moves now
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.admitted()  # admitted, then cancelled: hand the slot on
-            else:
-                try:
-                    self.waiters.remove(future)
-                except ValueError:
-                    pass
-                self._gate()
-            raise
-
-    def admitted(self) -> None:
-        """Release the reservation :meth:`admit` gave (after pushing, or giving up)."""
-        self.reserved -= 1
-        if self.waiters:
-            self._admit()
-        else:
-            self._gate()
+    def release(self, count: int) -> None:
+        """Wake up to ``count`` waiting producers, oldest first (loop thread only)."""
+        waiters = self.waiters
+        while count > 0 and waiters:
+            room = waiters.popleft()
+            if not room.done():  # a cancelled waiter's slot goes to the next one
+                room.set_result(None)
+                count -= 1
 
     async def wait(self) -> None:
         """Sleep until something is pushed (writer side)."""

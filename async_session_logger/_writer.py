@@ -58,6 +58,13 @@ class Writer:
         ``current()`` says whether this run still serves the engine's binding: a writer whose
         loop was stopped (the engine moved on to another loop) must never take more.
         """
+        try:
+            await self._run(owner, current)
+        finally:
+            # Stopped, cancelled or moved to another loop: nobody waits for room any more.
+            self.intake.release(len(self.intake.waiters))
+
+    async def _run(self, owner: TaskOwner, current: Callable[[], bool]) -> None:
         intake = self.intake
         while True:
             items = intake.take(self.batch_size)

@@ -1,0 +1,220 @@
+"""Async producers at a full queue (issue 15): the entry is queued at call time, then the caller
+waits for room on a future of its own, woken first come first served as the writer frees slots.
+
+Real files and sinks; a sink held shut by a gate keeps the queue full for as long as a test
+needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from async_session_logger import AsyncSessionLogger, read_entries
+from async_session_logger.sinks import Batch, FileSink, Sink
+
+MAX_QUEUE = 20
+
+
+class Gate(Sink):
+    """Accepts nothing until ``gate`` is set; then takes everything (a ``block`` sink, so a
+    shut gate holds the writer back and the logger's queue fills)."""
+
+    default_name = "gate"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(overflow="block", **options)
+        self.gate = threading.Event()
+        self.got: list[dict[str, Any]] = []
+
+    async def write_batch(self, batch: Batch) -> None:
+        while not self.gate.is_set():  # noqa: ASYNC110 - a threading.Event, set from anywhere
+            await asyncio.sleep(0.002)
+        self.got.extend(batch)
+
+
+async def _fill(alog: AsyncSessionLogger, sid: str) -> int:
+    """Log into ``sid`` until the queue stays full (the shut gate holds the writer back);
+    return how many entries were logged.
+
+    The call that filled it returned a wait nobody awaits: ``stats()["waiting"]`` counts it."""
+    n = 0
+    for _ in range(500):
+        while alog.stats()["queued"] < MAX_QUEUE:
+            alog.log_entry(sid, f"fill {n}")  # queued at call time; nothing to wait for yet
+            n += 1
+        await asyncio.sleep(0.01)  # the writer takes what the gate's lane still has room for
+        if alog.stats()["queued"] >= MAX_QUEUE:
+            return n
+    raise AssertionError("the queue never filled")
+
+
+async def _full_logger(tmp_path: Path, **options: Any) -> tuple[AsyncSessionLogger, Gate]:
+    gate = Gate(max_pending=5, max_batch=5)
+    alog = AsyncSessionLogger(
+        sinks=[gate, FileSink(tmp_path / "log.jsonl")],
+        max_queue=MAX_QUEUE,
+        batch_size=5,
+        dead_letter_path=tmp_path / "dead.jsonl",
+        **options,
+    )
+    await alog.start()
+    await alog.start_session("s")
+    return alog, gate
+
+
+async def test_a_cancelled_wait_for_room_loses_nothing(tmp_path: Path) -> None:
+    """A task cancelled (a request's timeout) while it waits for room gets CancelledError at
+    once, and the entry of the call it was waiting in is delivered all the same: it was queued
+    when the call was made. (Before, the call's entry was held by the waiter and never queued.)"""
+    alog, gate = await _full_logger(tmp_path)
+    filled = await _fill(alog, "s")
+    calls: list[str] = []
+
+    async def request() -> None:
+        for i in range(10):
+            calls.append(f"request {i}")
+            await alog.log_entry("s", f"request {i}")
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.05)
+    assert not task.done() and calls == ["request 0"], "the request should wait for room"
+    started = time.monotonic()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert task.cancelled() and time.monotonic() - started < 0.5  # at once, gate still shut
+    gate.gate.set()
+    await alog.close_session("s")
+    report = await alog.aclose()
+    assert report.ok and report.accepted == filled + len(calls) + 2
+    messages = [e["message"] for e in read_entries(tmp_path / "log.jsonl") if e["event"] == "log"]
+    assert messages == [f"fill {i}" for i in range(filled)] + calls
+    assert [e["message"] for e in gate.got if e["event"] == "log"] == messages
+
+
+async def test_waiters_resume_first_come_first_served(tmp_path: Path) -> None:
+    """Ten tasks that find the queue full, one after the other, resume in that order as the
+    writer frees room, and their entries are numbered in call order."""
+    alog, gate = await _full_logger(tmp_path)
+    await _fill(alog, "s")
+    resumed: list[int] = []
+
+    async def producer(n: int) -> None:
+        await alog.log_entry("s", f"producer {n}")
+        resumed.append(n)
+
+    tasks = []
+    for n in range(10):
+        tasks.append(asyncio.create_task(producer(n)))
+        await asyncio.sleep(0.01)  # each one waits before the next arrives
+    assert resumed == [] and alog.stats()["waiting"] == 10 + 1  # and _fill's last call
+    gate.gate.set()
+    await asyncio.gather(*tasks)
+    assert resumed == list(range(10))
+    await alog.close_session("s")
+    report = await alog.aclose()
+    assert report.ok
+    ours = [e for e in read_entries(tmp_path / "log.jsonl") if e["message"].startswith("prod")]
+    assert [e["message"] for e in ours] == [f"producer {n}" for n in range(10)]
+    assert [e["seq"] for e in ours] == sorted(e["seq"] for e in ours)
+
+
+async def test_a_wait_for_room_passes_for_a_coroutine(tmp_path: Path) -> None:
+    """What a verb returns at a full queue works wherever a coroutine does: create_task(),
+    wait_for() (its timeout cancels the wait, never the entry), gather()."""
+    alog, gate = await _full_logger(tmp_path)
+    await _fill(alog, "s")
+    task = asyncio.create_task(alog.log_entry("s", "by create_task"))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(alog.log_entry("s", "by wait_for"), 0.05)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the queue should still be full")
+    assert not task.done()
+    gate.gate.set()
+    await asyncio.gather(task, alog.log_entry("s", "by gather"))
+    await alog.close_session("s")
+    report = await alog.aclose()
+    assert report.ok
+    messages = [e["message"] for e in read_entries(tmp_path / "log.jsonl")]
+    assert messages[-4:-1] == ["by create_task", "by wait_for", "by gather"]
+
+
+async def test_closing_releases_every_waiting_producer(tmp_path: Path) -> None:
+    """aclose() while 50 tasks wait for room behind a sink that never opens: the close gives up
+    after its timeout, every task returns (none hangs), and every entry is accounted for
+    (dead-lettered, the report says so)."""
+    alog, _gate = await _full_logger(tmp_path, close_timeout=0.3)
+    filled = await _fill(alog, "s")
+
+    async def producer(n: int) -> None:
+        await alog.log_entry("s", f"producer {n}")
+
+    tasks = [asyncio.create_task(producer(n)) for n in range(50)]
+    await asyncio.sleep(0.05)
+    assert alog.stats()["waiting"] == 50 + 1  # and _fill's last call
+    report = await alog.aclose(timeout=1.0)
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    assert not pending and all(t.exception() is None for t in done)
+    assert report.accepted == 1 + filled + 50 + 1  # start, fill, producers, interrupted close
+    gate_stats = report.sinks["gate"]
+    assert gate_stats.delivered == 0
+    assert gate_stats.dead_lettered + gate_stats.lost == report.accepted
+    assert report.sinks["file"].delivered == report.accepted
+
+
+async def test_the_queue_bound_holds_for_many_waiting_producers() -> None:
+    """2,000 producer tasks against max_queue=200 and a slow sink: at every moment the queue
+    holds at most max_queue entries plus one per producer waiting for room (the entry its
+    call queued), producers do wait, and every entry arrives in order within its session."""
+    got: list[dict[str, Any]] = []
+
+    class Slow(Sink):
+        default_name = "slow"
+
+        async def write_batch(self, batch: Batch) -> None:
+            await asyncio.sleep(0.00002 * len(batch))
+            got.extend(batch)
+
+    alog = AsyncSessionLogger(
+        sinks=[Slow(max_batch=100, max_pending=200, overflow="block")],
+        max_queue=200,
+        dead_letter_path=None,
+    )
+    peak = peak_waiting = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak, peak_waiting
+        while not stop.is_set():
+            stats = alog.stats()
+            assert stats["queued"] <= 200 + stats["waiting"], stats
+            peak = max(peak, stats["queued"])
+            peak_waiting = max(peak_waiting, stats["waiting"])
+            await asyncio.sleep(0)
+
+    async def producer(n: int) -> None:
+        async with alog.session(f"p{n}") as s:
+            for i in range(5):
+                await s.info(f"{i}")
+
+    async with alog:
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(producer(n) for n in range(2000)))
+        stop.set()
+        await watcher
+        report = await alog.save_logs()
+    assert report.ok and report.accepted == 2000 * 7
+    assert peak_waiting > 100, peak_waiting  # the bound was really reached
+    assert peak <= 200 + 2000, peak
+    seqs: dict[str, list[int]] = {}
+    for entry in got:
+        seqs.setdefault(entry["session_id"], []).append(entry["seq"])
+    assert all(v == list(range(7)) for v in seqs.values()) and len(seqs) == 2000
