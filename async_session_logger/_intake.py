@@ -82,7 +82,8 @@ class Intake:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
         self._data = asyncio.Event()
-        self._sleeping = False
+        # Whether the writer waits for a wake-up: a plain attribute, read by every verb.
+        self.sleeping = False
         self._space_sync = threading.Event()
         self._sync_waiters = 0
         self._waiters_lock = threading.Lock()
@@ -95,7 +96,7 @@ class Intake:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._data = asyncio.Event()  # loop-bound once waited on: a new loop needs a new one
-        self._sleeping = False
+        self.sleeping = False
         self.waiters = deque()  # futures of a previous loop can never be resolved
 
     def __len__(self) -> int:
@@ -117,7 +118,7 @@ class Intake:
             if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
-        if self._sleeping:
+        if self.sleeping:
             self.wake()
         return len(buf) >= self.limit
 
@@ -156,7 +157,7 @@ class Intake:
         """Wake the sleeping writer; call right after appending to ``buf`` (any thread)."""
         # The flag is cleared before waking, so concurrent pushers wake the loop once; a racing
         # extra wake-up is harmless, a missed one impossible (see wait()).
-        self._sleeping = False
+        self.sleeping = False
         if threading.get_ident() == self._loop_thread:
             self._data.set()
         elif self._loop is not None:
@@ -164,11 +165,6 @@ class Intake:
                 self._loop.call_soon_threadsafe(self._data.set)
             except RuntimeError:  # the loop is gone: close() will report the entry
                 pass
-
-    @property
-    def sleeping(self) -> bool:
-        """Whether the writer waits for a wake-up."""
-        return self._sleeping
 
     def take(self, limit: int) -> list[Any]:
         """Pop up to ``limit`` items (writer side), with ``gap`` records where due."""
@@ -218,10 +214,10 @@ class Intake:
     async def wait(self) -> None:
         """Sleep until something is pushed (writer side)."""
         self._data.clear()
-        self._sleeping = True
+        self.sleeping = True
         # Re-check after raising the flag: a push that saw the flag down has already appended.
         if self._buf:
-            self._sleeping = False
+            self.sleeping = False
             return
         await self._data.wait()
 
