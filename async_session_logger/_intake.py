@@ -24,11 +24,12 @@ _LOG: Final = 1  # _entry.LOG (not imported: _entry imports orjson, this module 
 
 
 class Room(asyncio.Future[None]):
-    """A producer's wait for room in a full intake: a future that also passes for a coroutine.
+    """What an async verb returns: a future that also passes for a coroutine.
 
-    The verbs return it, so like their other return values it must be accepted by
-    ``asyncio.create_task()`` and ``run_coroutine_threadsafe()``; ``send`` steps it the way a
-    coroutine awaiting the future would.
+    Pending, it is a producer's wait for room in a full intake (:meth:`Intake.room`); done, it
+    says the entry is queued (one per loop serves every call). Like every verb's return value
+    it must be accepted by ``asyncio.create_task()`` and ``run_coroutine_threadsafe()``:
+    ``send`` steps it the way a coroutine awaiting the future would.
     """
 
     __slots__ = ()
@@ -53,7 +54,9 @@ Coroutine.register(Room)
 class Intake:
     """A bounded FIFO of records and markers with cheap cross-thread wake-ups.
 
-    With ``overflow="block"`` callers wait while ``maxsize`` items are queued. With a drop
+    With ``overflow="block"`` a caller queues its record, then waits while ``maxsize`` items
+    are queued (so the intake holds at most one item past ``maxsize`` per waiting caller: the
+    record each one queued before it waited; see :meth:`room`). With a drop
     policy a full intake drops log entries instead (the newest or the oldest one) and notes
     them in :attr:`gaps`; ``take()`` hands the writer a ``gap`` record before the next record
     of the session. Lifecycle records are never dropped: they may take the intake one item
