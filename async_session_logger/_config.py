@@ -121,6 +121,7 @@ def build_engine(
     max_queue: int = 10_000,
     overflow: Overflow = "block",
     batch_size: int = 1_000,
+    linger: float = 0.002,
     mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
     on_error: ErrorHandler | None = None,
     dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
@@ -141,6 +142,8 @@ def build_engine(
         raise ConfigurationError("custom_formatter must be callable")
     if max_queue < 1 or batch_size < 1:
         raise ConfigurationError("max_queue and batch_size must be >= 1")
+    if not 0 <= linger <= 1:
+        raise ConfigurationError("linger must be between 0 and 1 second")
     if close_timeout <= 0:
         raise ConfigurationError("close_timeout must be > 0")
     if overflow not in OVERFLOW_POLICIES:
@@ -153,6 +156,7 @@ def build_engine(
         max_queue=max_queue,
         overflow=overflow,
         batch_size=batch_size,
+        linger=linger,
         dead_letter_path=dead_letter_path,
         on_error=on_error,
         close_timeout=close_timeout,

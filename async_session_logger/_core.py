@@ -183,6 +183,9 @@ class AsyncSessionLogger:
             counted (``stats()["dropped"]``, the report) and a ``gap`` entry in the session's
             stream says how many and which seqs. Start and close entries are never dropped.
         batch_size: most entries the writer encodes before it yields to the loop.
+        linger: seconds the writer waits for more entries after a wake-up or a batch of
+            fewer than 64 entries, so that a trickle of entries is written in batches (a
+            flush, a close or a full queue ends the wait at once); ``0``: never wait.
         mask_keys: key substrings whose values are masked in metadata and custom fields
             (``None`` turns masking off).
         on_error: called with a :class:`SinkError` once per sink incident (default: stderr).
@@ -213,6 +216,7 @@ class AsyncSessionLogger:
         max_queue: int = 10_000,
         overflow: Overflow = "block",
         batch_size: int = 1_000,
+        linger: float = 0.002,
         mask_keys: Iterable[str] | None = DEFAULT_MASK_KEYS,
         on_error: ErrorHandler | None = None,
         dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
@@ -231,6 +235,7 @@ class AsyncSessionLogger:
             max_queue=max_queue,
             overflow=overflow,
             batch_size=batch_size,
+            linger=linger,
             mask_keys=mask_keys,
             on_error=on_error,
             dead_letter_path=dead_letter_path,

@@ -68,6 +68,7 @@ class Engine:
         max_queue: int,
         overflow: Overflow,
         batch_size: int,
+        linger: float,
         dead_letter_path: str | os.PathLike[str] | None,
         on_error: ErrorHandler | None,
         close_timeout: float,
@@ -82,7 +83,7 @@ class Engine:
         self.on_error: ErrorHandler = on_error or print_error
         self.close_timeout = close_timeout
         self.lanes = [Lane(s, self.dead_letters, self.report_error) for s in self.sinks]
-        self.writer = Writer(self.intake, builder, self.lanes, batch_size, self.report)
+        self.writer = Writer(self.intake, builder, self.lanes, batch_size, self.report, linger)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.state = NEW
         # Called at interpreter exit and by multiprocessing's exit (os._exit children); a face

@@ -87,6 +87,7 @@ class Intake:
         self._data = asyncio.Event()
         # Whether the writer waits for a wake-up: a plain attribute, read by every verb.
         self.sleeping = False
+        self.lingering = False  # see linger()
         self._space_sync = threading.Event()
         self._sync_waiters = 0
         self._waiters_lock = threading.Lock()
@@ -100,6 +101,7 @@ class Intake:
         self._loop_thread = threading.get_ident()
         self._data = asyncio.Event()  # loop-bound once waited on: a new loop needs a new one
         self.sleeping = False
+        self.lingering = False
         self.waiters = deque()  # futures of a previous loop can never be resolved
 
     def __len__(self) -> int:
@@ -121,8 +123,8 @@ class Intake:
             if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
-        if self.sleeping:
-            self.wake()
+        if self.sleeping or (self.lingering and type(item) is not tuple):
+            self.wake()  # a marker (flush, stop) ends a linger at once
         return len(buf) >= self.limit
 
     def overflow_log(self, record: tuple[Any, ...]) -> None:
@@ -198,6 +200,8 @@ class Intake:
         """
         room = Room(loop=self._loop)
         self.waiters.append(room)
+        if self.lingering:
+            self.wake()  # a full intake ends the writer's linger
         return room
 
     @property
@@ -224,10 +228,31 @@ class Intake:
             return
         await self._data.wait()
 
+    async def linger(self, seconds: float) -> None:
+        """Let records gather for up to ``seconds`` after the writer was woken (writer side).
+
+        Producers do not wake the writer meanwhile (each wake-up is a thread hop, and a batch
+        of one entry costs as much as one of hundreds); a marker (flush, stop) or a producer
+        that finds the intake full ends the linger at once.
+        """
+        self._data.clear()
+        self.lingering = True
+        try:
+            if self._sync_waiters or self.full:
+                return
+            async with asyncio.timeout(seconds):
+                await self._data.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.lingering = False
+
     def wait_space_sync(self, timeout: float = 0.05) -> None:
         """Block the calling thread until the intake has room (never call from the loop)."""
         with self._waiters_lock:
             self._sync_waiters += 1
+        if self.lingering:
+            self.wake()
         try:
             while len(self._buf) >= self.limit:
                 self._space_sync.clear()

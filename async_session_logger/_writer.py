@@ -18,6 +18,10 @@ from .sinks import Batch
 __all__ = ["STOP", "Flush", "Writer"]
 
 
+# A take of fewer entries than this drained the queue: the writer lingers before the next.
+SMALL_BATCH: Final = 64
+
+
 class Flush:
     """A flush barrier in the intake: resolved once every lane wrote what came before it."""
 
@@ -45,11 +49,16 @@ class Writer:
         lanes: Sequence[Lane],
         batch_size: int,
         report: Callable[[], DeliveryReport],
+        linger: float = 0.0,
     ) -> None:
         self.intake = intake
         self.builder = builder
         self.lanes = lanes
         self.batch_size = batch_size
+        # Seconds to let entries gather after a wake-up or a small batch: a batch of one entry
+        # costs the writer and the sinks about as much as one of hundreds (measured: a task
+        # that logs and yields, 63 us per entry without, 14 us with 2 ms).
+        self.linger = linger
         self._report = report
 
     async def run(self, owner: TaskOwner, current: Callable[[], bool]) -> None:
@@ -72,6 +81,8 @@ class Writer:
                 await intake.wait()
                 if not current():
                     return
+                if self.linger:
+                    await intake.linger(self.linger)
                 continue
             records: list[Record] = []
             for item in items:
@@ -91,7 +102,10 @@ class Writer:
             for lane in self.lanes:
                 if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
                     await lane.wait_space()
-            await asyncio.sleep(0)
+            if self.linger and len(items) < SMALL_BATCH:
+                await intake.linger(self.linger)  # drained: let the next batch gather
+            else:
+                await asyncio.sleep(0)
             if not current():
                 return
 

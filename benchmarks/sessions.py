@@ -5,6 +5,7 @@ Run by hand, on a quiet machine::
     .venv/bin/python benchmarks/sessions.py [--entries 200000] [--repeat 5]
     .venv/bin/python benchmarks/sessions.py --storm [--repeat 5]   # 10,000 tasks, own sessions
     .venv/bin/python benchmarks/sessions.py --million        # 1,000,000 sessions, bounded
+    .venv/bin/python benchmarks/sessions.py --trickle [--repeat 5]  # log, yield, log...
 
 Each figure comes from a fresh child process, ``--repeat`` times; medians are printed.
 
@@ -20,6 +21,10 @@ Each figure comes from a fresh child process, ``--repeat`` times; medians are pr
   ``AsyncSessionLogger`` to a file; beside the same app without logging (total time to the end
   of ``save_logs()``, and the loop lag seen by a task sleeping 1 ms over and over). Targets:
   total <= 3x the app without logging, lag p99 within 1.5x of it.
+- ``--trickle``: 1 task and 100 tasks, each in its own session, logging 20,000 entries in all
+  with ``await s.info(...)`` then ``await asyncio.sleep(0)`` (a handler awaiting I/O between
+  its log lines), ``AsyncSessionLogger`` to a file, with ``linger=0`` and the default linger:
+  µs per entry until ``save_logs()`` returns.
 - ``--million``: 1,000,000 sessions opened and never closed by one ``SessionLogger`` with
   ``max_open_sessions=10_000`` (every start past 10,000 evicts one), each with one entry, to a
   file; peak RSS of that process beside the same process opening nothing.
@@ -167,6 +172,32 @@ def storm(logging_on: bool, directory: Path) -> dict[str, float]:
     return asyncio.run(_storm(logging_on, directory))
 
 
+TRICKLE_ENTRIES = 20_000
+
+
+async def _trickle(tasks: int, linger: float | None, directory: Path) -> dict[str, float]:
+    from async_session_logger import AsyncSessionLogger
+
+    options = {} if linger is None else {"linger": linger}
+    alog = AsyncSessionLogger(
+        path=str(directory / "trickle.jsonl"), dead_letter_path=None, **options
+    )
+    await alog.start()
+
+    async def handler(i: int) -> None:
+        async with alog.session(f"t{i}") as s:
+            for j in range(TRICKLE_ENTRIES // tasks):
+                await s.info("step", {"j": j})
+                await asyncio.sleep(0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(handler(i) for i in range(tasks)))
+    await alog.save_logs()
+    elapsed = time.perf_counter() - start
+    await alog.aclose()
+    return {"us": elapsed / TRICKLE_ENTRIES * 1e6}
+
+
 def million(bounded: bool, directory: Path) -> dict[str, float]:
     """Open 1,000,000 sessions (or none) and report peak RSS in MiB."""
     sys.path.insert(0, str(REPO_ROOT))
@@ -208,11 +239,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--million", action="store_true")
     parser.add_argument("--storm", action="store_true")
+    parser.add_argument("--trickle", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "million":
         print(json.dumps(million(True, Path(args.dir))))
+        return
+    if args.child and args.child.startswith("trickle-"):
+        _, tasks, linger = args.child.split("-")
+        sys.path.insert(0, str(REPO_ROOT))
+        result = asyncio.run(
+            _trickle(int(tasks), None if linger == "default" else float(linger), Path(args.dir))
+        )
+        print(json.dumps(result))
         return
     if args.child in ("storm-on", "storm-off"):
         print(json.dumps(storm(args.child == "storm-on", Path(args.dir))))
@@ -222,6 +262,20 @@ def main() -> None:
         return
     if args.child:
         print(json.dumps(child(args.child, args.entries)))
+        return
+    if args.trickle:
+        cases = [(t, lg) for t in (1, 100) for lg in ("0", "default")]
+        runs: dict[tuple[int, str], list[float]] = {case: [] for case in cases}
+        for _ in range(args.repeat):  # round-robin: noise spreads over every case
+            for tasks, linger in cases:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = _run(["--child", f"trickle-{tasks}-{linger}", "--dir", tmp])
+                runs[(tasks, linger)].append(out["us"])
+        for (tasks, linger), values in runs.items():
+            print(
+                f"{tasks:>3} task(s), linger={linger}: {statistics.median(values):.1f} µs per "
+                f"entry (median of {args.repeat})"
+            )
         return
     if args.storm:
         on: list[dict[str, float]] = []

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from async_session_logger import AsyncSessionLogger, read_entries
+import pytest
+
+from async_session_logger import (
+    AsyncSessionLogger,
+    ConfigurationError,
+    SessionLogger,
+    read_entries,
+)
 from async_session_logger.sinks import Batch, FileSink, Sink
 
 MAX_QUEUE = 20
@@ -218,3 +225,81 @@ async def test_the_queue_bound_holds_for_many_waiting_producers() -> None:
     for entry in got:
         seqs.setdefault(entry["session_id"], []).append(entry["seq"])
     assert all(v == list(range(7)) for v in seqs.values()) and len(seqs) == 2000
+
+
+class Counting(Sink):
+    """Counts write_batch calls and keeps the entries."""
+
+    default_name = "counting"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls = 0
+        self.got: list[dict[str, Any]] = []
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.calls += 1
+        self.got.extend(batch)
+
+
+async def _trickle(linger: float) -> Counting:
+    """One task that logs 300 entries, yielding to the loop after each (a handler awaiting
+    I/O between its log lines); return the sink that got them."""
+    sink = Counting()
+    alog = AsyncSessionLogger(sinks=[sink], linger=linger, dead_letter_path=None)
+    async with alog, alog.session("s") as s:
+        for i in range(300):
+            await s.info(f"{i}")
+            await asyncio.sleep(0)
+    assert [e["message"] for e in sink.got if e["event"] == "log"] == [f"{i}" for i in range(300)]
+    return sink
+
+
+async def test_linger_writes_a_trickle_in_batches() -> None:
+    """A task that logs and yields made the writer take one entry per turn of the loop, and
+    every sink got a call per entry; with the default linger (2 ms) the entries gather into
+    batches, in order, and linger=0 restores one call per entry."""
+    lingering = await _trickle(0.002)
+    eager = await _trickle(0.0)
+    assert eager.calls > 150, eager.calls
+    assert lingering.calls * 4 < eager.calls, (lingering.calls, eager.calls)
+
+
+async def test_a_flush_close_or_full_queue_ends_the_linger(tmp_path: Path) -> None:
+    """With linger=1 s, nobody waits for it: save_logs() and aclose() return at once, and a
+    producer that fills the queue is let in at once."""
+    sink = Counting()
+    alog = AsyncSessionLogger(sinks=[sink], linger=1.0, max_queue=10, dead_letter_path=None)
+    await alog.start()
+    await alog.start_session("s")
+    started = time.monotonic()
+    await alog.log_entry("s", "one")
+    await alog.save_logs()
+    assert time.monotonic() - started < 0.5 and len(sink.got) == 2
+    started = time.monotonic()
+    for i in range(100):  # ten times the queue, one task: it must be let in each time
+        await alog.log_entry("s", f"m{i}")
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    report = await alog.aclose()
+    assert time.monotonic() - started < 0.5
+    assert report.ok and len(sink.got) == 1 + 1 + 100 + 1
+
+
+def test_a_thread_at_a_full_queue_ends_the_linger() -> None:
+    """The sync face: a thread that fills the queue wakes a lingering writer at once."""
+    sink = Counting()
+    with SessionLogger(sinks=[sink], linger=1.0, max_queue=5, dead_letter_path=None) as log:
+        log.start_session("s")
+        started = time.monotonic()
+        for i in range(100):
+            log.log_entry("s", f"m{i}")
+        log.save_logs()
+        assert time.monotonic() - started < 0.5
+    assert len([e for e in sink.got if e["event"] == "log"]) == 100
+
+
+@pytest.mark.parametrize("bad", [-0.1, 2.0])
+def test_linger_is_checked(bad: float) -> None:
+    with pytest.raises(ConfigurationError, match="linger"):
+        AsyncSessionLogger(sinks=[Counting()], linger=bad)

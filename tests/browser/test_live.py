@@ -91,8 +91,19 @@ def test_entry_events_and_a_stream_for_one_session(serve: Serve, tmp_path: Path)
             logger.start_session("watched\u00e9")
             logger.log_entry("watched\u00e9", "<b>seen</b>", logging.WARNING, {"k": 1})
             logger.close_session("watched\u00e9", "error")
+        # Wait for the close's own entry event: a poll sends the changed sessions' rows
+        # first and their entries after, so the row's "error" status alone can come before
+        # the entry events read in the same poll (seen once the writer batched the close
+        # with the entry before it: linger).
         _wait(
-            lambda: any(e.get("status") == "error" for e in every),
+            lambda: (
+                any(e.get("status") == "error" for e in every)
+                and any(
+                    e["event"] == "entry" and e["entry"]["event"] == "session_close"
+                    for e in every
+                    if e.get("session_id") == "watched\u00e9"
+                )
+            ),
             "the watched session's close",
         )
     finally:
