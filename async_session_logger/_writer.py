@@ -56,8 +56,8 @@ class Writer:
         self.lanes = lanes
         self.batch_size = batch_size
         # Seconds to let entries gather after a wake-up or a small batch: a batch of one entry
-        # costs the writer and the sinks about as much as one of hundreds (measured: a task
-        # that logs and yields, 63 us per entry without, 14 us with 2 ms).
+        # costs the writer and the sinks about as much as one of hundreds (benchmarks/sessions.py
+        # --trickle: a task that logs and yields, 77 us per entry without, 11 us with 2 ms).
         self.linger = linger
         self._report = report
 
