@@ -120,6 +120,15 @@ class Masker:
                     self.safe_keys.add(key)
         return hit
 
+    def known_safe(self, fields: Mapping[Any, Any]) -> bool:
+        """Whether ``fields`` needs no masking: every key seen before and found not secret,
+        every value a scalar (a nested value could hide a secret key)."""
+        safe_keys = self.safe_keys
+        for key, value in fields.items():
+            if key not in safe_keys or type(value) not in _SCALARS:
+                return False
+        return True
+
     def mask(self, value: Any, depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
         """Return ``value`` with secrets masked; unchanged objects are returned as they are.
 
@@ -201,8 +210,7 @@ class EntryBuilder:
                     entry.update(extra)
                 if fields is not None:
                     if mask is not None:
-                        # One pass: a known-safe key with a scalar value needs no masking; any
-                        # other key or a nested value sends the whole mapping through mask().
+                        # Masker.known_safe() written out: a call per entry costs ~0.1 us.
                         for key, value in fields.items():
                             if key not in safe_keys or type(value) not in _SCALARS:
                                 fields = mask(fields)
@@ -214,11 +222,8 @@ class EntryBuilder:
                     entry.update(extra)
                 if not fields:
                     fields = {}
-                elif mask is not None and (
-                    not fields.keys() <= safe_keys
-                    or any(type(value) not in _SCALARS for value in fields.values())
-                ):
-                    fields = mask(fields)  # as for custom fields: known-safe flat keys skip it
+                elif mask is not None and not self.masker.known_safe(fields):
+                    fields = mask(fields)
                 entry["metadata"] = fields
             else:  # CLOSE: duration_s, entries, status, levels...; GAP: dropped, dropped_seqs...
                 entry.update(fields)
