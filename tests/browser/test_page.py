@@ -48,6 +48,17 @@ def driver() -> Iterator[WebDriver]:
         chrome.quit()
 
 
+@pytest.fixture(autouse=True)
+def blank_page(driver: WebDriver) -> None:
+    """Each test starts on a blank page with an empty console log.
+
+    The driver outlives each test's server: the last test's page would go on polling its stopped
+    server and log "connection refused" into the next test's console (seen once in CI).
+    """
+    driver.get("about:blank")
+    driver.get_log("browser")
+
+
 def _wait(driver: WebDriver, check: Callable[[WebDriver], object], timeout: float = 10) -> None:
     WebDriverWait(driver, timeout, poll_frequency=0.05).until(check)
 
