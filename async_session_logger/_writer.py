@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from ._entry import EntryBuilder, Record
 from ._intake import Intake
@@ -110,25 +109,23 @@ class Writer:
                 return
 
     def dispatch(self, records: list[Record]) -> None:
-        """Build, format, mask and encode ``records`` once; queue the batch on every lane."""
+        """Build, format, mask and encode ``records`` once; queue the batch on every lane.
+
+        Without a formatter, ``data`` is encoded straight from the records and the dicts are
+        built only if a sink asks for them (a file sink never does).
+        """
         if not records:
             return
         builder = self.builder
-        try:
-            entries = builder.build_all(records)
-        except Exception:  # defensive: one bad record must not take the batch down
-            entries = [self._build_safely(r) for r in records]
-        batch = Batch(entries, builder.encode(entries))
+        if builder.formatter is None:
+            batch = Batch.deferred(
+                builder.build_later(records), len(records), builder.encode_records(records)
+            )
+        else:
+            entries = builder.build_batch(records)
+            batch = Batch(entries, builder.encode(entries))
         for lane in self.lanes:
             lane.put(batch)
-
-    def _build_safely(self, record: Record) -> dict[str, Any]:
-        try:
-            return self.builder.build(record)
-        except Exception:
-            entry = self.builder.build((*record[:6], None, record[7]))
-            entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
-            return entry
 
     def leftovers(self) -> list[Record]:
         """Take what is still queued (the writer was stopped early); resolve its barriers."""

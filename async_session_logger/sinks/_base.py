@@ -19,15 +19,40 @@ class Batch(Sequence[dict[str, Any]]):
     """Entries handed to a sink at once: the dicts, and their JSON Lines encoding in one buffer.
 
     ``data`` holds one line per entry, each ending with ``\\n``; a sink that writes bytes should
-    write ``data`` as it is (one write per batch).
+    write ``data`` as it is (one write per batch). The writer encodes ``data`` straight from its
+    records and builds the dicts only when a sink first asks for them (``entries``, indexing,
+    iteration): a file sink that writes ``data`` never pays for them.
     """
 
-    __slots__ = ("_lines", "data", "entries")
+    __slots__ = ("_build", "_entries", "_lines", "_size", "data")
 
     def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
-        self.entries = entries
+        self._entries: list[dict[str, Any]] | None = entries
+        self._build: Callable[[], list[dict[str, Any]]] | None = None
+        self._size = len(entries)
         self.data = data
         self._lines: list[bytes] | None = None
+
+    @classmethod
+    def deferred(cls, build: Callable[[], list[dict[str, Any]]], size: int, data: bytes) -> Batch:
+        """A batch of ``size`` entries whose dicts ``build()`` makes on first use."""
+        batch = cls.__new__(cls)
+        batch._entries = None
+        batch._build = build
+        batch._size = size
+        batch.data = data
+        batch._lines = None
+        return batch
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The entry dicts, in order (built at the first call for a deferred batch)."""
+        entries = self._entries
+        if entries is None:
+            assert self._build is not None
+            entries = self._entries = self._build()
+            self._build = None
+        return entries
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -37,13 +62,13 @@ class Batch(Sequence[dict[str, Any]]):
         return self.entries[index]
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self._size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.entries)
 
     def __repr__(self) -> str:
-        return f"<Batch of {len(self.entries)} entries, {len(self.data)} bytes>"
+        return f"<Batch of {self._size} entries, {len(self.data)} bytes>"
 
     def lines(self) -> list[bytes]:
         """Return the JSON line of each entry (without the newline), in order."""
@@ -57,7 +82,10 @@ class Batch(Sequence[dict[str, Any]]):
         lines = self.lines()
         picked = [lines[i] for i in indices]
         picked.append(b"")
-        return Batch([self.entries[i] for i in indices], b"\n".join(picked))
+        chosen = list(indices)
+        return Batch.deferred(
+            lambda: [self.entries[i] for i in chosen], len(chosen), b"\n".join(picked)
+        )
 
     def at_least(self, levelno: int) -> Batch:
         """Return the entries at or above ``levelno``, keeping every lifecycle entry."""
@@ -66,17 +94,19 @@ class Batch(Sequence[dict[str, Any]]):
             for i, entry in enumerate(self.entries)
             if entry.get("levelno", 0) >= levelno or entry.get("event") in _LIFECYCLE
         ]
-        return self if len(keep) == len(self.entries) else self.select(keep)
+        return self if len(keep) == self._size else self.select(keep)
 
     @staticmethod
     def concat(batches: Sequence[Batch]) -> Batch:
         """Join batches into one, in order."""
         if len(batches) == 1:
             return batches[0]
-        entries: list[dict[str, Any]] = []
-        for batch in batches:
-            entries.extend(batch.entries)
-        return Batch(entries, b"".join(b.data for b in batches))
+        parts = list(batches)
+        return Batch.deferred(
+            lambda: [entry for batch in parts for entry in batch.entries],
+            sum(batch._size for batch in parts),
+            b"".join(batch.data for batch in parts),
+        )
 
 
 class PartialWriteError(Exception):

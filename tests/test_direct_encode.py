@@ -1,0 +1,177 @@
+"""The writer encodes log entries straight from their records (issue 15): byte for byte what
+the dicts it no longer builds would encode to, hostile values included; the dicts come later,
+only for the sinks that ask for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_session_logger import SessionLogger, read_entries
+from async_session_logger._entry import CLOSE, GAP, LOG, START, EntryBuilder, Masker, Record
+from async_session_logger.sinks import Batch, FileSink, Sink
+
+_TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from('"\\\n\r\t\x00\x1b\u2028<>&'))
+_SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | _TEXT
+_VALUE = st.recursive(
+    _SCALAR,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_KEYS = st.sampled_from(["i", "user", "password", "api_key", "note", "Token"]) | _TEXT
+_FIELDS = st.none() | st.dictionaries(_KEYS, _VALUE, max_size=4)
+_EXTRA = st.none() | st.fixed_dictionaries(
+    {},
+    optional={
+        "exception": _TEXT,
+        "logger": _TEXT,
+        "source": st.fixed_dictionaries({"file": _TEXT, "line": st.integers(0, 10**6)}),
+        "trace_id": _TEXT,
+    },
+)
+_NS = st.integers(min_value=0, max_value=4 * 10**18)
+_LEVEL = st.sampled_from([0, 5, 10, 20, 25, 30, 40, 50, 60, 99])
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[Record]:
+    out: list[Record] = []
+    for seq in range(draw(st.integers(1, 8))):
+        fields: Any = draw(_FIELDS)
+        extra = draw(_EXTRA)
+        if extra is not None:
+            fields = (fields, extra)
+        out.append((LOG, draw(_TEXT), seq, draw(_NS), draw(_LEVEL), draw(_TEXT), fields, 0))
+    return out
+
+
+def _both(builder: EntryBuilder, records: list[Record]) -> tuple[bytes, bytes]:
+    direct = builder.encode_records(records)
+    return direct, builder.encode(builder.build_batch(records))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_records(), st.booleans())
+def test_direct_lines_equal_the_dicts_encoding(records: list[Record], masking: bool) -> None:
+    """Any log records (odd text, nested fields, secrets, extras, custom levels, any time):
+    the same bytes as building each dict and encoding it."""
+    builder = EntryBuilder(None, Masker() if masking else Masker(None))
+    direct, via_dicts = _both(builder, records)
+    assert direct == via_dicts
+    assert direct.count(b"\n") == len(records)
+
+
+class _Odd:
+    def __repr__(self) -> str:
+        return "<odd>"
+
+
+def test_values_orjson_refuses_go_through_the_dicts_path() -> None:
+    """Surrogates, huge ints, non-str keys, cycles, NaN, dates, objects: each line equals the
+    dict path's (which repairs or falls back), and one odd entry leaves its neighbours alone."""
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    odd_fields: list[Any] = [
+        {"big": 2**80},
+        {1: "one", (2, 3): "tuple key"},
+        cycle,
+        {"nan": math.nan, "inf": -math.inf},
+        {"when": dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC), "d": dt.date(2026, 1, 2)},
+        {"obj": _Odd(), "dec": decimal.Decimal("1.5"), "set": {1}},
+        {"surrogate": "\ud800"},
+        {},
+    ]
+    builder = EntryBuilder(None, Masker())
+    records: list[Record] = [
+        (LOG, "s", i, 1_795_000_000_000_000_000 + i, 20, "m", f, 0)
+        for i, f in enumerate(odd_fields)
+    ]
+    records.append((LOG, "s\ud800", 99, 1_795_000_000_000_000_000, 20, "lone \udc80", None, 0))
+    direct, via_dicts = _both(builder, records)
+    assert direct == via_dicts
+    assert direct.count(b"\n") == len(records)
+
+
+def test_other_records_and_a_colliding_extra_use_the_dicts() -> None:
+    """Start, close and gap records, and an extra that would replace a schema key, are encoded
+    from their dicts: the same bytes as before."""
+    now = 1_795_000_000_123_456_789
+    records: list[Record] = [
+        (START, "s", 0, now, 20, "Session started", {"user": "u", "password": "p"}, 0),
+        (LOG, "s", 1, now, 20, "m", ({"a": 1}, {"message": "replaced?"}), 0),
+        (GAP, "s", 2, now, 30, "gap", {"dropped": 3, "dropped_seqs": [1, 2, 3]}, 0),
+        (CLOSE, "s", 3, now, 20, "Session closed", {"duration_s": 1.5, "status": "closed"}, 0),
+    ]
+    builder = EntryBuilder(None, Masker())
+    direct, via_dicts = _both(builder, records)
+    assert direct == via_dicts
+
+
+def test_masked_fields_are_masked_in_the_direct_lines() -> None:
+    """A secret key, flat or nested, is masked in the bytes (the dict path's rule)."""
+    builder = EntryBuilder(None, Masker())
+    records: list[Record] = [
+        (LOG, "s", 1, 0, 20, "m", {"user": "u"}, 0),
+        (LOG, "s", 2, 0, 20, "m", {"password": "hunter2"}, 0),
+        (LOG, "s", 3, 0, 20, "m", {"user": {"token": "t0k"}}, 0),
+    ]
+    direct = builder.encode_records(records)
+    assert b"hunter2" not in direct and b"t0k" not in direct
+    assert direct.count(b'"***"') == 2
+
+
+class _Recording(Sink):
+    """A sink that keeps each batch it was handed."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[Batch] = []
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+
+def test_a_file_only_logger_never_builds_dicts_and_a_dict_sink_gets_equal_ones(
+    tmp_path: Path,
+) -> None:
+    """Beside a FileSink, a sink that reads the dicts gets the same entries the file holds;
+    a batch nobody asks for dicts stays unbuilt."""
+    recording = _Recording()
+    path = tmp_path / "app.jsonl"
+    with SessionLogger(sinks=[FileSink(path), recording], dead_letter_path=None) as logger:
+        logger.start_session("s", {"user": "u"})
+        for i in range(500):
+            logger.log_entry("s", f"step {i}", "INFO", {"i": i, "password": "p"})
+        logger.close_session("s")
+        logger.save_logs()
+        assert all(b._entries is None for b in recording.batches)  # nobody asked yet
+        entries = [e for b in recording.batches for e in b.entries]
+    assert entries == list(read_entries(path))
+    assert all(e.get("custom_fields", {}).get("password", "***") == "***" for e in entries)
+
+
+def test_a_deferred_batch_builds_the_same_dicts_from_any_thread() -> None:
+    """Dicts built later, in another thread while the writer formats the next second, carry
+    the timestamps the lines carry."""
+    builder = EntryBuilder(None, Masker())
+    base = 1_795_000_000_000_000_000
+    first: list[Record] = [(LOG, "s", i, base + i * 10**8, 20, "m", {"i": i}, 0) for i in range(30)]
+    later: list[Record] = [(LOG, "s", i, base + 7 * 10**9 + i, 20, "m", None, 0) for i in range(9)]
+    data = builder.encode_records(first)
+    build = builder.build_later(first)
+    built: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: built.extend(build()))
+    thread.start()
+    for _ in range(200):
+        builder.encode_records(later)  # moves the writer's own clock meanwhile
+    thread.join()
+    assert builder.encode(built) == data
