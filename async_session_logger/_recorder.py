@@ -24,7 +24,7 @@ from ._errors import (
 from ._intake import Intake
 from ._session import CLOSE_LEVELS, FAILED, STATUSES, SessionState, make_token, parent_from
 from ._trace import trace_fields
-from ._validate import check_fields, check_session_id, resolve_level
+from ._validate import LEVELS_BY_NAME, check_fields, check_session_id, resolve_level
 
 __all__ = ["STATUSES", "TAPS", "Recorder", "Tap"]
 
@@ -140,7 +140,12 @@ class Recorder:
         The hot path: :meth:`prepare_log` and :meth:`commit_log` written out in one body,
         since two extra calls would cost about a tenth of the verb. Keep the three in step.
         """
-        levelno = level if type(level) is int and level >= 0 else resolve_level(level)
+        if type(level) is int and level >= 0:
+            levelno = level
+        elif type(level) is str and level in LEVELS_BY_NAME:  # "INFO": skip the call
+            levelno = LEVELS_BY_NAME[level]
+        else:
+            levelno = resolve_level(level)
         text = message if type(message) is str else _to_str(message)
         if self.max_message_chars and len(text) > self.max_message_chars:
             raise EntryTooLargeError(
@@ -261,7 +266,12 @@ class Recorder:
         extra: dict[str, Any] | None = None,
     ) -> tuple[str, str, int, Any]:
         """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
-        levelno = level if type(level) is int and level >= 0 else resolve_level(level)
+        if type(level) is int and level >= 0:
+            levelno = level
+        elif type(level) is str and level in LEVELS_BY_NAME:  # "INFO": skip the call
+            levelno = LEVELS_BY_NAME[level]
+        else:
+            levelno = resolve_level(level)
         text = message if type(message) is str else _to_str(message)
         if self.max_message_chars and len(text) > self.max_message_chars:
             raise EntryTooLargeError(

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._errors import InvalidFieldsError, InvalidLevelError, InvalidSessionIdError
 
-__all__ = ["check_fields", "check_session_id", "level_name", "resolve_level"]
+__all__ = ["LEVELS_BY_NAME", "check_fields", "check_session_id", "level_name", "resolve_level"]
 
 MAX_SESSION_ID_LENGTH = 128
 
@@ -51,7 +51,8 @@ def check_session_id(session_id: object) -> str:
     return session_id
 
 
-_NAME_TO_LEVEL: dict[str, int] = {
+# The standard names, as written: the verbs look a str level up here before resolve_level().
+LEVELS_BY_NAME: dict[str, int] = {
     "CRITICAL": logging.CRITICAL,
     "FATAL": logging.CRITICAL,
     "ERROR": logging.ERROR,
@@ -83,7 +84,7 @@ def resolve_level(level: object) -> int:
         raise InvalidLevelError(f"level must be >= 0, got {level}")
     if isinstance(level, str):
         name = level.upper()
-        found = _NAME_TO_LEVEL.get(name)
+        found = LEVELS_BY_NAME.get(name)
         if found is None:
             # Levels registered with logging.addLevelName() are accepted too.
             registered = logging.getLevelNamesMapping().get(name)
