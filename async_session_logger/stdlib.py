@@ -68,6 +68,10 @@ _STANDARD: Final = frozenset(
         "taskName",
     }
 )
+# A record's attribute names (in order) -> the sorted names that came from ``extra=``: one
+# tuple and a lookup per record instead of a set difference and a sort (~2 us of ~5).
+_EXTRA_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_EXTRA_KEYS_BOUND: Final = 1024
 _FORMATTER: Final = logging.Formatter()
 # The library's own loggers (the MQTT sink's client logs through "async_session_logger.mqtt",
 # also from threads and callbacks no context marks, e.g. aiomqtt's connect in an executor).
@@ -217,8 +221,15 @@ class SessionLogHandler(logging.Handler):
             message = record.getMessage()
         except Exception as exc:  # "%d" with a str, too few args...: keep what was meant
             message = f"{record.msg!s} (args {record.args!r} not applied: {describe(exc)})"
-        extra = record.__dict__.keys() - _STANDARD
-        fields = {key: record.__dict__[key] for key in sorted(extra)} if extra else None
+        attrs = record.__dict__
+        shape = tuple(attrs)  # records from one call site share their attribute names
+        extra = _EXTRA_KEYS.get(shape)
+        if extra is None:
+            extra = tuple(sorted(attrs.keys() - _STANDARD))
+            if len(_EXTRA_KEYS) >= _EXTRA_KEYS_BOUND:
+                _EXTRA_KEYS.clear()
+            _EXTRA_KEYS[shape] = extra
+        fields = {key: attrs[key] for key in extra} if extra else None
         exception = None
         if record.exc_info and record.exc_info[0] is not None:
             formatter = self.formatter or _FORMATTER

@@ -437,3 +437,37 @@ def test_install_detaches_when_its_logger_closes(capsys: pytest.CaptureFixture[s
     log.warning("after close")
     assert handler.stats()["records"] == 0
     assert "could not be logged" not in capsys.readouterr().err
+
+
+def test_extra_fields_per_call_site_shape() -> None:
+    """Each record's own extra= keys become its custom fields, sorted, whatever records of
+    other shapes came before: a formatter's ``message``/``asctime`` stay out, a record
+    factory's attribute counts as a field, and more shapes than the cache holds stay right."""
+    handler = SessionLogHandler(SessionLogger(method="custom", custom_handler=lambda _: None))
+    logger = logging.getLogger("tests.shapes")
+
+    def record(extra: dict[str, Any] | None) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, 20, "f.py", 1, "m", None, None, extra=extra)
+
+    assert handler.convert(record(None))[1] is None
+    assert handler.convert(record({"b": 2, "a": 1}))[1] == {"a": 1, "b": 2}
+    formatted = record({"z": 0})
+    logging.Formatter("%(asctime)s %(message)s").format(formatted)  # adds message, asctime
+    assert handler.convert(formatted)[1] == {"z": 0}
+    assert handler.convert(record({"b": 3, "a": 4}))[1] == {"a": 4, "b": 3}  # same shape
+    for i in range(1_500):  # past the cache's bound: it starts over, results stay right
+        assert handler.convert(record({f"k{i}": i}))[1] == {f"k{i}": i}
+    assert handler.convert(record({"a": 5, "b": 6}))[1] == {"a": 5, "b": 6}
+    old_factory = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = old_factory(*args, **kwargs)
+        made.tenant = "t1"
+        return made
+
+    logging.setLogRecordFactory(factory)
+    try:
+        assert handler.convert(record({"a": 1}))[1] == {"a": 1, "tenant": "t1"}
+    finally:
+        logging.setLogRecordFactory(old_factory)
+    handler.logger.close()
