@@ -10,7 +10,6 @@ The pytest plugin wraps it as the ``session_log`` fixture.
 from __future__ import annotations
 
 import threading
-import traceback
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,7 +81,7 @@ class SessionCapture:
             with self._lock:
                 pending, self._pending = self._pending, []
             for recorder, record in pending:
-                self._entries.append(_build(self._builder(recorder), record))
+                self._entries.append(self._builder(recorder).build_safely(record))
             return list(self._entries)
 
     def _builder(self, recorder: Recorder) -> EntryBuilder:
@@ -234,17 +233,6 @@ def _deactivate(capture: SessionCapture) -> None:
         _active = tuple(c for c in _active if c is not capture)
         if not _active and _dispatch in TAPS:
             TAPS.remove(_dispatch)
-
-
-def _build(builder: EntryBuilder, record: Record) -> dict[str, Any]:
-    # As the writer does: a record whose fields break the builder is still shown, without
-    # its fields and with the error.
-    try:
-        return builder.build(record)
-    except Exception:
-        entry = builder.build((*record[:6], None, record[7]))
-        entry["build_error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
-        return entry
 
 
 def _copy_containers(value: Any, depth: int, memo: dict[int, Any] | None = None) -> Any:
