@@ -78,7 +78,7 @@ class Engine:
         self.intake = Intake(max_queue, overflow)
         # max_message_chars, buffer_level, buffer_max, idle_timeout, max_open_sessions.
         self.recorder = Recorder(self.intake, **sessions)
-        self.recorder.builder = builder
+        self.recorder.use_builder(builder)
         self.dead_letters = DeadLetters(dead_letter_path)
         self.on_error: ErrorHandler = on_error or print_error
         self.close_timeout = close_timeout

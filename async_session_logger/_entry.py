@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
+from orjson import loads as _loads
 
 from ._encode import DUMPS_OPTIONS, describe, encode_entry, json_default
 from ._reader import entry_problem
@@ -53,6 +54,7 @@ DEFAULT_MASK_KEYS: Final = (
 )
 MASK: Final = "***"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_FLAT: Final = _SCALARS  # the types Masker.snapshot() writes as JSON text at call time
 _MAX_DEPTH: Final = 64
 _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 # A log entry's line up to its message, written without a dict (EntryBuilder.encode_records);
@@ -140,6 +142,30 @@ class Masker:
                 return False
         return True
 
+    def snapshot(self, fields: dict[Any, Any]) -> str | dict[Any, Any]:
+        """Return the call-time snapshot of a ``custom_fields`` dict.
+
+        Flat fields that need no masking (every key seen before and found not secret, every
+        value a str, int, bool, None or finite float) become their JSON text: the record then
+        holds only text and numbers, which the garbage collector stops tracking (a queued dict
+        kept each record tracked: ~1.5 us per entry in collections under load), and the writer
+        copies the text into the line as it is. Anything else is a shallow copy, masked and
+        encoded by the writer as before.
+        """
+        safe_keys = self.safe_keys if self.patterns else None
+        for key, value in fields.items():
+            kind = type(value)
+            if (
+                kind not in _FLAT
+                or (safe_keys is not None and key not in safe_keys)
+                or (kind is float and value - value != 0.0)  # NaN and infinities: as before
+            ):
+                return dict(fields)
+        try:
+            return orjson.dumps(fields).decode()
+        except Exception:  # a key that is not a str, an int past 64 bits, a lone surrogate
+            return dict(fields)
+
     def mask(self, value: Any, depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
         """Return ``value`` with secrets masked; unchanged objects are returned as they are.
 
@@ -207,6 +233,12 @@ class EntryBuilder:
             return self.build_all(records, clock)
         except Exception:  # defensive: one bad record must not take the batch down
             return [self.build_safely(r, clock) for r in records]
+
+    @staticmethod
+    def heads_later(records: list[Record]) -> Callable[[], list[tuple[str, str, int]]]:
+        """Return a function that gives each record's ``(session_id, event, levelno)`` (no
+        formatter: the dicts would say the same), for a deferred :class:`Batch`."""
+        return lambda: [(record[1], EVENTS[record[0]], record[4]) for record in records]
 
     def build_later(self, records: list[Record]) -> Callable[[], list[dict[str, Any]]]:
         """Return a function that builds the dicts of ``records`` when called (a deferred
@@ -278,7 +310,9 @@ class EntryBuilder:
                             raise ValueError("an extra key would replace a schema key")
                         more = dumps(extra, default=default, option=options)
                         more = b"," + more[1:-1] if len(more) > 2 else b""
-                    if fields is not None:
+                    if type(fields) is str:  # Masker.snapshot()'s JSON text
+                        more += b',"custom_fields":' + fields.encode()
+                    elif fields is not None:
                         if mask is not None:
                             # Masker.known_safe() written out: a call per entry costs ~0.1 us.
                             for key, value in fields.items():
@@ -341,7 +375,9 @@ class EntryBuilder:
                 if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
                     fields, extra = fields
                     entry.update(extra)
-                if fields is not None:
+                if type(fields) is str:  # Masker.snapshot()'s JSON text: needs no masking
+                    entry["custom_fields"] = _loads(fields)
+                elif fields is not None:
                     if mask is not None:
                         # Masker.known_safe() written out: a call per entry costs ~0.1 us.
                         for key, value in fields.items():

@@ -133,7 +133,7 @@ class Lane:
             if not isinstance(head, Batch):
                 break
             self._queue.popleft()
-            lifecycle = [i for i, e in enumerate(head.entries) if e.get("event") in _LIFECYCLE]
+            lifecycle = [i for i, (_, e, _) in enumerate(head.heads()) if e in _LIFECYCLE]
             if lifecycle:
                 kept.append(head.select(lifecycle))
                 keep = set(lifecycle)

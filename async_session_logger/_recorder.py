@@ -87,6 +87,8 @@ class Recorder:
         # The engine's entry builder (formatter, masking): capture_sessions() builds the
         # entries it shows at call time with its own copy of it.
         self.builder: EntryBuilder | None = None
+        # The custom fields' call-time snapshot: a copy until use_builder() gives the masker's.
+        self._snapshot: Callable[[dict[Any, Any]], Any] = dict
         self.max_message_chars = max_message_chars or 0
         self.accepted = 0
         self.closed = False
@@ -98,6 +100,11 @@ class Recorder:
         self._closed_bound = max(_RECENTLY_CLOSED, max_open_sessions or 0)
         # Sessions a parent process had open when this process forked from it: id -> parent pid.
         self._inherited: dict[str, int] = {}
+
+    def use_builder(self, builder: EntryBuilder) -> None:
+        """Take the engine's builder: its masker snapshots custom fields at call time."""
+        self.builder = builder
+        self._snapshot = builder.masker.snapshot
 
     def after_fork(self, parent_pid: int) -> None:
         """In a forked child: fresh lock and counters; the parent's open sessions stay its own.
@@ -157,7 +164,7 @@ class Recorder:
         if custom_fields is not None:
             # The call-time snapshot; check_fields() explains anything but a dict.
             fields = (
-                dict(custom_fields)
+                self._snapshot(custom_fields)
                 if type(custom_fields) is dict
                 else check_fields(custom_fields, "custom_fields")
             )
@@ -282,7 +289,7 @@ class Recorder:
         fields: Any = None
         if custom_fields is not None:
             fields = (
-                dict(custom_fields)
+                self._snapshot(custom_fields)
                 if type(custom_fields) is dict
                 else check_fields(custom_fields, "custom_fields")
             )

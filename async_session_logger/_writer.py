@@ -119,7 +119,10 @@ class Writer:
         builder = self.builder
         if builder.formatter is None:
             batch = Batch.deferred(
-                builder.build_later(records), len(records), builder.encode_records(records)
+                builder.build_later(records),
+                len(records),
+                builder.encode_records(records),
+                builder.heads_later(records),
             )
         else:
             entries = builder.build_batch(records)

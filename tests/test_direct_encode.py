@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gc
 import math
 import threading
 from pathlib import Path
@@ -175,3 +176,87 @@ def test_a_deferred_batch_builds_the_same_dicts_from_any_thread() -> None:
         builder.encode_records(later)  # moves the writer's own clock meanwhile
     thread.join()
     assert builder.encode(built) == data
+
+
+def test_heads_entry_and_level_filter_without_the_dicts() -> None:
+    """A deferred batch (and its selections and joins) gives each entry's session, event and
+    level, one entry decoded from its line, and a level filter, all without building the
+    dicts; each equals what the built dicts say."""
+    builder = EntryBuilder(None, Masker())
+    now = 1_795_000_000_123_456_789
+    records: list[Record] = [
+        (START, "a", 0, now, 20, "Session started", {"user": "u"}, 0),
+        (LOG, "a", 1, now, 10, "debug", {"i": 1}, 0),
+        (LOG, "b", 1, now, 40, "error", ({"i": 2}, {"exception": "Traceback..."}), 0),
+        (GAP, "a", 2, now, 30, "gap", {"dropped": 1, "dropped_seqs": [2]}, 0),
+        (CLOSE, "a", 3, now, 20, "Session closed", {"duration_s": 0.5, "status": "closed"}, 0),
+    ]
+
+    def deferred() -> Batch:
+        return Batch.deferred(
+            builder.build_later(records),
+            len(records),
+            builder.encode_records(records),
+            builder.heads_later(records),
+        )
+
+    lazy, built = deferred(), deferred()
+    dicts = built.entries
+    expected = [(e["session_id"], e["event"], e["levelno"]) for e in dicts]
+    assert lazy.heads() == expected
+    assert [lazy.entry(i) for i in range(len(lazy))] == dicts
+    picked, joined = lazy.select([4, 0, 2]), Batch.concat([deferred(), lazy.select([1])])
+    assert picked.heads() == [expected[4], expected[0], expected[2]]
+    assert joined.heads() == [*expected, expected[1]]
+    errors = lazy.at_least(40)
+    assert errors.heads() == [expected[0], expected[2], expected[3], expected[4]]
+    assert lazy._entries is None and picked._entries is None and errors._entries is None
+    assert errors.entries == [dicts[0], dicts[2], dicts[3], dicts[4]]
+    assert joined.entries == [*dicts, dicts[1]]
+    assert Batch(dicts, built.data).heads() == expected  # a batch made of dicts says the same
+
+
+@settings(max_examples=300, deadline=None)
+@given(_FIELDS, st.booleans())
+def test_call_time_snapshot_writes_what_the_dict_would(
+    fields: dict[Any, Any] | None, masking: bool
+) -> None:
+    """Custom fields snapshotted at call time (JSON text when flat and known safe, a copy
+    otherwise) give the same line and the same dict as the plain copy would."""
+    if fields is None:
+        return
+    masker = Masker() if masking else Masker(None)
+    builder = EntryBuilder(None, masker)
+    builder.build_all([(LOG, "s", 0, 0, 20, "m", dict(fields), 0)])  # the writer learns keys
+    snap = masker.snapshot(fields)
+    copied: list[Record] = [(LOG, "s", 1, 0, 20, "m", dict(fields), 0)]
+    snapped: list[Record] = [(LOG, "s", 1, 0, 20, "m", snap, 0)]
+    line = builder.encode(builder.build_all(copied))
+    assert builder.encode_records(snapped) == line
+    assert builder.encode(builder.build_all(snapped)) == line
+    assert builder.build_all(snapped)[0] == builder.build_all(copied)[0]
+
+
+def test_flat_safe_fields_become_text_and_the_record_is_not_tracked() -> None:
+    """Known-safe flat fields are JSON text, so a queued record is not tracked by the garbage
+    collector; anything that needs the writer's care stays a copy."""
+    masker = Masker()
+    masker.mask({"user": "u", "n": 1, "ok": True, "t": 0.5, "none": None})  # keys now known
+    text = masker.snapshot({"user": "u", "n": 1, "ok": True, "t": 0.5, "none": None})
+    assert text == '{"user":"u","n":1,"ok":true,"t":0.5,"none":null}'
+    record = (LOG, "s", 1, 0, 20, "m", text, 0)
+    gc.collect()
+    assert not gc.is_tracked(record)
+    kept_as_copies: list[dict[Any, Any]] = [
+        {"password": "p"},  # a secret: masked by the writer
+        {"fresh": 1},  # a key not seen yet: the writer decides
+        {"user": {"token": "t"}},  # nested
+        {"n": math.nan},  # JSON cannot say NaN: the writer's rules
+        {"n": 2**70},  # past 64 bits
+        {"user": "\ud800"},  # a lone surrogate
+        {"user": _Odd()},  # an object
+    ]
+    for fields in kept_as_copies:
+        copy = masker.snapshot(fields)
+        assert type(copy) is dict and copy == fields and copy is not fields, fields
+    assert Masker(None).snapshot({"anything": 1}) == '{"anything":1}'  # masking off

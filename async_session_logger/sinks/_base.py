@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
+import orjson
+
 from .._errors import ConfigurationError, SinkError
 from .._validate import resolve_level
 
@@ -24,21 +26,31 @@ class Batch(Sequence[dict[str, Any]]):
     iteration): a file sink that writes ``data`` never pays for them.
     """
 
-    __slots__ = ("_build", "_entries", "_lines", "_size", "data")
+    __slots__ = ("_build", "_entries", "_heads", "_lines", "_size", "data")
 
     def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
         self._entries: list[dict[str, Any]] | None = entries
         self._build: Callable[[], list[dict[str, Any]]] | None = None
+        self._heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None
         self._size = len(entries)
         self.data = data
         self._lines: list[bytes] | None = None
 
     @classmethod
-    def deferred(cls, build: Callable[[], list[dict[str, Any]]], size: int, data: bytes) -> Batch:
-        """A batch of ``size`` entries whose dicts ``build()`` makes on first use."""
+    def deferred(
+        cls,
+        build: Callable[[], list[dict[str, Any]]],
+        size: int,
+        data: bytes,
+        heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None,
+    ) -> Batch:
+        """A batch of ``size`` entries whose dicts ``build()`` makes on first use;
+        ``heads()``, if given, returns each entry's ``(session_id, event, levelno)`` without
+        them."""
         batch = cls.__new__(cls)
         batch._entries = None
         batch._build = build
+        batch._heads = heads
         batch._size = size
         batch.data = data
         batch._lines = None
@@ -53,6 +65,21 @@ class Batch(Sequence[dict[str, Any]]):
             entries = self._entries = self._build()
             self._build = None
         return entries
+
+    def heads(self) -> list[tuple[Any, Any, Any]]:
+        """Return each entry's ``(session_id, event, levelno)``, in order, without building the
+        dicts when they are not built yet (what routing and level filters need)."""
+        if self._entries is None and self._heads is not None:
+            return self._heads()
+        return [(e.get("session_id"), e.get("event"), e.get("levelno")) for e in self.entries]
+
+    def entry(self, index: int) -> dict[str, Any]:
+        """Return the entry at ``index``: its dict if built, else its line decoded (the same
+        content, in JSON's types: what a sink that publishes it would write)."""
+        if self._entries is None:
+            decoded: dict[str, Any] = orjson.loads(self.lines()[index])
+            return decoded
+        return self._entries[index]
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -84,15 +111,18 @@ class Batch(Sequence[dict[str, Any]]):
         picked.append(b"")
         chosen = list(indices)
         return Batch.deferred(
-            lambda: [self.entries[i] for i in chosen], len(chosen), b"\n".join(picked)
+            lambda: [self.entries[i] for i in chosen],
+            len(chosen),
+            b"\n".join(picked),
+            lambda: [heads[i] for heads in (self.heads(),) for i in chosen],
         )
 
     def at_least(self, levelno: int) -> Batch:
         """Return the entries at or above ``levelno``, keeping every lifecycle entry."""
         keep = [
             i
-            for i, entry in enumerate(self.entries)
-            if entry.get("levelno", 0) >= levelno or entry.get("event") in _LIFECYCLE
+            for i, (_, event, level) in enumerate(self.heads())
+            if (level or 0) >= levelno or event in _LIFECYCLE
         ]
         return self if len(keep) == self._size else self.select(keep)
 
@@ -106,6 +136,7 @@ class Batch(Sequence[dict[str, Any]]):
             lambda: [entry for batch in parts for entry in batch.entries],
             sum(batch._size for batch in parts),
             b"".join(batch.data for batch in parts),
+            lambda: [head for batch in parts for head in batch.heads()],
         )
 
 

@@ -202,10 +202,11 @@ def build_messages(
             out.append(Message(t, payload, entries=len(group), indices=tuple(group)))
         out.extend(pending_status.pop(t, ()))
 
-    for i, entry in enumerate(batch.entries):
+    # (session_id, event, levelno) per entry: the dicts are not built for this; the few entries a
+    # status needs are read from their lines.
+    for i, (sid, event, _) in enumerate(batch.heads()):
         if i in skipped:
             continue
-        sid = entry.get("session_id")
         key = sid if isinstance(sid, str) else repr(sid)
         found = topics.get(key)
         if found is None:
@@ -214,12 +215,14 @@ def build_messages(
         if t is None:
             plan.reject(i, why)
             continue
-        event = entry.get("event")
+        entry: dict[str, Any] = {}  # read from its line for a start or a close only
         # Before any size check: a start too large to publish still has a parent to name.
         if event == "session_start":
+            entry = batch.entry(i)
             book.started(key, _parent_of(entry))
             ended[key] = False
         elif event == "session_close":
+            entry = batch.entry(i)
             ended[key] = True
         line = lines[i]
         if not sizer.fits(t, len(line)):
