@@ -57,11 +57,11 @@ _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _FLAT: Final = _SCALARS  # the types Masker.snapshot() writes as JSON text at call time
 _MAX_DEPTH: Final = 64
 _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
-# A log entry's line up to its message, written without a dict (EntryBuilder.encode_records);
-# the keys and their order are build_all()'s.
+# A log entry's line, written without a dict (EntryBuilder.encode_records): the extras and
+# custom fields go in the last %b; the keys and their order are build_all()'s.
 _LOG_HEAD: Final = (
     b'{"timestamp":"%b%b%bZ","session_id":%b,"seq":%d,"event":"log","level":%b,'
-    b'"levelno":%d,"message":%b'
+    b'"levelno":%d,"message":%b%b}\n'
 )
 _FIXED_KEYS: Final = frozenset(
     ("timestamp", "session_id", "seq", "event", "level", "levelno", "message", "custom_fields")
@@ -258,12 +258,10 @@ class EntryBuilder:
         dumps = orjson.dumps
         default = json_default
         options = DUMPS_OPTIONS
-        bare = _LOG_HEAD + b"}\n"
-        rich = _LOG_HEAD + b"%b}\n"
+        head = _LOG_HEAD
         fixed = _FIXED_KEYS
         masker = self.masker
         mask = masker.mask if masker.patterns else None
-        safe_keys = masker.safe_keys
         clock = self._clock
         base = clock.base
         prefix = clock.prefix
@@ -288,21 +286,6 @@ class EntryBuilder:
                     if level is None:
                         name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
                         level = levels[levelno] = dumps(name)
-                    if fields is None:
-                        extend(
-                            bare
-                            % (
-                                prefix_bytes,
-                                digits[rest // 1_000_000],
-                                digits[rest // 1000 % 1000],
-                                sid,
-                                seq,
-                                level,
-                                levelno,
-                                dumps(message),
-                            )
-                        )
-                        continue
                     more = b""
                     if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
                         fields, extra = fields
@@ -313,17 +296,15 @@ class EntryBuilder:
                     if type(fields) is str:  # Masker.snapshot()'s JSON text
                         more += b',"custom_fields":' + fields.encode()
                     elif fields is not None:
-                        if mask is not None:
-                            # Masker.known_safe() written out: a call per entry costs ~0.1 us.
-                            for key, value in fields.items():
-                                if key not in safe_keys or type(value) not in _SCALARS:
-                                    fields = mask(fields)
-                                    break
+                        # A dict here is rarely flat and known safe (Masker.snapshot() made
+                        # those text): the call costs less than an inline copy is worth.
+                        if mask is not None and not masker.known_safe(fields):
+                            fields = mask(fields)
                         more += b',"custom_fields":' + dumps(
                             fields, default=default, option=options
                         )
                     extend(
-                        rich
+                        head
                         % (
                             prefix_bytes,
                             digits[rest // 1_000_000],

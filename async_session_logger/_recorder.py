@@ -273,12 +273,7 @@ class Recorder:
         extra: dict[str, Any] | None = None,
     ) -> tuple[str, str, int, Any]:
         """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
-        if type(level) is int and level >= 0:
-            levelno = level
-        elif type(level) is str and level in LEVELS_BY_NAME:  # "INFO": skip the call
-            levelno = LEVELS_BY_NAME[level]
-        else:
-            levelno = resolve_level(level)
+        levelno = level if type(level) is int and level >= 0 else resolve_level(level)
         text = message if type(message) is str else _to_str(message)
         if self.max_message_chars and len(text) > self.max_message_chars:
             raise EntryTooLargeError(

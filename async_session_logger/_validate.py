@@ -83,6 +83,9 @@ def resolve_level(level: object) -> int:
             return level
         raise InvalidLevelError(f"level must be >= 0, got {level}")
     if isinstance(level, str):
+        found = LEVELS_BY_NAME.get(level)  # "INFO" as written: no upper()
+        if found is not None:
+            return found
         name = level.upper()
         found = LEVELS_BY_NAME.get(name)
         if found is None:
