@@ -54,7 +54,6 @@ DEFAULT_MASK_KEYS: Final = (
 )
 MASK: Final = "***"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
-_FLAT: Final = _SCALARS  # the types Masker.snapshot() writes as JSON text at call time
 _MAX_DEPTH: Final = 64
 _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 # A log entry's line, written without a dict (EntryBuilder.encode_records): the extras and
@@ -148,15 +147,18 @@ class Masker:
         Flat fields that need no masking (every key seen before and found not secret, every
         value a str, int, bool, None or finite float) become their JSON text: the record then
         holds only text and numbers, which the garbage collector stops tracking (a queued dict
-        kept each record tracked: ~1.5 us per entry in collections under load), and the writer
+        kept each record tracked: collections took 1.3-1.7 us per entry flat out, against
+        0.4-0.6 us for entries without fields), and the writer
         copies the text into the line as it is. Anything else is a shallow copy, masked and
         encoded by the writer as before.
         """
+        # known_safe()'s rule (skipped when masking is off) plus finite floats, in one pass:
+        # this runs at the call site.
         safe_keys = self.safe_keys if self.patterns else None
         for key, value in fields.items():
             kind = type(value)
             if (
-                kind not in _FLAT
+                kind not in _SCALARS
                 or (safe_keys is not None and key not in safe_keys)
                 or (kind is float and value - value != 0.0)  # NaN and infinities: as before
             ):

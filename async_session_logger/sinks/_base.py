@@ -110,11 +110,13 @@ class Batch(Sequence[dict[str, Any]]):
         picked = [lines[i] for i in indices]
         picked.append(b"")
         chosen = list(indices)
+
+        def heads() -> list[tuple[Any, Any, Any]]:
+            mine = self.heads()
+            return [mine[i] for i in chosen]
+
         return Batch.deferred(
-            lambda: [self.entries[i] for i in chosen],
-            len(chosen),
-            b"\n".join(picked),
-            lambda: [heads[i] for heads in (self.heads(),) for i in chosen],
+            lambda: [self.entries[i] for i in chosen], len(chosen), b"\n".join(picked), heads
         )
 
     def at_least(self, levelno: int) -> Batch:
