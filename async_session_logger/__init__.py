@@ -6,7 +6,7 @@ files, stdout, MQTT, email, or your own callables. Nothing accepted is lost sile
 """
 
 from ._context import bind_session, current_session, run_in_executor, run_in_thread
-from ._core import AsyncSessionLogger
+from ._core import AsyncSessionLogger, Origin
 from ._deadletter import read_dead_letters
 from ._entry import DEFAULT_MASK_KEYS, SCHEMA_VERSION
 from ._errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "InvalidMessageError",
     "InvalidSessionIdError",
     "LoggerClosedError",
+    "Origin",
     "ReaderWarning",
     "ReplayReport",
     "Session",

@@ -13,15 +13,18 @@ from collections.abc import (
     Coroutine,
     Generator,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
 from types import TracebackType
 from typing import Any, Final, Self
 
+import orjson
+
 from ._config import DEFAULT_DEAD_LETTER_PATH, build_engine
 from ._engine import Engine
-from ._entry import DEFAULT_MASK_KEYS, Formatter
+from ._entry import DEFAULT_MASK_KEYS, Extra, Formatter
 from ._errors import InvalidFieldsError
 from ._handles import AsyncSessionHandle, SessionRef, parent_id_of
 from ._intake import Overflow, Room
@@ -32,6 +35,8 @@ __all__ = [
     "ORIGIN_KEYS",
     "AsyncSessionLogger",
     "ExcInfo",
+    "Extra",
+    "Origin",
     "exception_extra",
     "exception_text",
     "record_extra",
@@ -61,23 +66,69 @@ def exception_extra(exc_info: ExcInfo) -> dict[str, Any] | None:
 ORIGIN_KEYS: Final = frozenset({"logger", "source", "stack"})
 
 
-def record_extra(exception: str | None, origin: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _check_origin(origin: object) -> Mapping[str, Any]:
+    if type(origin) is not dict and not isinstance(origin, Mapping):
+        raise InvalidFieldsError(f"origin must be a mapping, not {type(origin).__name__}")
+    if not origin.keys() <= ORIGIN_KEYS:
+        unknown = set(origin) - ORIGIN_KEYS
+        raise InvalidFieldsError(
+            f"origin keys must be among {sorted(ORIGIN_KEYS)}, got {sorted(map(str, unknown))}"
+        )
+    return origin
+
+
+class Origin(Mapping[str, Any]):
+    """A read-only ``origin`` for :meth:`~AsyncSessionLogger.log_record`, encoded once.
+
+    Many entries share an origin (every record of one stdlib call site has the same logger
+    name and source location), so the stdlib bridge keeps one ``Origin`` per call site: an
+    entry then carries its JSON text, and neither the call nor the writer builds or encodes
+    the dicts again. Checked like a plain ``origin`` dict when made.
+
+    Raises:
+        InvalidFieldsError: as ``log_record(origin=...)`` would.
+    """
+
+    __slots__ = ("_items", "json")
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(_check_origin(items))
+        # The text only when it says exactly what the dict does (orjson's defaults would turn
+        # a datetime into a string, a NaN into null): otherwise the entry takes the dict path.
+        json: bytes | None
+        try:
+            json = orjson.dumps(self._items)
+            if orjson.loads(json) != self._items:
+                json = None
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+            json = None
+        self.json = json if json is not None and len(json) > 2 else None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Origin({self._items!r})"
+
+
+def record_extra(exception: str | None, origin: Mapping[str, Any] | None) -> Extra:
     """Check ``origin`` and return the top-level keys of an entry from another logging system.
 
     Raises:
         InvalidFieldsError: ``origin`` is not a mapping, or has a key not in ``ORIGIN_KEYS``
             (it must never overwrite the schema's own keys).
     """
+    if type(origin) is Origin and exception is None and origin.json is not None:
+        return origin.json  # checked when made
     extra: dict[str, Any] = {}
     if origin is not None:
-        if type(origin) is not dict and not isinstance(origin, Mapping):
-            raise InvalidFieldsError(f"origin must be a mapping, not {type(origin).__name__}")
-        if not origin.keys() <= ORIGIN_KEYS:
-            unknown = set(origin) - ORIGIN_KEYS
-            raise InvalidFieldsError(
-                f"origin keys must be among {sorted(ORIGIN_KEYS)}, got {sorted(map(str, unknown))}"
-            )
-        extra.update(origin)
+        extra.update(_check_origin(origin))
     if exception is not None:
         extra["exception"] = str(exception)
     return extra or None

@@ -23,6 +23,7 @@ __all__ = [
     "LOG",
     "START",
     "EntryBuilder",
+    "Extra",
     "Formatter",
     "Masker",
     "Record",
@@ -73,6 +74,10 @@ _FIXED_KEYS: Final = frozenset(
 # and run tells apart the sessions of a reused id (not written).
 # A plain tuple on purpose: a NamedTuple's Python-level __new__ costs ~0.3 us per entry.
 Record = tuple[int, str, int, int, int, str, Any, int]
+# A log entry's top-level keys beyond the schema's (exception, origin, trace ids), queued as
+# (custom_fields, extra) in a record's fields: a dict, or the JSON text of one (a
+# ``_core.Origin``'s, made once), which the writer splices and the GC never tracks.
+Extra = dict[str, Any] | bytes | None
 
 
 # "000".."999": the fraction as two table lookups. An f-string format spec (":06d") costs
@@ -291,10 +296,13 @@ class EntryBuilder:
                     more = b""
                     if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
                         fields, extra = fields
-                        if not fixed.isdisjoint(extra):
-                            raise ValueError("an extra key would replace a schema key")
-                        more = dumps(extra, default=default, option=options)
-                        more = b"," + more[1:-1] if len(more) > 2 else b""
+                        if type(extra) is bytes:  # an Origin's JSON, its keys checked when made
+                            more = b"," + extra[1:-1]
+                        else:
+                            if not fixed.isdisjoint(extra):
+                                raise ValueError("an extra key would replace a schema key")
+                            more = dumps(extra, default=default, option=options)
+                            more = b"," + more[1:-1] if len(more) > 2 else b""
                     if type(fields) is str:  # Masker.snapshot()'s JSON text
                         more += b',"custom_fields":' + fields.encode()
                     elif fields is not None:
@@ -357,7 +365,7 @@ class EntryBuilder:
             if kind == LOG:
                 if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
                     fields, extra = fields
-                    entry.update(extra)
+                    entry.update(extra if type(extra) is dict else _loads(extra))
                 if type(fields) is str:  # Masker.snapshot()'s JSON text: needs no masking
                     entry["custom_fields"] = _loads(fields)
                 elif fields is not None:

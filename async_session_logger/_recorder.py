@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 from ._encode import describe
-from ._entry import CLOSE, LOG, START, EntryBuilder
+from ._entry import CLOSE, LOG, START, EntryBuilder, Extra
 from ._errors import (
     ConfigurationError,
     DuplicateSessionError,
@@ -137,7 +137,7 @@ class Recorder:
         message: object,
         level: object,
         custom_fields: object,
-        extra: dict[str, Any] | None = None,
+        extra: Extra = None,
     ) -> bool:
         """Hand off one log entry of an open session; return whether the intake is now full.
 
@@ -223,7 +223,7 @@ class Recorder:
         fields: Any = check_fields(metadata, "metadata")
         parent, root = (None, None) if parent_id is None else parent_from(parent_id)
         hold_at = self.hold_at if buffer_level is None else _hold_level(buffer_level)
-        extra: dict[str, Any] | None = None if parent is None else {"parent_session_id": parent}
+        extra: Extra = None if parent is None else {"parent_session_id": parent}
         if _OTEL in _modules:
             extra = trace_fields(_modules[_OTEL], extra)
         if extra is not None:
@@ -270,7 +270,7 @@ class Recorder:
         message: object,
         level: object,
         custom_fields: object,
-        extra: dict[str, Any] | None = None,
+        extra: Extra = None,
     ) -> tuple[str, str, int, Any]:
         """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
         levelno = level if type(level) is int and level >= 0 else resolve_level(level)

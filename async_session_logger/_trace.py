@@ -10,11 +10,18 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 __all__ = ["trace_fields"]
 
 
-def trace_fields(otel_trace: ModuleType, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+def trace_fields(
+    otel_trace: ModuleType, extra: dict[str, Any] | bytes | None
+) -> dict[str, Any] | bytes | None:
     """Return ``extra`` plus ``trace_id``/``span_id`` when a valid span is current.
+
+    ``extra`` may be a dict or the JSON text of one (an ``Origin``'s); with ids added, the
+    result is a dict.
 
     The names and the lower-case hex forms are those of the OpenTelemetry log data model.
     A valid but unsampled span counts too (as in OpenTelemetry's own ``LoggingHandler``): its
@@ -32,6 +39,6 @@ def trace_fields(otel_trace: ModuleType, extra: dict[str, Any] | None) -> dict[s
         return extra
     if extra is None:
         return ids
-    out = dict(extra)
+    out: dict[str, Any] = orjson.loads(extra) if isinstance(extra, bytes) else dict(extra)
     out.update(ids)
     return out

@@ -22,10 +22,11 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._context import current_session, in_logger_machinery
+from ._core import Origin
 from ._encode import describe
 from ._errors import (
     ConfigurationError,
@@ -72,6 +73,11 @@ _STANDARD: Final = frozenset(
 # tuple and a lookup per record instead of a set difference and a sort (~2 us of ~5).
 _EXTRA_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _EXTRA_KEYS_BOUND: Final = 1024
+# A call site (logger name, path, line, function, module) -> its origin, encoded once: every
+# record of one ``logger.info(...)`` line says the same, so a record costs a lookup, and the
+# writer splices the text instead of encoding two dicts.
+_ORIGINS: dict[tuple[Any, ...], Origin] = {}
+_ORIGINS_BOUND: Final = 4096
 _FORMATTER: Final = logging.Formatter()
 # The library's own loggers (the MQTT sink's client logs through "async_session_logger.mqtt",
 # also from threads and callbacks no context marks, e.g. aiomqtt's connect in an executor).
@@ -215,8 +221,12 @@ class SessionLogHandler(logging.Handler):
 
     def convert(
         self, record: logging.LogRecord
-    ) -> tuple[str, dict[str, Any] | None, str | None, dict[str, Any]]:
-        """Return ``(message, custom_fields, exception, origin)`` for ``record``."""
+    ) -> tuple[str, dict[str, Any] | None, str | None, Mapping[str, Any]]:
+        """Return ``(message, custom_fields, exception, origin)`` for ``record``.
+
+        ``origin`` is read-only: an :class:`~async_session_logger.Origin` shared by the
+        records of one call site (a plain dict when the record carries ``stack_info``).
+        """
         try:
             message = record.getMessage()
         except Exception as exc:  # "%d" with a str, too few args...: keep what was meant
@@ -236,17 +246,18 @@ class SessionLogHandler(logging.Handler):
             exception = formatter.formatException(record.exc_info)
         elif record.exc_text:
             exception = record.exc_text
-        origin: dict[str, Any] = {
-            "logger": record.name,
-            "source": {
-                "file": record.pathname,
-                "line": record.lineno,
-                "function": record.funcName,
-                "module": record.module,
-            },
-        }
         if record.stack_info:
-            origin["stack"] = record.stack_info
+            return message, fields, exception, {**_origin(record), "stack": record.stack_info}
+        site = (record.name, record.pathname, record.lineno, record.funcName, record.module)
+        try:
+            origin = _ORIGINS.get(site)
+        except TypeError:  # a record factory's unhashable attribute: no cache for it
+            return message, fields, exception, _origin(record)
+        if origin is None:
+            origin = Origin(_origin(record))
+            if len(_ORIGINS) >= _ORIGINS_BOUND:
+                _ORIGINS.clear()
+            _ORIGINS[site] = origin
         return message, fields, exception, origin
 
     # -- the fallback session -----------------------------------------------------------------
@@ -420,3 +431,16 @@ def _reaches(logger: logging.Logger, handler: logging.Handler) -> bool:
             return False
         current = current.parent
     return False
+
+
+def _origin(record: logging.LogRecord) -> dict[str, Any]:
+    """The entry's ``logger`` and ``source`` keys for ``record``."""
+    return {
+        "logger": record.name,
+        "source": {
+            "file": record.pathname,
+            "line": record.lineno,
+            "function": record.funcName,
+            "module": record.module,
+        },
+    }

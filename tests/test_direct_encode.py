@@ -12,10 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_session_logger import SessionLogger, read_entries
+from async_session_logger import Origin, SessionLogger, read_entries
 from async_session_logger._entry import CLOSE, GAP, LOG, START, EntryBuilder, Masker, Record
 from async_session_logger.sinks import Batch, FileSink, Sink
 
@@ -260,3 +261,40 @@ def test_flat_safe_fields_become_text_and_the_record_is_not_tracked() -> None:
         copy = masker.snapshot(fields)
         assert type(copy) is dict and copy == fields and copy is not fields, fields
     assert Masker(None).snapshot({"anything": 1}) == '{"anything":1}'  # masking off
+
+
+@settings(max_examples=300, deadline=None)
+@given(_records())
+def test_an_extra_encoded_once_writes_what_its_dict_would(records: list[Record]) -> None:
+    """Top-level extras queued as JSON text (an ``Origin``'s, made once per call site) give
+    the same line, and the same dict, as the dict they encode."""
+    encoded: list[Record] = []
+    for record in records:
+        fields = record[6]
+        if type(fields) is tuple and fields[1]:
+            fields = (fields[0], orjson.dumps(fields[1]))
+        encoded.append((*record[:6], fields, record[7]))
+    builder = EntryBuilder(None, Masker())
+    line = builder.encode_records(records)
+    assert builder.encode_records(encoded) == line
+    assert builder.encode(builder.build_batch(encoded)) == builder.encode(
+        builder.build_batch(records)
+    )
+    assert builder.encode(builder.build_batch(encoded)) == line
+
+
+def test_a_record_with_an_encoded_origin_is_not_tracked() -> None:
+    """What the stdlib bridge queues for a record with flat ``extra=`` fields holds only text
+    and numbers: the garbage collector stops tracking it."""
+    masker = Masker()
+    masker.mask({"user": "u"})  # the key is known safe now
+    origin = Origin({"logger": "app", "source": {"file": "f.py", "line": 1}})
+    assert origin.json is not None
+    record = (LOG, "s", 1, 0, 20, "m", (masker.snapshot({"user": "u"}), origin.json), 0)
+    gc.collect()  # untracks the inner tuple (fields, extra)
+    gc.collect()  # and then the record around it
+    assert not gc.is_tracked(record)
+    with_dict = (LOG, "s", 1, 0, 20, "m", (None, dict(origin)), 0)
+    gc.collect()
+    gc.collect()
+    assert gc.is_tracked(with_dict)  # what a plain origin dict would have kept

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import logging.config
+import math
 import os
 import socket
 import sys
@@ -20,12 +22,15 @@ from async_session_logger import (
     AsyncSessionLogger,
     ConfigurationError,
     InvalidFieldsError,
+    Origin,
     SessionLogger,
     current_session,
     read_sessions,
 )
+from async_session_logger import stdlib as stdlib_module
+from async_session_logger._core import record_extra
 from async_session_logger.cli import main
-from async_session_logger.sinks import MemorySink, MqttSink
+from async_session_logger.sinks import FileSink, MemorySink, MqttSink
 from async_session_logger.stdlib import (
     SessionLogHandler,
     install,
@@ -424,6 +429,98 @@ async def test_log_record_checks_origin_at_the_call_site(tmp_path: Path) -> None
         (session,) = read_sessions(tmp_path / name)
         (entry,) = session.entries
         assert (entry["seq"], entry["logger"], entry["exception"]) == (1, "x", "tb")
+
+
+def test_origin_is_checked_read_only_and_encoded_only_when_exact() -> None:
+    """An Origin is checked as log_record() checks an origin dict, cannot be changed, and
+    carries JSON text only when that text says exactly what the dict does."""
+    with pytest.raises(InvalidFieldsError, match="seq"):
+        Origin({"seq": 1})
+    with pytest.raises(InvalidFieldsError, match="mapping"):
+        Origin(["logger"])  # type: ignore[arg-type]
+    origin = Origin({"logger": "app", "source": {"file": "f.py", "line": 3}})
+    assert dict(origin) == {"logger": "app", "source": {"file": "f.py", "line": 3}}
+    assert origin.json == b'{"logger":"app","source":{"file":"f.py","line":3}}'
+    with pytest.raises(TypeError):
+        origin["logger"] = "other"  # type: ignore[index]
+    assert record_extra(None, origin) is origin.json
+    assert record_extra("tb", origin) == {**origin, "exception": "tb"}
+    assert record_extra(None, dict(origin)) == dict(origin)
+    inexact: list[dict[str, Any]] = [
+        {"logger": datetime.datetime(2026, 1, 1)},  # orjson would write a string
+        {"logger": math.nan},  # null
+        {"source": {"line": 2**70}},  # past 64 bits
+        {"source": {1: "x"}},  # a key that is not a string
+        {"logger": "\ud800"},  # a lone surrogate
+        {},  # nothing to say
+    ]
+    for items in inexact:
+        assert Origin(items).json is None
+        assert type(record_extra(None, Origin(items))) in (dict, type(None))
+
+
+async def test_an_origin_writes_what_its_dict_would(tmp_path: Path) -> None:
+    """log_record(origin=Origin(...)) gives the entry a plain dict origin gives, in the file
+    and in the dicts a sink reads, on both faces; an origin JSON cannot say exactly takes the
+    dict path and is written as before."""
+    items = {"logger": "app", "source": {"file": "f.py", "line": 3, "function": "f"}}
+    odd = {"logger": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}
+    memory = MemorySink()
+    slog = SessionLogger(sinks=[FileSink(tmp_path / "s.jsonl"), memory], dead_letter_path=None)
+    async with AsyncSessionLogger(path=str(tmp_path / "a.jsonl"), dead_letter_path=None) as alog:
+        await alog.start_session("s")
+        slog.start_session("s")
+        for face in (alog, slog):
+            for origin in (items, Origin(items), odd, Origin(odd)):
+                face.log_record("s", "m", "INFO", {"user": "u"}, origin=origin)
+            face.log_record("s", "m", "INFO", origin=Origin(items), exception="tb")
+    slog.save_logs()
+    held = [e for e in memory.entries if e["event"] == "log"]
+    slog.close()
+    for name in ("s.jsonl", "a.jsonl"):
+        (session,) = read_sessions(tmp_path / name)
+        plain, encoded, odd_plain, odd_origin, with_tb = session.entries
+        strip = ("seq", "timestamp")
+        assert {k: v for k, v in encoded.items() if k not in strip} == {
+            k: v for k, v in plain.items() if k not in strip
+        }
+        assert encoded["logger"] == "app" and encoded["source"]["line"] == 3
+        assert odd_origin["logger"] == odd_plain["logger"] == "2026-01-01T00:00:00+00:00"
+        assert (with_tb["logger"], with_tb["exception"]) == ("app", "tb")
+    assert [e["logger"] for e in held[:2]] == ["app", "app"]
+    assert held[0]["source"] == held[1]["source"] == items["source"]
+
+
+def test_one_origin_per_call_site() -> None:
+    """Records of one call site share one read-only origin; another line, logger or function
+    gets its own; stack_info and attributes a dict cannot key take a fresh dict; the cache
+    stays bounded."""
+    handler = SessionLogHandler(SessionLogger(method="custom", custom_handler=lambda _: None))
+    logger = logging.getLogger("tests.origins")
+
+    def record(line: int, name: str = "tests.origins", func: str = "f") -> logging.LogRecord:
+        return logger.makeRecord(name, 20, "/app/f.py", line, "m %d", (line,), None, func)
+
+    first, again = handler.convert(record(7))[3], handler.convert(record(7))[3]
+    assert first is again and isinstance(first, Origin)
+    assert dict(first) == {
+        "logger": "tests.origins",
+        "source": {"file": "/app/f.py", "line": 7, "function": "f", "module": "f"},
+    }
+    assert handler.convert(record(8))[3] is not first
+    assert handler.convert(record(7, name="tests.other"))[3]["logger"] == "tests.other"
+    assert handler.convert(record(7, func="g"))[3]["source"]["function"] == "g"
+    stacked = record(7)
+    stacked.stack_info = "Stack (most recent call last): ..."
+    origin = handler.convert(stacked)[3]
+    assert type(origin) is dict and origin["stack"] == stacked.stack_info
+    odd = record(7)
+    odd.funcName = ["not", "hashable"]  # type: ignore[assignment]
+    assert handler.convert(odd)[3]["source"]["function"] == ["not", "hashable"]
+    for line in range(5_000):
+        handler.convert(record(line))
+    assert 0 < len(stdlib_module._ORIGINS) <= stdlib_module._ORIGINS_BOUND
+    handler.logger.close()
 
 
 def test_install_detaches_when_its_logger_closes(capsys: pytest.CaptureFixture[str]) -> None:
