@@ -95,6 +95,39 @@ async def test_packed_messages_and_async_face(broker: Broker, tmp_path: Path) ->
     sub.close()
 
 
+async def test_a_thousand_publishes_in_flight_make_no_warning_records(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Up to a thousand QoS 1 publishes in flight is the sink's design: aiomqtt is told so,
+    and makes no "pending publish calls" record per publish (a LogRecord each, dropped by a
+    filter only after it was made); every entry still arrives."""
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        if record.name == "async_session_logger.mqtt":
+            made.append(str(record.msg))
+        return record
+
+    sub = _sub(broker)
+    logging.setLogRecordFactory(counting)
+    try:
+        sink = MqttSink("127.0.0.1", broker.port, qos=1, status=False, logger_topic=None)
+        async with AsyncSessionLogger(sinks=[sink], dead_letter_path=None) as alog:
+            await alog.start_session("burst")
+            for i in range(2_000):
+                await alog.log_entry("burst", f"m{i}")
+            await alog.close_session("burst")
+            report = await alog.save_logs()
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert report.ok and report["mqtt"].delivered == 2_002
+    await sub.wait_for_entries(2_002)
+    assert not [m for m in made if "pending publish calls" in m]
+    sub.close()
+
+
 def test_retained_status_reaches_a_late_subscriber(broker: Broker, tmp_path: Path) -> None:
     """A subscriber connecting after the close still sees the retained `closed` status."""
     with SessionLogger(
