@@ -35,7 +35,6 @@ __all__ = [
     "ORIGIN_KEYS",
     "AsyncSessionLogger",
     "ExcInfo",
-    "Extra",
     "Origin",
     "exception_extra",
     "exception_text",
@@ -98,7 +97,10 @@ class Origin(Mapping[str, Any]):
         json: bytes | None
         try:
             json = orjson.dumps(self._items)
-            if orjson.loads(json) != self._items:
+            decoded = orjson.loads(json)
+            if decoded == self._items:
+                self._items = decoded  # nested values of its own: the text stays their truth
+            else:
                 json = None
         except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
             json = None
