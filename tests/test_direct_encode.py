@@ -215,6 +215,18 @@ def test_heads_entry_and_level_filter_without_the_dicts() -> None:
     assert errors.entries == [dicts[0], dicts[2], dicts[3], dicts[4]]
     assert joined.entries == [*dicts, dicts[1]]
     assert Batch(dicts, built.data).heads() == expected  # a batch made of dicts says the same
+    calls: list[int] = []
+    make_heads = builder.heads_later(records)
+
+    def counted() -> list[tuple[str, str, int]]:
+        calls.append(1)
+        return make_heads()
+
+    once = Batch.deferred(builder.build_later(records), len(records), built.data, counted)
+    for _ in range(3):  # a level filter, the MQTT planner, its retry after a reconnect
+        assert once.heads() == expected
+    assert once.at_least(40).heads() == [expected[0], expected[2], expected[3], expected[4]]
+    assert calls == [1]
 
 
 @settings(max_examples=300, deadline=None)

@@ -26,12 +26,13 @@ class Batch(Sequence[dict[str, Any]]):
     iteration): a file sink that writes ``data`` never pays for them.
     """
 
-    __slots__ = ("_build", "_entries", "_heads", "_lines", "_size", "data")
+    __slots__ = ("_build", "_entries", "_head_list", "_heads", "_lines", "_size", "data")
 
     def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
         self._entries: list[dict[str, Any]] | None = entries
         self._build: Callable[[], list[dict[str, Any]]] | None = None
         self._heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None
+        self._head_list: list[tuple[Any, Any, Any]] | None = None
         self._size = len(entries)
         self.data = data
         self._lines: list[bytes] | None = None
@@ -51,6 +52,7 @@ class Batch(Sequence[dict[str, Any]]):
         batch._entries = None
         batch._build = build
         batch._heads = heads
+        batch._head_list = None
         batch._size = size
         batch.data = data
         batch._lines = None
@@ -68,9 +70,12 @@ class Batch(Sequence[dict[str, Any]]):
 
     def heads(self) -> list[tuple[Any, Any, Any]]:
         """Return each entry's ``(session_id, event, levelno)``, in order, without building the
-        dicts when they are not built yet (what routing and level filters need)."""
+        dicts when they are not built yet (what routing and level filters need). Made once:
+        a level filter, the MQTT planner and its retries all read the same list."""
         if self._entries is None and self._heads is not None:
-            return self._heads()
+            if self._head_list is None:
+                self._head_list = self._heads()
+            return self._head_list
         return [(e.get("session_id"), e.get("event"), e.get("levelno")) for e in self.entries]
 
     def entry(self, index: int) -> dict[str, Any]:
