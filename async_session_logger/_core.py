@@ -94,9 +94,9 @@ class Origin(Mapping[str, Any]):
         self._items = dict(_check_origin(items))
         # The text only when it says exactly what the dict does (orjson's defaults would turn
         # a datetime into a string, a NaN into null): otherwise the entry takes the dict path.
-        json: bytes | None
+        json: str | None
         try:
-            json = orjson.dumps(self._items)
+            json = orjson.dumps(self._items).decode()
             decoded = orjson.loads(json)
             if decoded == self._items:
                 self._items = decoded  # nested values of its own: the text stays their truth

@@ -6,6 +6,7 @@ import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from json.encoder import encode_basestring as _quote
 from typing import Any, Final
 
 import orjson
@@ -57,12 +58,6 @@ MASK: Final = "***"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _MAX_DEPTH: Final = 64
 _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
-# A log entry's line, written without a dict (EntryBuilder.encode_records): the extras and
-# custom fields go in the last %b; the keys and their order are build_all()'s.
-_LOG_HEAD: Final = (
-    b'{"timestamp":"%b%b%bZ","session_id":%b,"seq":%d,"event":"log","level":%b,'
-    b'"levelno":%d,"message":%b%b}\n'
-)
 _FIXED_KEYS: Final = frozenset(
     ("timestamp", "session_id", "seq", "event", "level", "levelno", "message", "custom_fields")
 )
@@ -77,13 +72,12 @@ Record = tuple[int, str, int, int, int, str, Any, int]
 # A log entry's top-level keys beyond the schema's (exception, origin, trace ids), queued as
 # (custom_fields, extra) in a record's fields: a dict, or the JSON text of one (a
 # ``_core.Origin``'s, made once), which the writer splices and the GC never tracks.
-Extra = dict[str, Any] | bytes | None
+Extra = dict[str, Any] | str | None
 
 
 # "000".."999": the fraction as two table lookups. An f-string format spec (":06d") costs
 # about three times as much, and the timestamp was a third of the writer's per-entry work.
 _DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
-_DIGITS3_BYTES: Final = tuple(digits.encode() for digits in _DIGITS3)
 
 
 class _Clock:
@@ -255,85 +249,89 @@ class EntryBuilder:
     def encode_records(self, records: list[Record]) -> bytes:
         """Encode ``records`` as JSON Lines without building their dicts (no formatter).
 
-        Byte for byte what :meth:`encode` makes of :meth:`build_batch`'s dicts: a log entry is
-        written from a template and orjson's encoding of its message, extras and custom
-        fields; any other record, and a log entry whose parts orjson refuses, goes through its
-        dict.
+        Byte for byte what :meth:`encode` makes of :meth:`build_batch`'s dicts. A log entry's
+        line is one f-string: the message quoted by the json module's C string encoder (its
+        escapes are orjson's, checked for every code point in the tests), the extras and
+        custom fields as the JSON text the call made, or encoded here. The batch is encoded
+        to UTF-8 once. Any other record, and a log entry whose parts orjson refuses or whose
+        line UTF-8 cannot hold (a lone surrogate), goes through its dict.
         """
-        buf = bytearray()
-        extend = buf.extend
+        lines: list[str] = []
+        append = lines.append
+        quote = _quote
         dumps = orjson.dumps
         default = json_default
         options = DUMPS_OPTIONS
-        head = _LOG_HEAD
         fixed = _FIXED_KEYS
         masker = self.masker
         mask = masker.mask if masker.patterns else None
         clock = self._clock
         base = clock.base
         prefix = clock.prefix
-        prefix_bytes = prefix.encode()
-        digits = _DIGITS3_BYTES
-        ids: dict[str, bytes] = {}
-        levels: dict[int, bytes] = {}
+        digits = _DIGITS3
+        ids: dict[str, str] = {}
+        levels: dict[int, str] = {}
         for record in records:
             kind, session_id, seq, time_ns, levelno, message, fields, _run = record
             rest = time_ns - base
             if not 0 <= rest < 1_000_000_000:  # a new second (or an earlier one): new prefix
                 sec, rest = divmod(time_ns, 1_000_000_000)
                 prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-                prefix_bytes = prefix.encode()
                 base = time_ns - rest
             if kind == LOG:
                 try:
                     sid = ids.get(session_id)
                     if sid is None:
-                        sid = ids[session_id] = dumps(session_id)
+                        sid = ids[session_id] = quote(session_id)
                     level = levels.get(levelno)
                     if level is None:
                         name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
-                        level = levels[levelno] = dumps(name)
-                    more = b""
-                    if type(fields) is tuple:  # (custom_fields, top-level extras: exception...)
-                        fields, extra = fields
-                        if type(extra) is bytes:  # an Origin's JSON, its keys checked when made
-                            more = b"," + extra[1:-1]
-                        else:
-                            if not fixed.isdisjoint(extra):
-                                raise ValueError("an extra key would replace a schema key")
-                            more = dumps(extra, default=default, option=options)
-                            more = b"," + more[1:-1] if len(more) > 2 else b""
-                    if type(fields) is str:  # Masker.snapshot()'s JSON text
-                        more += b',"custom_fields":' + fields.encode()
-                    elif fields is not None:
-                        # A dict here is rarely flat and known safe (Masker.snapshot() made
-                        # those text): the call costs less than an inline copy is worth.
-                        if mask is not None and not masker.known_safe(fields):
-                            fields = mask(fields)
-                        more += b',"custom_fields":' + dumps(
-                            fields, default=default, option=options
-                        )
-                    extend(
-                        head
-                        % (
-                            prefix_bytes,
-                            digits[rest // 1_000_000],
-                            digits[rest // 1000 % 1000],
-                            sid,
-                            seq,
-                            level,
-                            levelno,
-                            dumps(message),
-                            more,
-                        )
+                        level = levels[levelno] = f'{quote(name)},"levelno":{levelno}'
+                    more = ""
+                    if fields is not None:
+                        if type(fields) is tuple:  # (custom_fields, top-level extras...)
+                            fields, extra = fields
+                            if type(extra) is str:  # an Origin's JSON, its keys checked
+                                more = "," + extra[1:-1]
+                            else:
+                                if not fixed.isdisjoint(extra):
+                                    raise ValueError("an extra key would replace a schema key")
+                                top = dumps(extra, default=default, option=options)
+                                more = "," + top[1:-1].decode() if len(top) > 2 else ""
+                        if type(fields) is str:  # Masker.snapshot()'s JSON text
+                            more += ',"custom_fields":' + fields
+                        elif fields is not None:
+                            # A dict here is rarely flat and known safe (Masker.snapshot()
+                            # made those text): the call costs less than an inline copy.
+                            if mask is not None and not masker.known_safe(fields):
+                                fields = mask(fields)
+                            more += (
+                                ',"custom_fields":'
+                                + dumps(fields, default=default, option=options).decode()
+                            )
+                    append(
+                        f'{{"timestamp":"{prefix}{digits[rest // 1_000_000]}'
+                        f'{digits[rest // 1000 % 1000]}Z","session_id":{sid},"seq":{seq},'
+                        f'"event":"log","level":{level},"message":{quote(message)}{more}}}\n'
                     )
                     continue
                 except Exception:
                     pass  # through its dict, as encode() would write it
-            extend(self.encode([self.build_safely(record)]))
+            append(self.encode([self.build_safely(record)]).decode())
         clock.base = base
         clock.prefix = prefix
-        return bytes(buf)
+        text = "".join(lines)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate (orjson refuses it): that entry's dict
+            pairs = zip(lines, records, strict=True)
+            return b"".join([self._encode_line(line, record) for line, record in pairs])
+
+    def _encode_line(self, line: str, record: Record) -> bytes:
+        try:
+            return line.encode()
+        except UnicodeEncodeError:
+            return self.encode([self.build_safely(record)])
 
     def build_all(self, records: list[Record], clock: _Clock | None = None) -> list[dict[str, Any]]:
         """Return the entry dicts for ``records`` (the writer's hot loop: locals on purpose)."""

@@ -16,8 +16,8 @@ __all__ = ["trace_fields"]
 
 
 def trace_fields(
-    otel_trace: ModuleType, extra: dict[str, Any] | bytes | None
-) -> dict[str, Any] | bytes | None:
+    otel_trace: ModuleType, extra: dict[str, Any] | str | None
+) -> dict[str, Any] | str | None:
     """Return ``extra`` plus ``trace_id``/``span_id`` when a valid span is current.
 
     ``extra`` may be a dict or the JSON text of one (an ``Origin``'s); with ids added, the
@@ -39,6 +39,6 @@ def trace_fields(
         return extra
     if extra is None:
         return ids
-    out: dict[str, Any] = orjson.loads(extra) if isinstance(extra, bytes) else dict(extra)
+    out: dict[str, Any] = orjson.loads(extra) if isinstance(extra, str) else dict(extra)
     out.update(ids)
     return out

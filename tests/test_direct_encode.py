@@ -70,6 +70,20 @@ def test_direct_lines_equal_the_dicts_encoding(records: list[Record], masking: b
     assert direct.count(b"\n") == len(records)
 
 
+def test_the_message_quoting_is_orjsons_for_every_code_point() -> None:
+    """The writer quotes a message with the json module's C string encoder (an f-string line,
+    one UTF-8 encode per batch): its escapes must be orjson's, the dict path's, for every
+    character a str can hold and UTF-8 can write."""
+    from async_session_logger._entry import _quote
+
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000]
+    for start in range(0, len(chars), 4096):
+        chunk = chars[start : start + 4096]
+        assert _quote("".join(chunk)).encode() == orjson.dumps("".join(chunk))
+    for char in [chr(cp) for cp in range(0x80)] + ["\u2028", "\u2029", "\ufeff", "\U0010ffff"]:
+        assert _quote(f"a{char}b").encode() == orjson.dumps(f"a{char}b"), repr(char)
+
+
 class _Odd:
     def __repr__(self) -> str:
         return "<odd>"
@@ -284,7 +298,7 @@ def test_an_extra_encoded_once_writes_what_its_dict_would(records: list[Record])
     for record in records:
         fields = record[6]
         if type(fields) is tuple and fields[1]:
-            fields = (fields[0], orjson.dumps(fields[1]))
+            fields = (fields[0], orjson.dumps(fields[1]).decode())
         encoded.append((*record[:6], fields, record[7]))
     builder = EntryBuilder(None, Masker())
     line = builder.encode_records(records)

@@ -440,11 +440,11 @@ def test_origin_is_checked_read_only_and_encoded_only_when_exact() -> None:
         Origin(["logger"])  # type: ignore[arg-type]
     origin = Origin({"logger": "app", "source": {"file": "f.py", "line": 3}})
     assert dict(origin) == {"logger": "app", "source": {"file": "f.py", "line": 3}}
-    assert origin.json == b'{"logger":"app","source":{"file":"f.py","line":3}}'
+    assert origin.json == '{"logger":"app","source":{"file":"f.py","line":3}}'
     source = {"file": "g.py"}
     copied = Origin({"logger": "app", "source": source})
     source["file"] = "changed later"  # the Origin holds values of its own
-    assert copied["source"] == {"file": "g.py"} and b"g.py" in (copied.json or b"")
+    assert copied["source"] == {"file": "g.py"} and "g.py" in (copied.json or "")
     assert record_extra("tb", copied)["source"] == {"file": "g.py"}  # type: ignore[index]
     with pytest.raises(TypeError):
         origin["logger"] = "other"  # type: ignore[index]
