@@ -40,7 +40,7 @@ T = TypeVar("T")
 CURRENT: contextvars.ContextVar[SessionHandle | AsyncSessionHandle | None] = contextvars.ContextVar(
     "async_session_logger.current_session", default=None
 )
-_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "async_session_logger.internal", default=False
 )
 
@@ -92,7 +92,7 @@ async def run_in_executor(
 def internal_context() -> contextvars.Context:
     """Return a fresh context marked as the logger's own (and with no current session)."""
     context = contextvars.Context()
-    context.run(_INTERNAL.set, True)
+    context.run(INTERNAL.set, True)
     return context
 
 
@@ -103,9 +103,9 @@ def spawn_internal(coro: Coroutine[Any, Any, T], name: str | None = None) -> asy
 
 def mark_thread_internal() -> None:
     """Mark the calling thread (call it first in a thread the logger owns) as internal."""
-    _INTERNAL.set(True)
+    INTERNAL.set(True)
 
 
 def in_logger_machinery() -> bool:
     """Whether the caller runs in one of the logger's own tasks or threads."""
-    return _INTERNAL.get()
+    return INTERNAL.get()

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._context import current_session, in_logger_machinery
+from ._context import CURRENT, INTERNAL
 from ._core import Origin
 from ._encode import describe
 from ._errors import (
@@ -166,7 +166,7 @@ class SessionLogHandler(logging.Handler):
         counts["records"] += 1
         name = record.name
         if (
-            in_logger_machinery()
+            INTERNAL.get()  # in_logger_machinery() without its call: this runs per record
             or name.startswith(_OWN_PREFIX)
             or name == _OWN
             or getattr(self._busy, "on", False)
@@ -183,7 +183,7 @@ class SessionLogHandler(logging.Handler):
             self._busy.on = False
 
     def _deliver(self, record: logging.LogRecord) -> None:
-        handle = current_session()
+        handle = CURRENT.get()  # current_session()
         if handle is not None:
             try:
                 self._write(handle.logger, handle.session_id, record)

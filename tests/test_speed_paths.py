@@ -139,3 +139,41 @@ def test_session_storm_writes_every_entry_once_in_seq_order(tmp_path: Path) -> N
         seqs.setdefault(entry["session_id"], []).append(entry["seq"])
     assert len(seqs) == tasks
     assert all(s == list(range(per_task + 2)) for s in seqs.values())
+
+
+def test_the_log_verb_releases_its_lock_when_it_raises(tmp_path: Path) -> None:
+    """``Recorder.log`` takes its lock without a ``with`` (cheaper): a verb that raises inside
+    it (an unknown session, a closed one, an unhashable id) must still release it, or the next
+    call from any thread would hang."""
+    import pytest
+
+    from async_session_logger import (
+        InvalidSessionIdError,
+        SessionClosedError,
+        UnknownSessionError,
+    )
+
+    logger = SessionLogger(path=str(tmp_path / "log.jsonl"), dead_letter_path=None)
+    lock = logger._recorder._lock
+    try:
+        logger.start_session("ok")
+        logger.start_session("done")
+        logger.close_session("done")
+        bad_calls: list[tuple[Any, type[Exception]]] = [
+            ("nope", UnknownSessionError),
+            ("done", SessionClosedError),
+            (["unhashable"], InvalidSessionIdError),
+        ]
+        for bad, error in bad_calls:
+            with pytest.raises(error):
+                logger.log_entry(bad, "m")
+            assert not lock.locked(), f"{bad!r}: the recorder's lock was left held"
+        logger.log_entry("ok", "after them")
+        logger.close_session("ok")
+        assert logger.save_logs().ok
+    finally:
+        if lock.locked():  # the defect: free it so close() can run
+            lock.release()
+        logger.close()
+    messages = [e["message"] for e in read_entries(tmp_path / "log.jsonl") if e["event"] == "log"]
+    assert messages == ["after them"]
