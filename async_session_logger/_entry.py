@@ -280,13 +280,17 @@ class EntryBuilder:
                 base = time_ns - rest
             if kind == LOG:
                 try:
+                    # The constant text around the id and the level goes with them: fewer
+                    # pieces for the f-string to join.
                     sid = ids.get(session_id)
                     if sid is None:
-                        sid = ids[session_id] = quote(session_id)
+                        sid = ids[session_id] = f'Z","session_id":{quote(session_id)},"seq":'
                     level = levels.get(levelno)
                     if level is None:
                         name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
-                        level = levels[levelno] = f'{quote(name)},"levelno":{levelno}'
+                        level = levels[levelno] = (
+                            f',"event":"log","level":{quote(name)},"levelno":{levelno},"message":'
+                        )
                     more = ""
                     if fields is not None:
                         if type(fields) is tuple:  # (custom_fields, top-level extras...)
@@ -311,8 +315,7 @@ class EntryBuilder:
                             )
                     append(
                         f'{{"timestamp":"{prefix}{digits[rest // 1_000_000]}'
-                        f'{digits[rest // 1000 % 1000]}Z","session_id":{sid},"seq":{seq},'
-                        f'"event":"log","level":{level},"message":{quote(message)}{more}}}\n'
+                        f"{digits[rest // 1000 % 1000]}{sid}{seq}{level}{quote(message)}{more}}}\n"
                     )
                     continue
                 except Exception:
