@@ -573,3 +573,32 @@ def test_extra_fields_per_call_site_shape() -> None:
     finally:
         logging.setLogRecordFactory(old_factory)
     handler.logger.close()
+
+
+def test_a_record_made_while_one_is_converted_is_internal_and_the_guard_is_released() -> None:
+    """A message argument whose ``__str__`` logs through stdlib: the inner record, made while
+    the handler converts the outer one in the same thread, is counted as internal (no endless
+    loop), and the next record of that thread is delivered again."""
+    log = logging.getLogger("tests.reentrant")
+
+    class Loud:
+        def __str__(self) -> str:
+            log.warning("from inside __str__")
+            return "loud"
+
+    mem = MemorySink()
+    with SessionLogger(sinks=[mem], dead_letter_path=None) as slog:
+        handler = SessionLogHandler(slog)  # the only handler: pytest's own would format first
+        log.addHandler(handler)
+        log.propagate = False
+        try:
+            with slog.session("r"):
+                log.warning("value %s", Loud())
+                log.warning("after")
+            slog.save_logs()
+        finally:
+            log.removeHandler(handler)
+            log.propagate = True
+        stats = handler.stats()
+    assert [e["message"] for e in _logs(mem, "r")] == ["value loud", "after"]
+    assert stats["internal"] == 1
