@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CURRENT",
+    "INTERNAL",
     "bind_session",
     "current_session",
     "in_logger_machinery",
