@@ -12,9 +12,9 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self
 
 from ._config import build_engine
-from ._core import ExcInfo, Origin, exception_extra, record_extra
+from ._core import ExcInfo, exception_extra, record_extra
 from ._engine import CAP_FACTOR, GRACE
-from ._entry import Extra, Formatter
+from ._entry import Formatter
 from ._errors import ConfigurationError, LoggerClosedError, WrongThreadError
 from ._handles import SessionHandle, SessionRef, parent_id_of
 from ._portal import Portal
@@ -182,10 +182,7 @@ class SessionLogger:
         ``origin``: top-level keys that say where the entry came from (``logger``,
         ``source``, ``stack``).
         """
-        if type(origin) is Origin and exception is None and origin.json is not None:
-            extra: Extra = origin.json  # record_extra()'s first case, without its call
-        else:
-            extra = record_extra(exception, origin)
+        extra = record_extra(exception, origin)
         if self._recorder.log(session_id, message, level, custom_fields, extra):
             self._wait_for_space()
 
