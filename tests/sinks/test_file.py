@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from async_session_logger import ConfigurationError, SessionLogger, read_dead_letters
-from async_session_logger.sinks import FileSink
+from async_session_logger.sinks import Batch, FileSink
 
 from ..conftest import MountFactory, read_lines
 
@@ -153,6 +154,46 @@ def test_direct_writes_cut_only_between_lines() -> None:
     huge = b"y" * (_CHUNK * 2) + b"\n" + b"z\n"
     assert line_cut(huge, 0, _CHUNK, len(huge)) == _CHUNK * 2 + 1  # one long line goes whole
     assert line_cut(huge, 0, _CHUNK, _CHUNK * 2) == _CHUNK * 2  # never past the stop
+
+
+async def _turns_during(sink: FileSink, batch: Batch) -> int:
+    """Write ``batch`` while another task counts its turns; return how many it had."""
+    turns = 0
+    done = False
+
+    async def neighbour() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(neighbour())
+    await asyncio.sleep(0)
+    turns = 0
+    await sink.write_batch(batch)
+    done = True
+    await task
+    return turns
+
+
+async def test_direct_writes_yield_by_time_not_per_chunk(tmp_path: Path) -> None:
+    """A direct write goes on for ~1 ms before it yields, so a turn of a busy loop writes
+    megabytes, not one 256 KiB chunk; a long write still yields (the loop is not held)."""
+    from async_session_logger.sinks.file import _CHUNK
+
+    sink = FileSink(tmp_path / "a.jsonl", write_mode="direct")
+    await sink.open()
+    try:
+        line = b"x" * 999 + b"\n"
+        small = Batch([{}] * 2_000, line * 2_000)  # 2 MB: eight chunks
+        # Writes to the page cache take tens of microseconds a chunk: one turn, maybe two.
+        # Yielding after every chunk (the old way) took eight.
+        assert await _turns_during(sink, small) < len(small.data) // _CHUNK
+        big = Batch([{}] * 64_000, line * 64_000)  # 64 MB: tens of ms of writing
+        assert await _turns_during(sink, big) >= 2
+    finally:
+        await sink.close()
+    assert (tmp_path / "a.jsonl").stat().st_size == 66_000 * 1000
 
 
 def test_four_processes_append_to_one_file(tmp_path: Path) -> None:
