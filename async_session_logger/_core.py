@@ -357,6 +357,12 @@ class AsyncSessionLogger:
         logger's for this session (``"NOTSET"``: hold nothing).
         """
         engine = self._engine
+        loop = _get_running_loop()
+        if engine.live_loop is loop:  # as log_entry's: queued now, then room if it filled up
+            self._recorder.start(session_id, metadata, parent_id, buffer_level)
+            if self._intake.full:
+                return self._intake.room()
+            return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_start(session_id, metadata, parent_id, buffer_level)
         return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
 
@@ -434,6 +440,12 @@ class AsyncSessionLogger:
     def close_session(self, session_id: str, status: str = "closed") -> Awaitable[None]:
         """Close a session: its close entry carries ``duration_s``, ``entries`` and ``status``."""
         engine = self._engine
+        loop = _get_running_loop()
+        if engine.live_loop is loop:  # as start_session's
+            self._recorder.close(session_id, status)
+            if self._intake.full:
+                return self._intake.room()
+            return self._done if self._done_loop is loop else self._done_on(loop)
         sid = engine.recorder.prepare_close(session_id, status)
         return self._queue(engine, lambda s: engine.recorder.close(s, status), sid, False)
 

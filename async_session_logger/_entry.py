@@ -61,6 +61,7 @@ _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 _FIXED_KEYS: Final = frozenset(
     ("timestamp", "session_id", "seq", "event", "level", "levelno", "message", "custom_fields")
 )
+_START_KEYS: Final = _FIXED_KEYS | {"metadata"}
 
 
 # What a call snapshots: everything but the encoding, which the writer does later:
@@ -320,6 +321,13 @@ class EntryBuilder:
                     continue
                 except Exception:
                     pass  # through its dict, as encode() would write it
+            elif kind != GAP:  # START or CLOSE
+                try:
+                    stamp = f"{prefix}{digits[rest // 1_000_000]}{digits[rest // 1000 % 1000]}"
+                    append(self._session_line(record, stamp, mask))
+                    continue
+                except Exception:
+                    pass
             append(self.encode([self.build_safely(record)]).decode())
         clock.base = base
         clock.prefix = prefix
@@ -329,6 +337,40 @@ class EntryBuilder:
         except UnicodeEncodeError:  # a lone surrogate (orjson refuses it): that entry's dict
             pairs = zip(lines, records, strict=True)
             return b"".join([self._encode_line(line, record) for line, record in pairs])
+
+    def _session_line(self, record: Record, stamp: str, mask: Callable[[Any], Any] | None) -> str:
+        """A start or close entry's line, byte for byte what :meth:`build_all`'s dict encodes
+        to; raises where that dict must be built (a key that would replace a schema key, a
+        value orjson refuses), and :meth:`encode_records` builds it."""
+        kind, session_id, seq, _time_ns, levelno, message, fields, _run = record
+        dumps = orjson.dumps
+        more = ""
+        if kind == START:
+            if type(fields) is tuple:  # (metadata, parent id and trace ids)
+                fields, extra = fields
+                if type(extra) is not dict or not _START_KEYS.isdisjoint(extra):
+                    raise ValueError("an extra key would replace a schema key")
+                top = dumps(extra, default=json_default, option=DUMPS_OPTIONS)
+                more = "," + top[1:-1].decode() if len(top) > 2 else ""
+            if not fields:
+                fields = {}
+            elif mask is not None and not self.masker.known_safe(fields):
+                fields = mask(fields)
+            metadata = dumps(fields, default=json_default, option=DUMPS_OPTIONS).decode()
+            more += ',"metadata":' + metadata
+        else:  # CLOSE: its fields are top-level keys (duration_s, entries, status, levels...)
+            if type(fields) is not dict or not _FIXED_KEYS.isdisjoint(fields):
+                raise ValueError("a close field would replace a schema key")
+            if mask is not None and "summary" in fields:
+                fields = {**fields, "summary": mask(fields["summary"])}
+            body = dumps(fields, default=json_default, option=DUMPS_OPTIONS)
+            more = "," + body[1:-1].decode() if len(body) > 2 else ""
+        name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
+        return (
+            f'{{"timestamp":"{stamp}Z","session_id":{_quote(session_id)},"seq":{seq},'
+            f'"event":"{EVENTS[kind]}","level":{_quote(name)},"levelno":{levelno},'
+            f'"message":{_quote(message)}{more}}}\n'
+        )
 
     def _encode_line(self, line: str, record: Record) -> bytes:
         try:

@@ -120,10 +120,14 @@ class Intake:
         a drop policy and a full intake, a queued log entry makes room for them first.
         """
         buf = self._buf
-        with self.lock:
+        lock = self.lock
+        lock.acquire()  # not `with`: ~1,000 instructions less a session start or close
+        try:
             if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
+        finally:
+            lock.release()
         if self.sleeping or (self.lingering and type(item) is not tuple):
             self.wake()  # a marker (flush, stop) ends a linger at once
         return len(buf) >= self.limit

@@ -236,7 +236,8 @@ class Recorder:
             extra = trace_fields(_modules[_OTEL], extra)
         if extra is not None:
             fields = (fields, extra)
-        self._check_open()
+        if self.closed:
+            self._check_open()
         if sid in self._open:
             raise DuplicateSessionError(
                 f"session {sid!r} is already open; close it first", session_id=sid
@@ -247,8 +248,11 @@ class Recorder:
         """Hand off a start checked by :meth:`prepare_start` (re-checked under the lock)."""
         sid, fields, parent, root, hold_at = prepared
         now = time.time_ns()
-        with self._lock:
-            self._check_open()
+        lock = self._lock
+        lock.acquire()  # not `with`: see log()
+        try:
+            if self.closed:
+                self._check_open()
             if sid in self._open:
                 raise DuplicateSessionError(
                     f"session {sid!r} is already open; close it first", session_id=sid
@@ -264,13 +268,17 @@ class Recorder:
                 root = known.root if known is not None else parent
             session = SessionState(now, next(self._runs), hold_at, parent, root or sid)
             self._open[sid] = session
-            self._recently_closed.pop(sid, None)
-            self._inherited.pop(sid, None)
+            if sid in self._recently_closed:
+                del self._recently_closed[sid]
+            if self._inherited:
+                self._inherited.pop(sid, None)
             self.accepted += 1
             record = (START, sid, 0, now, 20, "Session started", fields, session.run)
             if TAPS:
                 _tap(self, record)
             self.intake.push(record)
+        finally:
+            lock.release()
 
     def prepare_log(
         self,
@@ -350,7 +358,9 @@ class Recorder:
         """Hand off the close entry of an open session and forget the session."""
         if status not in STATUSES:
             raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: see log()
+        try:
             try:
                 session = self._open.pop(session_id, None)
             except TypeError:
@@ -360,6 +370,8 @@ class Recorder:
                     return  # the logger closed it already (idle, evicted): nothing to close
                 self._missing(session_id)
             self._push_close(session_id, session, status)
+        finally:
+            lock.release()
 
     def annotate(self, session_id: str, fields: dict[str, Any]) -> None:
         """Merge ``fields`` into the session's close-entry ``summary`` (call-time snapshot)."""

@@ -70,6 +70,68 @@ def test_direct_lines_equal_the_dicts_encoding(records: list[Record], masking: b
     assert direct.count(b"\n") == len(records)
 
 
+_START_EXTRA = st.none() | st.fixed_dictionaries(
+    {},
+    optional={
+        "parent_session_id": _TEXT,
+        "trace_id": _TEXT,
+        "span_id": _TEXT,
+    },
+)
+_CLOSE_FIELDS = st.fixed_dictionaries(
+    {
+        "duration_s": st.floats(),
+        "entries": st.integers(0, 10**9),
+        "status": st.sampled_from(["closed", "error", "interrupted", "timeout", "evicted"]),
+        "levels": st.dictionaries(st.sampled_from(["DEBUG", "INFO", "Level 25"]), st.integers()),
+    },
+    optional={
+        # annotate()'s summary, masked: mostly secret-looking keys
+        "summary": st.dictionaries(st.sampled_from(["password", "Token", "n"]) | _KEYS, _VALUE),
+        "discarded": st.integers(1, 10**6),
+        "trace_id": _TEXT,
+    },
+)
+
+
+@st.composite
+def _session_records(draw: st.DrawFn) -> list[Record]:
+    out: list[Record] = []
+    for seq in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from([START, CLOSE, LOG]))
+        fields: Any
+        collide = draw(st.integers(0, 9)) == 0  # a key that would replace a schema key
+        if kind == START:
+            fields = draw(_FIELDS)
+            extra = draw(_START_EXTRA)
+            if collide:
+                extra = {**(extra or {}), "metadata": draw(_VALUE)}
+            if extra is not None:
+                fields = (fields, extra)
+        elif kind == CLOSE:
+            fields = draw(_CLOSE_FIELDS)
+            if collide:
+                fields["seq"] = draw(st.integers())
+        else:
+            fields = draw(_FIELDS)
+        message = {START: "Session started", CLOSE: "Session closed"}.get(kind) or draw(_TEXT)
+        out.append((kind, draw(_TEXT), seq, draw(_NS), draw(_LEVEL), message, fields, 0))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_session_records(), st.booleans())
+def test_start_and_close_lines_equal_the_dicts_encoding(
+    records: list[Record], masking: bool
+) -> None:
+    """Start and close entries are written without their dicts too (metadata, parent and
+    trace ids, close fields, a masked summary): the same bytes as the dicts' encoding."""
+    builder = EntryBuilder(None, Masker() if masking else Masker(None))
+    direct, via_dicts = _both(builder, records)
+    assert direct == via_dicts
+    assert direct.count(b"\n") == len(records)
+
+
 def test_the_message_quoting_is_orjsons_for_every_code_point() -> None:
     """The writer quotes a message with the json module's C string encoder (an f-string line,
     one UTF-8 encode per batch): its escapes must be orjson's, the dict path's, for every
@@ -116,8 +178,8 @@ def test_values_orjson_refuses_go_through_the_dicts_path() -> None:
 
 
 def test_other_records_and_a_colliding_extra_use_the_dicts() -> None:
-    """Start, close and gap records, and an extra that would replace a schema key, are encoded
-    from their dicts: the same bytes as before."""
+    """Gap records, and an extra that would replace a schema key, are encoded from their
+    dicts; start and close records beside them: the same bytes as before."""
     now = 1_795_000_000_123_456_789
     records: list[Record] = [
         (START, "s", 0, now, 20, "Session started", {"user": "u", "password": "p"}, 0),
