@@ -6,8 +6,8 @@ Framework-free on purpose: each integration imports its framework in its own mod
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ __all__ = [
     "RESPONSE_MESSAGE",
     "SESSION_ID_HEADER",
     "close_status",
+    "fresh_id",
     "response_fields",
     "response_level",
     "safe_request_id",
@@ -40,7 +41,16 @@ def safe_request_id(value: str | None, is_open: Callable[[str], bool]) -> str:
     """
     if value and _SAFE_ID.fullmatch(value) and not is_open(value):
         return value
-    return uuid.uuid4().hex
+    return fresh_id()
+
+
+def fresh_id() -> str:
+    """Return a random version-4 UUID as 32 hex digits: ``uuid.uuid4().hex``, without the
+    ``UUID`` object (a tenth of the instructions; one per request)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def close_status(status_code: int | None, failed: bool, *, cancelled: bool = False) -> str:

@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -245,7 +246,25 @@ async def test_hostile_request_ids_get_fresh_uuids(
         replies = [await http.get("/ok", headers={"X-Request-ID": value}) for value in hostile]
     ids = [reply.headers["X-Session-ID"] for reply in replies]
     assert all(UUID_HEX.fullmatch(sid) for sid in ids), ids
+    assert all(uuid.UUID(hex=sid).version == 4 for sid in ids), ids
     assert sorted(by_id(log_path)) == sorted(ids)
+
+
+def test_fresh_ids_are_uuid4_hex() -> None:
+    """A fresh session id is what ``uuid.uuid4().hex`` gives: version 4, the RFC 4122
+    variant, 32 lowercase hex digits; and no two alike."""
+    from async_session_logger._web import fresh_id
+
+    ids = [fresh_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for sid in ids:
+        parsed = uuid.UUID(hex=sid)
+        assert (parsed.hex, parsed.version, parsed.variant) == (sid, 4, uuid.RFC_4122)
+    # Every other bit is random: over 10,000 ids each of them is set at least once.
+    merged = 0
+    for sid in ids:
+        merged |= int(sid, 16)
+    assert merged | (0xF000 << 64) | (0xC000 << 48) == (1 << 128) - 1
 
 
 async def test_same_request_id_on_concurrent_requests_makes_two_sessions(
