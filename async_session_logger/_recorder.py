@@ -276,7 +276,7 @@ class Recorder:
             record = (START, sid, 0, now, 20, "Session started", fields, session.run)
             if TAPS:
                 _tap(self, record)
-            self.intake.push(record)
+            self._hand_off(record)
         finally:
             lock.release()
 
@@ -466,7 +466,18 @@ class Recorder:
         )
         if TAPS:
             _tap(self, record)
-        self.intake.push(record)
+        self._hand_off(record)
+
+    def _hand_off(self, record: tuple[Any, ...]) -> None:
+        # Under the lock: queue a start or close record. Appended as log() appends (a drop
+        # policy's push() first makes room by dropping a queued log entry: never this one).
+        intake = self.intake
+        if intake.drops:
+            intake.push(record)
+            return
+        intake.buf.append(record)
+        if intake.sleeping:
+            intake.wake()
 
     def _hold(self, session: SessionState, entry: tuple[int, int, str, Any]) -> None:
         # Under the lock: keep an entry at or below buffer_level until the session fails.
