@@ -16,7 +16,17 @@ between threads. Use it to compare two commits of the same code, or a contender 
 floor, and confirm a gain with ``throughput.py`` or ``stdlib_bridge.py``.
 
 The contenders are ``throughput.py``'s (the same passes: one session, 200,000 entries there)
-and ``stdlib_bridge.py``'s (``logger.info("request %d done", i, extra=...)`` per record).
+and ``stdlib_bridge.py``'s (``logger.info("request %d done", i, extra=...)`` per record), plus
+per-session and per-request costs, whose unit is a session or a request (no entries but the
+ones named):
+
+- ``session-verbs``: ``AsyncSessionLogger.start_session(id, metadata)`` and
+  ``close_session(id)`` on the logger's loop, written to a file;
+- ``session-handle``: the same through ``async with alog.session(id, metadata)``;
+- ``asgi-bare``: a minimal ASGI app (a 200 response of two messages) called in-process;
+- ``asgi-session``: the same app under ``SessionMiddleware``, whose route logs one entry in
+  the request's session (a start, that entry, ``Response`` and a close per request). Its ratio
+  is to ``asgi-bare``; their difference is what the middleware and its session cost.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 THROUGHPUT = ("floor", "asl-sync", "asl-async", "asl-async-y100", "stdlib", "structlog")
 BRIDGE = ("stdlib-file", "bridge-sync", "bridge-async")
+SESSIONS = ("session-verbs", "session-handle", "asgi-bare", "asgi-session")
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -40,6 +51,11 @@ def child(name: str, n: int, directory: str) -> None:
     """Run one contender's pass with ``n`` entries (in the process valgrind watches)."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO_ROOT))  # this checkout, not an installed copy
+    if name in SESSIONS:
+        import asyncio
+
+        asyncio.run(_sessions(name, n, Path(directory) / f"{name}.jsonl"))
+        return
     if name in BRIDGE:
         import stdlib_bridge
 
@@ -53,6 +69,64 @@ def child(name: str, n: int, directory: str) -> None:
     for module in contender.imports:
         importlib.import_module(module)
     contender.run(str(Path(directory) / f"{name}.jsonl"), n, None)
+
+
+async def _sessions(name: str, n: int, path: Path) -> None:
+    """``n`` sessions or requests of one of the SESSIONS contenders, written to ``path``."""
+    from typing import Any
+
+    from async_session_logger import AsyncSessionLogger, current_session
+    from async_session_logger.asgi import SessionMiddleware
+
+    alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=1_000_000)
+    await alog.start()
+    metadata = {"user": "u1", "method": "GET", "path": "/items/1"}
+    if name == "session-verbs":
+        for i in range(n):
+            sid = f"session-{i:08d}"
+            await alog.start_session(sid, metadata)
+            await alog.close_session(sid)
+    elif name == "session-handle":
+        for i in range(n):
+            async with alog.session(f"session-{i:08d}", metadata):
+                pass
+    else:
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            session = current_session()
+            if session is not None:
+                await session.info("handled", {"item": 1})  # type: ignore[misc]
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            pass
+
+        served: Any = app
+        if name == "asgi-session":
+            served = SessionMiddleware(app, logger=alog, lifespan=False)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/items/1",
+            "raw_path": b"/items/1",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"localhost"), (b"user-agent", b"bench/1.0")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        for _ in range(n):
+            await served(dict(scope), receive, send)
+    await alog.save_logs()
+    await alog.aclose()
 
 
 def count(name: str, n: int) -> int:
@@ -84,7 +158,7 @@ def count(name: str, n: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=30_000)
-    parser.add_argument("--only", nargs="+", metavar="NAME", choices=THROUGHPUT + BRIDGE)
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=THROUGHPUT + BRIDGE + SESSIONS)
     parser.add_argument("--child", nargs=3, metavar=("NAME", "N", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -93,25 +167,29 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
-    names = args.only or list(THROUGHPUT + BRIDGE)
+    names = args.only or list(THROUGHPUT + BRIDGE + SESSIONS)
     n = args.entries
     per: dict[str, float] = {}
     for name in names:
         print(f"{name} ...", file=sys.stderr, flush=True)
         per[name] = (count(name, n) - count(name, 0)) / n
-    print(f"\ninstructions per entry ({n:,} entries; valgrind cachegrind, user space)\n")
+    print(
+        f"\ninstructions per entry, session or request ({n:,} of them; valgrind cachegrind, "
+        "user space)\n"
+    )
     print(f"{'contender':<16} {'instructions':>13}  ratio")
     for name in names:
-        base = "floor" if name in THROUGHPUT else "stdlib-file"
+        base = "floor" if name in THROUGHPUT else "asgi-bare" if name in SESSIONS else "stdlib-file"
         ratio = ""
         if base in per and name != base:
             # For the loggers: floor / ours, the throughput targets' sense (higher is better).
             # For the bridge: ours / FileHandler, the bridge target's sense (lower is better).
-            ratio = (
-                f"{per[base] / per[name]:.2f}x floor's speed"
-                if base == "floor"
-                else f"{per[name] / per[base]:.2f}x FileHandler's count"
-            )
+            if base == "floor":
+                ratio = f"{per[base] / per[name]:.2f}x floor's speed"
+            elif base == "stdlib-file":
+                ratio = f"{per[name] / per[base]:.2f}x FileHandler's count"
+            elif name == "asgi-session":
+                ratio = f"{per[name] - per[base]:,.0f} more than the bare app's"
         print(f"{name:<16} {per[name]:>13,.0f}  {ratio}")
 
 
