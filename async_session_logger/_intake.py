@@ -246,10 +246,13 @@ class Intake:
         try:
             if self._sync_waiters or self.full:
                 return
-            async with asyncio.timeout(seconds):
+            # A timer that sets the event, not asyncio.timeout(): ~14,000 instructions against
+            # ~33,000, paid once per small batch (a web request's entries, a trickle).
+            timer = asyncio.get_running_loop().call_later(seconds, self._data.set)
+            try:
                 await self._data.wait()
-        except TimeoutError:
-            pass
+            finally:
+                timer.cancel()
         finally:
             self.lingering = False
 

@@ -339,3 +339,116 @@ async def test_verbs_awaitables_work_with_create_task_and_warn_nothing_unawaited
         await alog.close_session("s")
     messages = [e["message"] for e in _lines(tmp_path / "log.jsonl") if e["event"] == "log"]
     assert messages == ["task", "gathered", "too", "dropped unawaited"]
+
+
+class _Scripted(Sink):
+    """A sink whose write_batch does what the test says for each batch, timing each write."""
+
+    def __init__(self, plan: Any, **options: Any) -> None:
+        super().__init__(name="scripted", **options)
+        self.plan = plan
+        self.writes: list[tuple[float, float, str]] = []  # (started, ended, outcome)
+
+    async def write_batch(self, batch: Batch) -> None:
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            await self.plan(len(self.writes))
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.writes.append((started, time.monotonic(), outcome))
+
+
+async def test_a_slow_write_times_out_at_its_own_deadline_after_many_fast_ones(
+    tmp_path: Path,
+) -> None:
+    """The delivery timeout is one watchdog timer per lane, not a timer per batch: after a
+    stream of quick writes, a hung one still gets its whole ``timeout`` (not what was left of
+    an earlier write's), then fails with TimeoutError, is retried and dead-lettered."""
+
+    async def plan(index: int) -> None:
+        if index in (25, 26):
+            await asyncio.Event().wait()  # hangs, and so does its retry
+        await asyncio.sleep(0.01)  # quick writes for ~0.25 s before, each one suspending
+
+    sink = _Scripted(plan, timeout=0.3, retries=1)
+    dead = tmp_path / "dead.jsonl"
+    async with AsyncSessionLogger(sinks=[sink], dead_letter_path=dead, linger=0) as alog:
+        await alog.start_session("s")
+        for i in range(40):
+            await alog.log_entry("s", f"m{i}")
+            await asyncio.sleep(0.012)  # one batch per write, while the writes keep coming
+        report = await alog.save_logs(timeout=10)
+    quick = [w for w in sink.writes if w[2] == "ok"]
+    timed_out = [w for w in sink.writes if w[2] != "ok"]
+    assert len(quick) >= 26 and len(timed_out) == 2  # the hung write and its one retry
+    assert [w[2] for w in sink.writes[25:27]] == ["CancelledError", "CancelledError"]
+    assert all(outcome == "CancelledError" for _s, _e, outcome in timed_out)
+    for started, ended, _outcome in timed_out:
+        assert 0.29 <= ended - started < 2.0, ended - started
+    assert "TimeoutError: write_batch took longer than 0.3 s" in (
+        report["scripted"].last_error or ""
+    )
+    reasons = {d["reason"] for d in read_dead_letters(dead)}
+    assert reasons == {"TimeoutError: write_batch took longer than 0.3 s"}
+
+
+async def test_a_sink_that_swallows_the_timeout_leaves_the_lane_sound(tmp_path: Path) -> None:
+    """A write that catches the watchdog's cancellation and returns counts as delivered; the
+    lane task is not left marked as being cancelled: later writes, save_logs() and close
+    work, and a real cancellation at close still ends the lane."""
+    swallowed = 0
+
+    async def plan(index: int) -> None:
+        nonlocal swallowed
+        if index == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed += 1  # and returns normally
+        else:
+            await asyncio.sleep(0)
+
+    sink = _Scripted(plan, timeout=0.2, retries=0)
+    async with AsyncSessionLogger(sinks=[sink], dead_letter_path=None, linger=0) as alog:
+        await alog.start_session("s")
+        for i in range(6):
+            await alog.log_entry("s", f"m{i}")
+            await asyncio.sleep(0.05)
+        flushed = await alog.save_logs(timeout=10)
+        tasks = [t for t in asyncio.all_tasks() if "lane[scripted]" in t.get_name()]
+        assert len(tasks) == 1 and tasks[0].cancelling() == 0
+    assert swallowed == 1
+    assert flushed["scripted"].pending == 0 and flushed["scripted"].dead_lettered == 0
+    assert [outcome for _s, _e, outcome in sink.writes].count("ok") == len(sink.writes)
+
+
+async def test_deliveries_schedule_no_timer_per_batch(tmp_path: Path) -> None:
+    """Hundreds of batches arm the lanes' delivery timeout a handful of times, not once per
+    batch (asyncio.timeout() per batch cost ~33,000 instructions and left a cancelled timer
+    in the loop's heap each time)."""
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        armed.append(getattr(callback, "__qualname__", repr(callback)))
+        return call_at(when, callback, *args, **kwargs)
+
+    path = tmp_path / "log.jsonl"
+    async with AsyncSessionLogger(path=str(path), dead_letter_path=None, linger=0) as alog:
+        await alog.start_session("s")
+        loop.call_at = counting  # type: ignore[method-assign]
+        try:
+            for i in range(300):
+                await alog.log_entry("s", f"m{i}")
+                await asyncio.sleep(0)  # the writer and the file lane get a turn: a batch each
+            await alog.save_logs()
+        finally:
+            del loop.call_at  # type: ignore[method-assign]
+    assert len(_lines(path)) == 302  # the start, 300 entries, the close at aclose()
+    watchdog = [name for name in armed if name.endswith("._watch")]
+    assert 1 <= len(watchdog) <= 2, armed
+    assert len(armed) < 30, armed
