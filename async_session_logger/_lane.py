@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 from ._deadletter import DeadLetters
 from ._errors import SinkError
@@ -65,7 +65,7 @@ class Lane:
         self._watchdog: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # loop time the write in flight must end by
         self._timed_out = False  # the watchdog cancelled the lane task for that write
-        self._task: asyncio.Task[None] | None = None  # the lane task of this binding
+        self._task: asyncio.Task[Any] | None = None  # the task delivering (the lane's)
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -176,7 +176,6 @@ class Lane:
         ``gen`` is the binding this task serves: a task of an older binding (its loop stopped,
         the engine moved to another loop) that ever resumes stops without touching anything.
         """
-        self._task = asyncio.current_task()
         try:
             while True:
                 if not self._queue:
@@ -274,6 +273,7 @@ class Lane:
             await self.sink.write_batch(batch)
             return
         loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()  # the task the watchdog would cancel
         self._deadline = deadline = loop.time() + timeout
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
