@@ -210,6 +210,9 @@ class Lane:
         finally:
             if gen == self._gen:
                 self._space.set()
+                if self._watchdog is not None:  # no timer of ours outlives the lane task
+                    self._watchdog.cancel()
+                    self._watchdog = None
 
     def _take(self) -> Batch:
         batches: list[Batch] = []

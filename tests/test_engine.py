@@ -430,14 +430,18 @@ async def test_a_sink_that_swallows_the_timeout_leaves_the_lane_sound(tmp_path: 
 async def test_deliveries_schedule_no_timer_per_batch(tmp_path: Path) -> None:
     """Hundreds of batches arm the lanes' delivery timeout a handful of times, not once per
     batch (asyncio.timeout() per batch cost ~33,000 instructions and left a cancelled timer
-    in the loop's heap each time)."""
+    in the loop's heap each time); the logger's close cancels the one left."""
     loop = asyncio.get_running_loop()
     armed: list[str] = []
+    watchdogs: list[asyncio.TimerHandle] = []
     call_at = loop.call_at
 
     def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
         armed.append(getattr(callback, "__qualname__", repr(callback)))
-        return call_at(when, callback, *args, **kwargs)
+        handle = call_at(when, callback, *args, **kwargs)
+        if armed[-1].endswith("._watch"):
+            watchdogs.append(handle)
+        return handle
 
     path = tmp_path / "log.jsonl"
     async with AsyncSessionLogger(path=str(path), dead_letter_path=None, linger=0) as alog:
@@ -451,6 +455,6 @@ async def test_deliveries_schedule_no_timer_per_batch(tmp_path: Path) -> None:
         finally:
             del loop.call_at  # type: ignore[method-assign]
     assert len(_lines(path)) == 302  # the start, 300 entries, the close at aclose()
-    watchdog = [name for name in armed if name.endswith("._watch")]
-    assert 1 <= len(watchdog) <= 2, armed
+    assert 1 <= len(watchdogs) <= 2, armed
     assert len(armed) < 30, armed
+    assert all(handle.cancelled() for handle in watchdogs)  # none outlives the closed logger
