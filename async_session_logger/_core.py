@@ -360,9 +360,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as log_entry's: queued now, then room if it filled up
             self._recorder.start(session_id, metadata, parent_id, buffer_level)
-            if self._intake.full:
-                return self._intake.room()
-            return self._done if self._done_loop is loop else self._done_on(loop)
+            return self._intake.room() if self._intake.full else self._done_on(loop)
         prepared = engine.recorder.prepare_start(session_id, metadata, parent_id, buffer_level)
         return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
 
@@ -443,9 +441,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as start_session's
             self._recorder.close(session_id, status)
-            if self._intake.full:
-                return self._intake.room()
-            return self._done if self._done_loop is loop else self._done_on(loop)
+            return self._intake.room() if self._intake.full else self._done_on(loop)
         sid = engine.recorder.prepare_close(session_id, status)
         return self._queue(engine, lambda s: engine.recorder.close(s, status), sid, False)
 

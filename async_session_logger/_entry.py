@@ -81,6 +81,13 @@ Extra = dict[str, Any] | str | None
 _DIGITS3: Final = tuple(f"{i:03d}" for i in range(1000))
 
 
+def _members(obj: dict[str, Any]) -> str:
+    """The members of ``obj`` encoded, after a comma, to splice into an entry's top level
+    (``""`` when it has none); raises what ``orjson.dumps`` raises."""
+    text = orjson.dumps(obj, default=json_default, option=DUMPS_OPTIONS)
+    return "," + text[1:-1].decode() if len(text) > 2 else ""
+
+
 class _Clock:
     """Format nanosecond timestamps as RFC 3339 UTC, reusing the date part within one second."""
 
@@ -301,8 +308,7 @@ class EntryBuilder:
                             else:
                                 if not fixed.isdisjoint(extra):
                                     raise ValueError("an extra key would replace a schema key")
-                                top = dumps(extra, default=default, option=options)
-                                more = "," + top[1:-1].decode() if len(top) > 2 else ""
+                                more = _members(extra)
                         if type(fields) is str:  # Masker.snapshot()'s JSON text
                             more += ',"custom_fields":' + fields
                         elif fields is not None:
@@ -343,28 +349,25 @@ class EntryBuilder:
         to; raises where that dict must be built (a key that would replace a schema key, a
         value orjson refuses), and :meth:`encode_records` builds it."""
         kind, session_id, seq, _time_ns, levelno, message, fields, _run = record
-        dumps = orjson.dumps
         more = ""
         if kind == START:
             if type(fields) is tuple:  # (metadata, parent id and trace ids)
                 fields, extra = fields
                 if type(extra) is not dict or not _START_KEYS.isdisjoint(extra):
                     raise ValueError("an extra key would replace a schema key")
-                top = dumps(extra, default=json_default, option=DUMPS_OPTIONS)
-                more = "," + top[1:-1].decode() if len(top) > 2 else ""
+                more = _members(extra)
             if not fields:
                 fields = {}
             elif mask is not None and not self.masker.known_safe(fields):
                 fields = mask(fields)
-            metadata = dumps(fields, default=json_default, option=DUMPS_OPTIONS).decode()
+            metadata = orjson.dumps(fields, default=json_default, option=DUMPS_OPTIONS).decode()
             more += ',"metadata":' + metadata
         else:  # CLOSE: its fields are top-level keys (duration_s, entries, status, levels...)
             if type(fields) is not dict or not _FIXED_KEYS.isdisjoint(fields):
                 raise ValueError("a close field would replace a schema key")
             if mask is not None and "summary" in fields:
                 fields = {**fields, "summary": mask(fields["summary"])}
-            body = dumps(fields, default=json_default, option=DUMPS_OPTIONS)
-            more = "," + body[1:-1].decode() if len(body) > 2 else ""
+            more = _members(fields)
         name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
         return (
             f'{{"timestamp":"{stamp}Z","session_id":{_quote(session_id)},"seq":{seq},'
