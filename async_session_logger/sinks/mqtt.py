@@ -61,21 +61,8 @@ _DRAIN_CHUNK: Final = 1_000
 Protocol = Literal["5", "3.1.1"]
 
 
-class _DropPendingWarnings(logging.Filter):
-    """Drop aiomqtt's "There are N pending publish calls" warnings.
-
-    The sink keeps up to a thousand publishes in flight on purpose (that is how QoS 1 reaches
-    thousands of messages per second), and a bridge from stdlib logging into this sink must not
-    receive one warning per publish about it.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("There are %d pending publish calls")
-
-
 _client_logger = logging.getLogger("async_session_logger.mqtt")
 _MAX_IN_FLIGHT: Final = 1_000  # publishes awaiting their acknowledgement, per client
-_client_logger.addFilter(_DropPendingWarnings())
 
 
 class MqttSink(Sink):
@@ -198,6 +185,8 @@ class MqttSink(Sink):
         self.max_packet_size = max_packet_size
         self.protocol: Protocol = protocol
         self._broker_limit: int | None = None
+        self._receive_maximum: int | None = None
+        self._window: _Window | None = None
         self._reported: set[str] = set()
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
@@ -222,6 +211,8 @@ class MqttSink(Sink):
             "oversized_entries": 0,
             "bad_topic_entries": 0,
             "poison_messages": 0,
+            "refused_messages": 0,
+            "refused_entries": 0,
         }
         self.last_error: str | None = None
         self._known_limit: int | None = None
@@ -305,6 +296,7 @@ class MqttSink(Sink):
             **self.counters,
             "connected": self.healthy,
             "packet_limit": self.packet_limit,
+            "receive_maximum": self._receive_maximum,
             "last_error": self.last_error,
         }
         spool = self._spool
@@ -365,15 +357,15 @@ class MqttSink(Sink):
                 will=aiomqtt.Will(self.logger_topic, self._presence("offline"), 1, True)
                 if self.logger_topic
                 else None,
-                max_inflight_messages=_MAX_IN_FLIGHT,
+                # Unbounded in paho: _publish_all bounds what is in flight itself (paho's own
+                # bound scans every message in flight at each acknowledgement).
+                max_inflight_messages=0,
                 logger=_client_logger,
             )
-            # Up to a thousand publishes in flight is the design, not a concern: without this
-            # aiomqtt makes a warning record for every publish past ten (the filter below
-            # drops it, but only after it was made: ~1.6% of a packed run's time).
-            client.pending_calls_threshold = _MAX_IN_FLIGHT + 100
             self._broker_limit = None
+            self._receive_maximum = None
             self._listen_for_connack(client)
+            self._listen_for_acks(client)
             try:
                 await client.__aenter__()
             except Exception as exc:
@@ -404,7 +396,7 @@ class MqttSink(Sink):
             online.cancel()
             await asyncio.gather(online, return_exceptions=True)
             self._connected.clear()
-            self._lost.set()
+            self._set_lost()
             if not self._closing:
                 self.counters["disconnects"] += 1
                 self._fail(f"lost the connection to {self.host}:{self.port}", None)
@@ -433,12 +425,36 @@ class MqttSink(Sink):
             properties = args[4] if len(args) > 4 else None
             limit = getattr(properties, "MaximumPacketSize", None)
             self._broker_limit = int(limit) if limit else None
+            # How many QoS 1 publishes the broker takes unacknowledged (§3.2.2.3.3): a client
+            # that sends more may be disconnected (mosquitto announces its
+            # max_inflight_messages, 20 by default, but tolerates more; others do not).
+            receive = getattr(properties, "ReceiveMaximum", None)
+            self._receive_maximum = int(receive) if receive else None
             # Kept past this connection: messages spooled while disconnected must fit it too.
             self._known_limit = self._broker_limit
             if forward is not None:
                 forward(*args)
 
         paho.on_connect = on_connect
+
+    def _listen_for_acks(self, client: aiomqtt.Client) -> None:
+        # The acknowledgements of _publish_all's messages go to its window; aiomqtt's own
+        # publishes (the presence status) to aiomqtt.
+        forward = client._client.on_publish
+
+        def on_publish(paho: Any, userdata: Any, mid: int, *rest: Any) -> None:
+            window = self._window
+            mine = window is not None and window.ack(paho, mid, rest[0] if rest else None)
+            if not mine and forward is not None:
+                forward(paho, userdata, mid, *rest)
+
+        client._client.on_publish = on_publish
+
+    @property
+    def _in_flight_limit(self) -> int:
+        # One below the broker's Receive Maximum: the presence status may be in flight too.
+        receive = self._receive_maximum
+        return _MAX_IN_FLIGHT if receive is None else max(1, min(_MAX_IN_FLIGHT, receive - 1))
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         # Iterating messages is aiomqtt's way to learn of a disconnect within milliseconds.
@@ -501,7 +517,13 @@ class MqttSink(Sink):
             if self._replay_pending:
                 self._replay_pending = False
                 replay = suspect.pending(self._replay.snapshot())
-                loss = await self._publish_all(client, replay, suspect.chunk)
+                outcome = await self._publish_all(client, replay, suspect.chunk)
+                for at, _why in outcome.refused:
+                    # Acknowledged once already (what it carries counts as published): the
+                    # broker refuses it now, so stop replaying it.
+                    self._replay.discard(replay[at])
+                    self.counters["refused_messages"] += 1
+                loss = outcome.loss
                 if loss is not None:
                     self._replay_pending = True
                     poison = suspect.lost(replay, loss)
@@ -512,11 +534,16 @@ class MqttSink(Sink):
                     continue
                 self.counters["replayed_messages"] += len(replay)
             messages = suspect.pending(plan.messages)
-            loss = await self._publish_all(client, messages, suspect.chunk)
+            outcome = await self._publish_all(client, messages, suspect.chunk)
+            for at, why in outcome.refused:
+                self._refused_message(messages[at], why, refused, skip, no_status)
+            loss = outcome.loss
             if loss is None:
-                self.counters["published_messages"] += len(plan.messages)
+                gone = {id(messages[at]) for at, _why in outcome.refused}
+                published = [m for m in plan.messages if id(m) not in gone]
+                self.counters["published_messages"] += len(published)
                 self.counters["published_entries"] += len(batch) - len(skip)
-                self._replay.extend(plan.messages)
+                self._replay.extend(published)
                 self._parents.forget(plan.closed)
                 for reason, indices in refused.items():
                     await self.dead_letter(batch.select(indices), reason)
@@ -604,17 +631,27 @@ class MqttSink(Sink):
                 records = await asyncio.to_thread(spool.read, 1 if alone else _DRAIN_CHUNK)
                 if not records:
                     break
-                loss = await self._publish_all(
+                outcome = await self._publish_all(
                     client, [r.message for r in records], 1 if alone else _PUBLISH_CHUNK
                 )
+                loss = outcome.loss
                 done = records if loss is None else records[: loss.at]
                 # Recorded before anything else is sent: a crash now re-sends only the rest.
                 await asyncio.to_thread(spool.ack, done)
                 self.spool_counters["unspooled_messages"] += len(done)
                 self.spool_counters["unspooled_entries"] += sum(r.message.entries for r in done)
-                self.counters["published_messages"] += len(done)
-                self.counters["published_entries"] += sum(r.message.entries for r in done)
-                self._replay.extend([r.message for r in done])
+                gone = {at for at, _why in outcome.refused}
+                published = [r.message for at, r in enumerate(done) if at not in gone]
+                self.counters["published_messages"] += len(published)
+                self.counters["published_entries"] += sum(m.entries for m in published)
+                self._replay.extend(published)
+                for at, why in outcome.refused:
+                    # Off the spool with the rest (acknowledged, if with a refusal).
+                    self.counters["refused_messages"] += 1
+                    message = records[at].message
+                    self.counters["refused_entries"] += message.entries
+                    await self._dead_letter_message(message, why)
+                    self._report_once("refused_entries", why)
                 if loss is not None:
                     if not loss.quick:
                         self._drain_strikes = 0
@@ -638,24 +675,27 @@ class MqttSink(Sink):
         await asyncio.to_thread(spool.ack, [record])
         self._drain_strikes = 0
         self.spool_counters["spool_poison_messages"] += 1
-        lines = [line for line in record.message.payload.split(b"\n") if line.strip()]
-        if record.message.entries and lines:
-            try:
-                entries = [orjson.loads(line) for line in lines]
-            except orjson.JSONDecodeError:
-                entries = []
-            if entries:
-                reason = (
-                    f"the broker dropped the connection {_POISON_STRIKES} times in a row "
-                    "right after this spooled message (too large, or refused by its ACL?)"
-                )
-                data = b"".join(line + b"\n" for line in lines)
-                await self.dead_letter(Batch(entries, data), reason)
+        await self._dead_letter_message(
+            record.message,
+            f"the broker dropped the connection {_POISON_STRIKES} times in a row "
+            "right after this spooled message (too large, or refused by its ACL?)",
+        )
         self._report(
             f"sink {self.name!r} took a message off its spool after the broker dropped the "
             f"connection {_POISON_STRIKES} times in a row at it (its entries are dead-lettered)",
             None,
         )
+
+    async def _dead_letter_message(self, message: Message, reason: str) -> None:
+        """Dead-letter the entries a built message carries (read back from its lines)."""
+        lines = [line for line in message.payload.split(b"\n") if line.strip()]
+        if not message.entries or not lines:
+            return
+        try:
+            entries = [orjson.loads(line) for line in lines]
+        except orjson.JSONDecodeError:
+            return
+        await self.dead_letter(Batch(entries, b"".join(line + b"\n" for line in lines)), reason)
 
     def _refuse(
         self,
@@ -665,6 +705,7 @@ class MqttSink(Sink):
         indices: list[int],
         *,
         poison: bool = False,
+        kind: str | None = None,
     ) -> None:
         """Set entries aside for the dead-letter file; report the first of each kind."""
         refused.setdefault(reason, []).extend(indices)
@@ -672,8 +713,14 @@ class MqttSink(Sink):
         if poison:
             kind = "poison_messages"  # counted per message by _poisoned
         else:
-            kind = "bad_topic_entries" if reason.startswith("session_id") else "oversized_entries"
+            if kind is None:
+                bad_topic = reason.startswith("session_id")
+                kind = "bad_topic_entries" if bad_topic else "oversized_entries"
             self.counters[kind] += len(indices)
+        self._report_once(kind, reason)
+
+    def _report_once(self, kind: str, reason: str) -> None:
+        """Report the first dead-lettering of each kind (the others are counted in stats)."""
         if kind not in self._reported:
             self._reported.add(kind)
             self._report(
@@ -681,6 +728,22 @@ class MqttSink(Sink):
                 "(further ones are counted in stats, not printed)",
                 None,
             )
+
+    def _refused_message(
+        self,
+        message: Message,
+        why: str,
+        refused: dict[str, list[int]],
+        skip: set[int],
+        no_status: set[int],
+    ) -> None:
+        """The broker acknowledged ``message`` with a failure reason code: its entries are
+        dead-lettered (a status message is not built again; its entry went on its own)."""
+        self.counters["refused_messages"] += 1
+        if message.entries:
+            self._refuse(refused, skip, why, list(message.indices), kind="refused_entries")
+        else:
+            no_status.update(message.indices)
 
     def _poisoned(self, entries: int) -> None:
         self.counters["poison_messages"] += 1
@@ -694,49 +757,139 @@ class MqttSink(Sink):
 
     async def _publish_all(
         self, client: aiomqtt.Client, messages: list[Message], size: int = _PUBLISH_CHUNK
-    ) -> _Loss | None:
-        """Publish in order, ``size`` at a time; return where the connection died, or None."""
+    ) -> _Outcome:
+        """Publish in order, ``size`` at a time (never more than the broker's Receive Maximum
+        in flight); return where the connection died, if it did, and what the broker refused.
+
+        paho is called directly and its acknowledgements are read from its callback
+        (:class:`_Window`): aiomqtt's ``publish()`` costs a task, an event, a ``wait_for``
+        and two scans of every pending call per message, and ignores the reason code of a
+        PUBACK, which is how an MQTT 5 broker refuses a message (its ACL, a quota).
+        """
         loop = asyncio.get_running_loop()
+        paho = client._client
+        size = min(size, self._in_flight_limit)
+        refused: list[tuple[int, str]] = []
         for start in range(0, len(messages), size):
             chunk = messages[start : start + size]
             sent_at = loop.time()
-            tasks = [
-                loop.create_task(
-                    client.publish(
-                        m.topic,
-                        m.payload,
-                        qos=m.qos if m.qos is not None else self.qos,
-                        retain=m.retain,
-                        timeout=self.publish_timeout,
-                    )
-                )
-                for m in chunk
-            ]
-            sends: asyncio.Future[Any] = asyncio.gather(*tasks)
-            lost: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
+            window = _Window(paho, loop.create_future())
+            self._window = window
+            error: Exception | None = None
             try:
-                done, _ = await asyncio.wait({sends, lost}, return_when=asyncio.FIRST_COMPLETED)
+                for index, m in enumerate(chunk):
+                    qos = self.qos if m.qos is None else m.qos
+                    info = paho.publish(m.topic, m.payload, qos, m.retain)
+                    if info.rc != paho_client.MQTT_ERR_SUCCESS:
+                        error = aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                        break
+                    window.expect(info.mid, index)
+                if error is None and self._lost.is_set():
+                    error = aiomqtt.MqttError("the connection was lost")
+                if error is None:
+                    window.arm()
+                    timer = loop.call_later(self.publish_timeout, window.wake)
+                    try:
+                        await window.done
+                    finally:
+                        timer.cancel()
             finally:
-                lost.cancel()
-            if sends not in done:
-                quick = loop.time() - sent_at < _POISON_WINDOW
-                where = start + _first_unacked(tasks)
-                sends.cancel()
-                await asyncio.gather(sends, return_exceptions=True)
-                return _Loss(where, quick)
-            try:
-                sends.result()
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._window = None
+            refused.extend((start + i, why) for i, why in window.refused)
+            if window.left == 0 and error is None:
+                continue
+            quick = loop.time() - sent_at < _POISON_WINDOW
+            where = start + window.first_unacked(len(chunk))
+            if error is None and not self._lost.is_set():
+                error = TimeoutError(
+                    f"the broker acknowledged {len(chunk) - window.left} of {len(chunk)} "
+                    f"messages in {self.publish_timeout} s"
+                )
+            if error is not None:
+                self.last_error = f"{type(error).__name__}: {error}"
                 # A dead connection that the watchdog has not noticed yet: make it reconnect.
                 if self._connected.is_set() and self._client is client:
                     self._connected.clear()
-                    self._lost.set()
-                    self._fail("could not publish", exc)
+                    self._set_lost()
+                    self._fail("could not publish", error)
                     _force_disconnect(client)
-                quick = loop.time() - sent_at < _POISON_WINDOW
-                return _Loss(start + _first_unacked(tasks), quick)
-        return None
+            return _Outcome(_Loss(where, quick), refused)
+        return _Outcome(None, refused)
+
+    def _set_lost(self) -> None:
+        self._lost.set()
+        window = self._window
+        if window is not None:
+            window.wake()
+
+
+class _Window:
+    """The acknowledgements one chunk of publishes awaits, by message id.
+
+    ``ack()`` is called from paho's ``on_publish`` (in the loop's thread): for QoS 1 when the
+    PUBACK arrives, for QoS 0 when the packet is written.
+    """
+
+    __slots__ = ("_armed", "_mids", "codes", "done", "left", "paho")
+
+    def __init__(self, paho: paho_client.Client, done: asyncio.Future[None]) -> None:
+        self.paho = paho
+        self.done = done
+        self._mids: dict[int, int] = {}
+        self.codes: dict[int, Any] = {}
+        self.left = 0
+        self._armed = False
+
+    def expect(self, mid: int, index: int) -> None:
+        self._mids[mid] = index
+        self.left += 1
+
+    def arm(self) -> None:
+        """Every message is out: ``done`` resolves once the last one is acknowledged."""
+        self._armed = True
+        if not self.left:
+            self.wake()
+
+    def wake(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def ack(self, paho: Any, mid: int, code: Any) -> bool:
+        """Record ``mid``'s acknowledgement; False if it is not one of this chunk's."""
+        if paho is not self.paho:
+            return False
+        index = self._mids.pop(mid, None)
+        if index is None:
+            return False
+        self.codes[index] = code
+        self.left -= 1
+        if not self.left and self._armed:
+            self.wake()
+        return True
+
+    def first_unacked(self, size: int) -> int:
+        codes = self.codes
+        for index in range(size):
+            if index not in codes:
+                return index
+        return size
+
+    @property
+    def refused(self) -> list[tuple[int, str]]:
+        """The messages the broker acknowledged with a failure reason code, with the reason."""
+        return [
+            (index, f"the broker refused it: {code} (0x{int(code.value):02x})")
+            for index, code in sorted(self.codes.items())
+            if getattr(code, "is_failure", False)
+        ]
+
+
+class _Outcome(NamedTuple):
+    """How a run of publishes ended: where the connection died (None: it did not), and the
+    messages the broker refused, by position, with its reason."""
+
+    loss: _Loss | None
+    refused: list[tuple[int, str]]
 
 
 class _Loss(NamedTuple):
@@ -777,13 +930,6 @@ class _Suspect:
         # Sent alone and acknowledged before the next one went: these are through.
         self._acked.update((m.topic, m.payload) for m in sent[: loss.at])
         return sent[loss.at]
-
-
-def _first_unacked(tasks: list[asyncio.Task[None]]) -> int:
-    for i, task in enumerate(tasks):
-        if not task.done() or task.cancelled() or task.exception() is not None:
-            return i
-    return len(tasks)
 
 
 def _force_disconnect(client: aiomqtt.Client) -> None:

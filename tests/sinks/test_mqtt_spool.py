@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,61 @@ def test_spooled_message_the_broker_refuses_is_dead_lettered_after_three_drops(
         assert sum("took a message off its spool" in str(e) for e in errors) == 1
     finally:
         sub.close()
+        broker.close()
+
+
+def test_spooled_messages_the_broker_refuses_in_its_puback_are_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """MQTT 5: spooled messages that the broker refuses when the spool drains (its ACL: a
+    PUBACK with Not authorized) leave the spool dead-lettered with that reason; the broker
+    takes the others, in order (read from its own log: an offline subscriber's queue is
+    not kept under an ACL, so no verifier here)."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic readwrite logs/#\ntopic deny logs/denied\ntopic deny logs/denied/#\n"
+        "topic readwrite session_loggers/#\n",
+        encoding="utf-8",
+    )
+    # A queue limit: with none, mosquitto 2.0 drops the connection of a client it denies.
+    broker = Broker(
+        workdir=tmp_path / "broker",
+        extra_config=(f"acl_file {acl}",),
+        max_queued_messages=100_000,
+    )
+    errors: list[SinkError] = []
+    dead = tmp_path / "dead.jsonl"
+    sink = _sink(broker.port, tmp_path / "acl.spool")
+    try:
+        with SessionLogger(sinks=[sink], dead_letter_path=dead, on_error=errors.append) as logger:
+            for sid in ("ok", "denied"):
+                logger.start_session(sid)
+            for i in range(40):
+                logger.log_entry("ok" if i % 2 else "denied", f"spooled {i}")
+            for sid in ("ok", "denied"):
+                logger.close_session(sid)
+            assert logger.save_logs(timeout=30).ok
+            assert sink.stats()["spool"]["entries"] == 44
+            broker.start()
+            deadline = time.monotonic() + 30
+            while sink.stats()["spool"]["records"]:
+                assert time.monotonic() < deadline, "the spool never drained"
+                time.sleep(0.05)
+            stats = sink.stats()
+        log = broker.log_text()
+        taken = re.findall(r"Received PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/ok'", log)
+        denied = re.findall(r"Denied PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/denied'", log)
+        assert len(taken) == 22 and len(denied) == 22
+        letters = list(read_dead_letters(dead))
+        assert sorted(letter["entry"]["seq"] for letter in letters) == list(range(22))
+        assert {letter["entry"]["session_id"] for letter in letters} == {"denied"}
+        assert {letter["reason"] for letter in letters} == {
+            "the broker refused it: Not authorized (0x87)"
+        }
+        assert stats["refused_entries"] == 22 and stats["published_entries"] == 22
+        assert stats["spool"]["unspooled_entries"] == 44
+        assert sum("refused" in str(e) for e in errors) == 1
+    finally:
         broker.close()
 
 

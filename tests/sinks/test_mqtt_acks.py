@@ -1,0 +1,168 @@
+"""MqttSink and the broker's acknowledgements: refusals and its Receive Maximum, against a real
+mosquitto (the window observed on the wire by a TCP relay that reads the MQTT packets)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from async_session_logger import AsyncSessionLogger, SinkError, read_dead_letters
+from async_session_logger.sinks import MqttSink
+
+from ..mqtt_broker import PROBE_PREFIX, Broker, Subscriber, free_port
+
+# Anonymous clients may publish and read logs/#, except one session's topics (and the test
+# subscriber's probes).
+ACL = (
+    "topic readwrite logs/#\ntopic deny logs/denied\ntopic deny logs/denied/#\n"
+    f"topic readwrite {PROBE_PREFIX}#\n"
+)
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto whose ACL refuses the topics of session ``denied``."""
+    acl = tmp_path / "acl"
+    acl.write_text(ACL, encoding="utf-8")
+    # max_queued_messages 0 ("no limit") makes mosquitto 2.0 drop the connection of a client
+    # whose publish it denies, instead of refusing it in the PUBACK: a broker's queue limit
+    # then (the sink's poison detection handles that case: test_mqtt.py).
+    with Broker(
+        workdir=tmp_path / "broker",
+        extra_config=(f"acl_file {acl}",),
+        max_queued_messages=100_000,
+    ) as running:
+        yield running
+
+
+@pytest.mark.parametrize("per_message", [1, 50])
+async def test_messages_the_broker_refuses_are_dead_lettered_with_its_reason(
+    acl_broker: Broker, tmp_path: Path, per_message: int
+) -> None:
+    """MQTT 5: a broker refuses a QoS 1 publish with a PUBACK reason code (here its ACL: Not
+    authorized, 0x87). Those entries are dead-lettered with the reason, counted and reported
+    once, not counted as published; the other session's entries all arrive."""
+    sub = acl_broker.subscriber("logs/#", workdir=tmp_path / "sub").start()
+    errors: list[SinkError] = []
+    sink = MqttSink(
+        "127.0.0.1", acl_broker.port, entries_per_message=per_message, logger_topic=None
+    )
+    async with AsyncSessionLogger(
+        sinks=[sink], dead_letter_path=tmp_path / "dead.jsonl", on_error=errors.append
+    ) as alog:
+        for sid in ("ok", "denied"):
+            await alog.start_session(sid)
+        for i in range(60):
+            await alog.log_entry("ok" if i % 2 else "denied", f"entry {i}")
+        for sid in ("ok", "denied"):
+            await alog.close_session(sid)
+        report = await alog.save_logs()
+        details = alog.stats()["sinks"]["mqtt"]["details"]
+    assert report["mqtt"].delivered == 32 and report["mqtt"].dead_lettered == 32
+    dead = list(read_dead_letters(tmp_path / "dead.jsonl"))
+    assert {d["entry"]["session_id"] for d in dead} == {"denied"}
+    assert sorted(d["entry"]["seq"] for d in dead) == list(range(32))
+    assert {d["reason"] for d in dead} == {"the broker refused it: Not authorized (0x87)"}
+    # Its start and close statuses (logs/denied/status) were refused too.
+    assert details["refused_entries"] == 32
+    assert details["refused_messages"] == 2 + (32 if per_message == 1 else 1)
+    assert details["published_entries"] == 32
+    refusals = [e for e in errors if "refused" in str(e)]
+    assert len(refusals) == 1 and "Not authorized" in str(refusals[0])
+    await sub.wait_for(lambda s: len([e for e in s.entries("logs/ok") if "seq" in e]) >= 32)
+    assert sorted(e["seq"] for e in sub.entries("logs/ok") if "seq" in e) == list(range(32))
+    assert not sub.entries("logs/denied")
+    sub.close()
+
+
+class _PacketWatch:
+    """A TCP relay between a client and a broker that reads the MQTT packets going through:
+    the most QoS 1 PUBLISH packets the client had sent without their PUBACK at once."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = free_port()
+        self.outstanding: set[int] = set()
+        self.most = 0
+        self.published = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_PacketWatch]:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        async with server:
+            yield self
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        await asyncio.gather(
+            self._pump(client_r, broker_w, self._from_client),
+            self._pump(broker_r, client_w, self._from_broker),
+            return_exceptions=True,
+        )
+        for writer in (client_w, broker_w):
+            writer.close()
+
+    @staticmethod
+    async def _pump(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        seen: Callable[[int, bytes], None],
+    ) -> None:
+        try:
+            while True:
+                first = await reader.readexactly(1)
+                length, multiplier, header = 0, 1, first
+                while True:  # the remaining length: a varint of up to four bytes
+                    byte = await reader.readexactly(1)
+                    header += byte
+                    length += (byte[0] & 0x7F) * multiplier
+                    multiplier *= 128
+                    if not byte[0] & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                seen(first[0], body)
+                writer.write(header + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def _from_client(self, kind: int, body: bytes) -> None:
+        if kind >> 4 == 3 and (kind >> 1) & 3 == 1:  # PUBLISH, QoS 1: topic, then its id
+            topic_length = int.from_bytes(body[:2], "big")
+            self.outstanding.add(int.from_bytes(body[2 + topic_length : 4 + topic_length], "big"))
+            self.most = max(self.most, len(self.outstanding))
+            self.published += 1
+
+    def _from_broker(self, kind: int, body: bytes) -> None:
+        if kind >> 4 == 4:  # PUBACK
+            self.outstanding.discard(int.from_bytes(body[:2], "big"))
+
+
+async def test_no_more_publishes_in_flight_than_the_brokers_receive_maximum(
+    tmp_path: Path,
+) -> None:
+    """MQTT 5 §3.3.4: a client must not have more unacknowledged QoS 1 publishes than the
+    Receive Maximum the broker announces (mosquitto: its max_inflight_messages; a broker that
+    enforces it disconnects a client that sends more). Observed on the wire: at most one less
+    than it (the presence status may be in flight too), and still pipelined."""
+    with Broker(workdir=tmp_path / "broker", extra_config=("max_inflight_messages 5",)) as broker:
+        sub: Subscriber = broker.subscriber("logs/#", workdir=tmp_path / "sub").start()
+        async with _PacketWatch(broker.port).running() as watch:
+            sink = MqttSink("127.0.0.1", watch.port, status=False)
+            async with AsyncSessionLogger(sinks=[sink], dead_letter_path=None) as alog:
+                await alog.start_session("window")
+                for i in range(600):
+                    await alog.log_entry("window", f"entry {i}")
+                await alog.close_session("window")
+                report = await alog.save_logs()
+                details = alog.stats()["sinks"]["mqtt"]["details"]
+        assert report.ok and report["mqtt"].delivered == 602
+        assert watch.published >= 602
+        assert 2 <= watch.most <= 4
+        assert details["receive_maximum"] == 5
+        await sub.wait_for(lambda s: len(s.entries("logs/window")) >= 602)
+        sub.close()
