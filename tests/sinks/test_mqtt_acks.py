@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -165,4 +168,54 @@ async def test_no_more_publishes_in_flight_than_the_brokers_receive_maximum(
         assert 2 <= watch.most <= 4
         assert details["receive_maximum"] == 5
         await sub.wait_for(lambda s: len(s.entries("logs/window")) >= 602)
+        sub.close()
+
+
+async def test_a_broker_that_stops_acknowledging_times_out_and_the_batch_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """A broker frozen (SIGSTOP) keeps the TCP connection open but acknowledges nothing: after
+    publish_timeout the chunk counts as failed, the connection is dropped and remade once the
+    broker runs again (SIGCONT), and every entry arrives (at least once)."""
+    with Broker(workdir=tmp_path / "broker") as broker:
+        assert broker.pid is not None
+        sub = broker.subscriber("logs/#", workdir=tmp_path / "sub").start()
+        sink = MqttSink(
+            "127.0.0.1",
+            broker.port,
+            status=False,
+            logger_topic=None,
+            publish_timeout=1.0,
+            connect_timeout=1.0,
+            reconnect_max=0.3,
+        )
+        errors: list[SinkError] = []
+        async with AsyncSessionLogger(
+            sinks=[sink], dead_letter_path=None, on_error=errors.append
+        ) as alog:
+            await alog.start_session("frozen")
+            for i in range(10):
+                await alog.log_entry("frozen", f"before {i}")
+            assert (await alog.save_logs()).ok
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                for i in range(10):
+                    await alog.log_entry("frozen", f"while frozen {i}")
+                deadline = time.monotonic() + 10
+                while sink.healthy:
+                    assert time.monotonic() < deadline, "the unacknowledged chunk never timed out"
+                    await asyncio.sleep(0.05)
+                # Reported with its cause (last_error moves on to the lost connection).
+                failed = [e for e in errors if "could not publish" in str(e)]
+                assert len(failed) == 1 and isinstance(failed[0].__cause__, TimeoutError)
+                assert "acknowledged 0 of" in str(failed[0].__cause__)
+                assert "in 1.0 s" in str(failed[0].__cause__)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            await alog.close_session("frozen")
+            report = await alog.save_logs(timeout=30)
+            details = sink.stats()
+        assert report.ok and report["mqtt"].delivered == 22
+        assert details["connects"] >= 2 and details["resent_messages"] >= 1
+        await sub.wait_for(lambda s: {e["seq"] for e in s.entries("logs/frozen")} >= set(range(22)))
         sub.close()
