@@ -72,8 +72,10 @@ class MqttSink(Sink):
         host, port: the broker.
         topic: topic template; ``{session_id}`` is the entry's session. Session ids can never
             hold ``+``, ``#``, ``/`` or control characters (the logger refuses them).
-        qos: 0 or 1 (1: the broker acknowledges every message; 2 is not needed for at-least-once
-            with deduplication and costs a round trip more).
+        qos: 0 or 1 (1: the broker acknowledges every message, and an MQTT 5 broker's refusal
+            in that acknowledgement dead-letters the message's entries; 2 is not needed for
+            at-least-once with deduplication, costs a round trip more, and paho drops the
+            reason code that would say a message was refused).
         client_id: MQTT client id (default ``asl-HOST-PID-RANDOM``), also in the logger topic.
         username, password: broker credentials (never shown in repr, stats or errors).
         tls_context: TLS with this context; ``tls=True`` uses the system's trusted CAs. Hostnames
