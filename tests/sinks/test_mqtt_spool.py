@@ -51,6 +51,16 @@ def _sink(port: int, spool: Path, **options: Any) -> MqttSink:
     return MqttSink("127.0.0.1", port, spool_path=spool, reconnect_max=0.3, **options)
 
 
+def _drained(sink: MqttSink, why: str, timeout: float = 30) -> dict[str, Any]:
+    """Wait (in a thread of its own: the logger's loop runs elsewhere) until the sink's spool
+    is empty; return its stats then."""
+    deadline = time.monotonic() + timeout
+    while sink.stats()["spool"]["records"]:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+    return sink.stats()
+
+
 async def test_broker_down_spools_then_delivers_in_order_before_live_entries(
     tmp_path: Path,
 ) -> None:
@@ -196,11 +206,7 @@ def test_spooled_message_the_broker_refuses_is_dead_lettered_after_three_drops(
             logger.close_session("poison")
             assert logger.save_logs(timeout=30).ok
             broker.start()
-            deadline = time.monotonic() + 30
-            while sink.stats()["spool"]["records"]:
-                assert time.monotonic() < deadline, "the poison blocked the spool"
-                time.sleep(0.05)
-            stats = sink.stats()
+            stats = _drained(sink, "the poison blocked the spool")
         sub.start()
         sub.wait_for_sync(lambda s: len(set(_seqs(s, "poison"))) >= 12)
         assert set(_seqs(sub, "poison")) == {seq for seq in range(13) if seq != 6}
@@ -247,11 +253,7 @@ def test_spooled_messages_the_broker_refuses_in_its_puback_are_dead_lettered(
             assert logger.save_logs(timeout=30).ok
             assert sink.stats()["spool"]["entries"] == 44
             broker.start()
-            deadline = time.monotonic() + 30
-            while sink.stats()["spool"]["records"]:
-                assert time.monotonic() < deadline, "the spool never drained"
-                time.sleep(0.05)
-            stats = sink.stats()
+            stats = _drained(sink, "the spool never drained")
         log = broker.log_text()
         taken = re.findall(r"Received PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/ok'", log)
         denied = re.findall(r"Denied PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/denied'", log)
