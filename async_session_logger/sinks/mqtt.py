@@ -642,12 +642,14 @@ class MqttSink(Sink):
                 await asyncio.to_thread(spool.ack, done)
                 self.spool_counters["unspooled_messages"] += len(done)
                 self.spool_counters["unspooled_entries"] += sum(r.message.entries for r in done)
-                gone = {at for at, _why in outcome.refused}
+                # Refusals past a loss stay on the spool with the rest of it, to be sent again.
+                refusals = [(at, why) for at, why in outcome.refused if at < len(done)]
+                gone = {at for at, _why in refusals}
                 published = [r.message for at, r in enumerate(done) if at not in gone]
                 self.counters["published_messages"] += len(published)
                 self.counters["published_entries"] += sum(m.entries for m in published)
                 self._replay.extend(published)
-                for at, why in outcome.refused:
+                for at, why in refusals:
                     # Off the spool with the rest (acknowledged, if with a refusal).
                     self.counters["refused_messages"] += 1
                     message = records[at].message
