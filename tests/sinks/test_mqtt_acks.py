@@ -31,9 +31,9 @@ def acl_broker(tmp_path: Path) -> Iterator[Broker]:
     """A mosquitto whose ACL refuses the topics of session ``denied``."""
     acl = tmp_path / "acl"
     acl.write_text(ACL, encoding="utf-8")
-    # max_queued_messages 0 ("no limit") makes mosquitto 2.0 drop the connection of a client
-    # whose publish it denies, instead of refusing it in the PUBACK: a broker's queue limit
-    # then (the sink's poison detection handles that case: test_mqtt.py).
+    # With max_queued_messages 0 ("no limit", the helper's default) mosquitto 2.0 drops the
+    # connection of a client whose publish it denies instead of refusing it in the PUBACK (the
+    # sink's poison detection handles that case), so this broker gets a queue limit.
     with Broker(
         workdir=tmp_path / "broker",
         extra_config=(f"acl_file {acl}",),
