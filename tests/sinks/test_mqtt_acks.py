@@ -219,3 +219,54 @@ async def test_a_broker_that_stops_acknowledging_times_out_and_the_batch_is_sent
         assert details["connects"] >= 2 and details["resent_messages"] >= 1
         await sub.wait_for(lambda s: {e["seq"] for e in s.entries("logs/frozen")} >= set(range(22)))
         sub.close()
+
+
+async def test_a_replayed_message_the_broker_now_refuses_leaves_the_replay_window(
+    tmp_path: Path,
+) -> None:
+    """After a lost connection the sink re-sends its recent acknowledged messages. A broker
+    restarted with an ACL that now denies their topic refuses them: they are counted and
+    forgotten (already delivered once), not re-sent after every later reconnect, and entries
+    of other sessions still go through."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite logs/#\ntopic readwrite {PROBE_PREFIX}#\n", encoding="utf-8")
+    with Broker(
+        workdir=tmp_path / "broker",
+        extra_config=(f"acl_file {acl}",),
+        max_queued_messages=100_000,  # see acl_broker
+    ) as broker:
+        sink = MqttSink("127.0.0.1", broker.port, status=False, logger_topic=None)
+        sink.reconnect_max = 0.3
+
+        async def reconnected(connects: int) -> None:
+            deadline = time.monotonic() + 10
+            while sink.stats()["connects"] < connects or not sink.healthy:
+                assert time.monotonic() < deadline, "the sink did not reconnect"
+                await asyncio.sleep(0.05)
+
+        async with AsyncSessionLogger(sinks=[sink], dead_letter_path=None) as alog:
+            await alog.start_session("early")
+            for i in range(5):
+                await alog.log_entry("early", f"acknowledged {i}")
+            assert (await alog.save_logs()).ok
+            acl.write_text(
+                f"topic readwrite logs/#\ntopic deny logs/early\ntopic readwrite {PROBE_PREFIX}#\n",
+                encoding="utf-8",
+            )
+            await asyncio.to_thread(broker.restart)
+            await reconnected(2)
+            await alog.start_session("late")  # the next batch sends the replay first
+            report = await alog.save_logs()
+            first = sink.stats()
+            await asyncio.to_thread(broker.restart)
+            await reconnected(3)
+            await alog.log_entry("late", "after the second restart")
+            assert (await alog.save_logs()).ok
+            second = sink.stats()
+            log = broker.log_text()  # before close: early's close entry is denied too
+        assert report.ok
+        # The start and five entries of "early", refused on replay, once.
+        assert first["refused_messages"] == 6 and first["refused_entries"] == 0
+        assert second["refused_messages"] == 6
+        assert second["published_entries"] == 6 + 2  # early's, then late's start and entry
+        assert log.count("Denied PUBLISH") == 6
