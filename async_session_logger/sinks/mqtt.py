@@ -188,7 +188,9 @@ class MqttSink(Sink):
         self.protocol: Protocol = protocol
         self._broker_limit: int | None = None
         self._receive_maximum: int | None = None
-        self._window: _Window | None = None
+        # The chunks awaiting acknowledgements (one at a time: the spool lock keeps the drain
+        # and live batches apart; a set, so that a second could never steal the first's acks).
+        self._windows: set[_Window] = set()
         self._reported: set[str] = set()
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
@@ -440,13 +442,13 @@ class MqttSink(Sink):
         paho.on_connect = on_connect
 
     def _listen_for_acks(self, client: aiomqtt.Client) -> None:
-        # The acknowledgements of _publish_all's messages go to its window; aiomqtt's own
+        # The acknowledgements of _publish_all's messages go to their window; aiomqtt's own
         # publishes (the presence status) to aiomqtt.
         forward = client._client.on_publish
 
         def on_publish(paho: Any, userdata: Any, mid: int, *rest: Any) -> None:
-            window = self._window
-            mine = window is not None and window.ack(paho, mid, rest[0] if rest else None)
+            code = rest[0] if rest else None
+            mine = any(window.ack(paho, mid, code) for window in self._windows)
             if not mine and forward is not None:
                 forward(paho, userdata, mid, *rest)
 
@@ -778,7 +780,7 @@ class MqttSink(Sink):
             chunk = messages[start : start + size]
             sent_at = loop.time()
             window = _Window(paho, loop.create_future())
-            self._window = window
+            self._windows.add(window)
             error: Exception | None = None
             try:
                 for index, m in enumerate(chunk):
@@ -798,7 +800,7 @@ class MqttSink(Sink):
                     finally:
                         timer.cancel()
             finally:
-                self._window = None
+                self._windows.discard(window)
             refused.extend((start + i, why) for i, why in window.refused)
             if window.left == 0 and error is None:
                 continue
@@ -822,8 +824,7 @@ class MqttSink(Sink):
 
     def _set_lost(self) -> None:
         self._lost.set()
-        window = self._window
-        if window is not None:
+        for window in self._windows:
             window.wake()
 
 

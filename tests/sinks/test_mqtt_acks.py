@@ -15,6 +15,7 @@ import pytest
 
 from async_session_logger import AsyncSessionLogger, SinkError, read_dead_letters
 from async_session_logger.sinks import MqttSink
+from async_session_logger.sinks._mqtt_payload import Message
 
 from ..mqtt_broker import PROBE_PREFIX, Broker, Subscriber, free_port
 
@@ -270,3 +271,26 @@ async def test_a_replayed_message_the_broker_now_refuses_leaves_the_replay_windo
         assert second["refused_messages"] == 6
         assert second["published_entries"] == 6 + 2  # early's, then late's start and entry
         assert log.count("Denied PUBLISH") == 6
+
+
+async def test_two_chunks_in_flight_at_once_each_get_their_acknowledgements(
+    tmp_path: Path,
+) -> None:
+    """The sink publishes one chunk at a time (the spool lock keeps the drain and live batches
+    apart), but should two ever be in flight at once, each still receives its own
+    acknowledgements rather than one waiting out publish_timeout."""
+    with Broker(workdir=tmp_path / "broker") as broker:
+        sink = MqttSink(
+            "127.0.0.1", broker.port, status=False, logger_topic=None, publish_timeout=3.0
+        )
+        async with AsyncSessionLogger(sinks=[sink], dead_letter_path=None) as alog:
+            await alog.start_session("warm")
+            assert (await alog.save_logs()).ok  # connected
+            client = sink._client
+            assert client is not None
+            first = [Message("logs/first", b'{"n":%d}' % i) for i in range(50)]
+            second = [Message("logs/second", b'{"n":%d}' % i) for i in range(50)]
+            outcomes = await asyncio.gather(
+                sink._publish_all(client, first), sink._publish_all(client, second)
+            )
+        assert [(o.loss, o.refused) for o in outcomes] == [(None, []), (None, [])]
