@@ -640,24 +640,25 @@ class MqttSink(Sink):
                 )
                 loss = outcome.loss
                 done = records if loss is None else records[: loss.at]
-                # Recorded before anything else is sent: a crash now re-sends only the rest.
-                await asyncio.to_thread(spool.ack, done)
-                self.spool_counters["unspooled_messages"] += len(done)
-                self.spool_counters["unspooled_entries"] += sum(r.message.entries for r in done)
                 # Refusals past a loss stay on the spool with the rest of it, to be sent again.
                 refusals = [(at, why) for at, why in outcome.refused if at < len(done)]
-                gone = {at for at, _why in refusals}
-                published = [r.message for at, r in enumerate(done) if at not in gone]
-                self.counters["published_messages"] += len(published)
-                self.counters["published_entries"] += sum(m.entries for m in published)
-                self._replay.extend(published)
                 for at, why in refusals:
-                    # Off the spool with the rest (acknowledged, if with a refusal).
+                    # Dead-lettered before they leave the spool: a crash or a close in between
+                    # makes them go again (and be refused again), never vanish.
                     self.counters["refused_messages"] += 1
                     message = records[at].message
                     self.counters["refused_entries"] += message.entries
                     await self._dead_letter_message(message, why)
                     self._report_once("refused_entries", why)
+                # Recorded before anything else is sent: a crash now re-sends only the rest.
+                await asyncio.to_thread(spool.ack, done)
+                self.spool_counters["unspooled_messages"] += len(done)
+                self.spool_counters["unspooled_entries"] += sum(r.message.entries for r in done)
+                gone = {at for at, _why in refusals}
+                published = [r.message for at, r in enumerate(done) if at not in gone]
+                self.counters["published_messages"] += len(published)
+                self.counters["published_entries"] += sum(m.entries for m in published)
+                self._replay.extend(published)
                 if loss is not None:
                     if not loss.quick:
                         self._drain_strikes = 0
@@ -677,15 +678,17 @@ class MqttSink(Sink):
         """Take a spooled message the broker keeps refusing out: its entries are dead-lettered."""
         spool = self._spool
         assert spool is not None
-        # Only the record itself: everything before it is acknowledged already.
-        await asyncio.to_thread(spool.ack, [record])
-        self._drain_strikes = 0
-        self.spool_counters["spool_poison_messages"] += 1
+        # Dead-lettered first, then taken off (only the record itself: everything before it
+        # is acknowledged already): a close or a crash in between sends it again, never
+        # loses it.
         await self._dead_letter_message(
             record.message,
             f"the broker dropped the connection {_POISON_STRIKES} times in a row "
             "right after this spooled message (too large, or refused by its ACL?)",
         )
+        await asyncio.to_thread(spool.ack, [record])
+        self._drain_strikes = 0
+        self.spool_counters["spool_poison_messages"] += 1
         self._report(
             f"sink {self.name!r} took a message off its spool after the broker dropped the "
             f"connection {_POISON_STRIKES} times in a row at it (its entries are dead-lettered)",

@@ -226,7 +226,9 @@ def test_spooled_messages_the_broker_refuses_in_its_puback_are_dead_lettered(
     """MQTT 5: spooled messages that the broker refuses when the spool drains (its ACL: a
     PUBACK with Not authorized) leave the spool dead-lettered with that reason; the broker
     takes the others, in order (read from its own log: an offline subscriber's queue is
-    not kept under an ACL, so no verifier here)."""
+    not kept under an ACL, so no verifier here). Once the spool is empty every refused entry
+    is in the dead-letter file: they are dead-lettered before they leave the spool (the other
+    way round, closing the logger then lost the ones not yet written)."""
     acl = tmp_path / "acl"
     acl.write_text(
         "topic readwrite logs/#\ntopic deny logs/denied\ntopic deny logs/denied/#\n"
@@ -246,26 +248,26 @@ def test_spooled_messages_the_broker_refuses_in_its_puback_are_dead_lettered(
         with SessionLogger(sinks=[sink], dead_letter_path=dead, on_error=errors.append) as logger:
             for sid in ("ok", "denied"):
                 logger.start_session(sid)
-            for i in range(40):
+            for i in range(200):
                 logger.log_entry("ok" if i % 2 else "denied", f"spooled {i}")
             for sid in ("ok", "denied"):
                 logger.close_session(sid)
             assert logger.save_logs(timeout=30).ok
-            assert sink.stats()["spool"]["entries"] == 44
+            assert sink.stats()["spool"]["entries"] == 204
             broker.start()
             stats = _drained(sink, "the spool never drained")
         log = broker.log_text()
         taken = re.findall(r"Received PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/ok'", log)
         denied = re.findall(r"Denied PUBLISH from \S+ \(d0, q1, r0, m\d+, 'logs/denied'", log)
-        assert len(taken) == 22 and len(denied) == 22
+        assert len(taken) == 102 and len(denied) == 102
         letters = list(read_dead_letters(dead))
-        assert sorted(letter["entry"]["seq"] for letter in letters) == list(range(22))
+        assert sorted(letter["entry"]["seq"] for letter in letters) == list(range(102))
         assert {letter["entry"]["session_id"] for letter in letters} == {"denied"}
         assert {letter["reason"] for letter in letters} == {
             "the broker refused it: Not authorized (0x87)"
         }
-        assert stats["refused_entries"] == 22 and stats["published_entries"] == 22
-        assert stats["spool"]["unspooled_entries"] == 44
+        assert stats["refused_entries"] == 102 and stats["published_entries"] == 102
+        assert stats["spool"]["unspooled_entries"] == 204
         assert sum("refused" in str(e) for e in errors) == 1
     finally:
         broker.close()
