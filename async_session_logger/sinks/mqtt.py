@@ -544,7 +544,9 @@ class MqttSink(Sink):
             loss = outcome.loss
             if loss is None:
                 gone = {id(messages[at]) for at, _why in outcome.refused}
-                published = [m for m in plan.messages if id(m) not in gone]
+                published = (
+                    [m for m in plan.messages if id(m) not in gone] if gone else plan.messages
+                )
                 self.counters["published_messages"] += len(published)
                 self.counters["published_entries"] += len(batch) - len(skip)
                 self._replay.extend(published)
