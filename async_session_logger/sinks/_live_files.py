@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-import aiofiles
-
-from .._threads import io_executor, run_blocking
+from .._threads import run_blocking
 from . import _flock, _rotation
 from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
-
-if TYPE_CHECKING:
-    from aiofiles.threadpool.binary import AsyncFileIO
 
 __all__ = ["LiveFile", "LiveFiles"]
 
@@ -96,7 +92,7 @@ class LiveFile:
 
     __slots__ = ("direct", "fd", "fh", "identity", "period_end", "regular", "retry_at")
 
-    def __init__(self, fh: AsyncFileIO, st: os.stat_result, direct: bool, period_end: float):
+    def __init__(self, fh: io.FileIO, st: os.stat_result, direct: bool, period_end: float):
         self.fh = fh
         self.fd = fh.fileno()
         self.identity = (st.st_dev, st.st_ino)
@@ -170,12 +166,12 @@ class LiveFiles:
                 os.makedirs(base, exist_ok=True)
         mode = self._modes.get(path, 0o666)
         mkdir = self.mkdir
-        fh = await aiofiles.open(
+        fh: io.FileIO = await run_blocking(
+            open,
             path,
             "ab",
             buffering=0,
             opener=lambda name, flags: _open_no_link(name, flags, mode, trusted, mkdir),
-            executor=io_executor(),
         )
         self._modes.pop(path, None)
         st = os.fstat(fh.fileno())
@@ -281,7 +277,7 @@ class LiveFiles:
         if live is not None:
             await self.syncer.release(live.fd)
             try:
-                await live.fh.close()
+                await run_blocking(live.fh.close)
             except OSError:
                 pass
 

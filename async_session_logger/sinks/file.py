@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from .._errors import ConfigurationError, InvalidSessionIdError
+from .._threads import run_blocking
 from .._validate import check_session_id
 from . import _flock, _rotation
 from ._base import Batch, PartialWriteError, Sink
@@ -48,10 +49,10 @@ class FileSink(Sink):
             ``{session_id}`` its session id, so one template can split files by day or session.
             Default: ``log_{date}.jsonl`` in the working directory.
         mkdir: create missing parent directories.
-        write_mode: ``"thread"`` hands every write to a worker thread through aiofiles;
+        write_mode: ``"thread"`` hands every write to a worker thread;
             ``"direct"`` writes from the event loop in 256 KiB chunks, yielding every ~1 ms;
             ``"auto"`` (default) writes regular files directly and anything else (FIFOs,
-            devices) through a thread. Opening and closing always go through aiofiles.
+            devices) through a thread. Opening and closing always go through a worker thread.
         rotate_bytes: before a batch would take a file past this size, rename the file to
             ``<stem>.<UTC stamp>.<ext>`` and start a new one. A batch larger than this is cut
             between lines; a single line larger than this still goes whole into a file.
@@ -278,7 +279,7 @@ class FileSink(Sink):
     async def _put(live: LiveFile, data: memoryview) -> int:
         if live.direct:
             return os.write(live.fd, data)
-        return await live.fh.write(data) or 0
+        return await run_blocking(live.fh.write, data) or 0
 
     async def close(self) -> None:
         """Flush (per ``fsync``) and close every file; wait for compressions under way."""

@@ -260,3 +260,74 @@ def test_ids_a_formatter_rewrote_never_leave_the_directory(tmp_path: Path) -> No
     assert [d["entry"]["session_id"] for d in letters] == ["../../outside"] * 3
     assert all("InvalidSessionIdError" in d["reason"] and "'/'" in d["reason"] for d in letters)
     assert errors and "InvalidSessionIdError" in repr(errors[0].__cause__)
+
+
+async def test_a_fifo_is_written_from_a_worker_thread(tmp_path: Path) -> None:
+    """``write_mode="auto"`` writes a FIFO through a worker thread: while its reader stalls
+    (the pipe full, every write blocking), the event loop keeps running, and every line
+    arrives once the reader reads. Written on the loop, a blocked write would stop it."""
+    import threading
+    import time
+
+    from async_session_logger import AsyncSessionLogger
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    stall = 1.0
+
+    def reader() -> None:
+        time.sleep(0.2)
+        with open(fifo, "rb") as fh:  # the sink's open (in its thread) waits for this
+            time.sleep(stall)  # the pipe's 64 KiB fill up meanwhile; the writes block
+            received.extend(fh.read().splitlines())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    gaps: list[float] = []
+    stop = False
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not stop:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        async with AsyncSessionLogger(sinks=[FileSink(fifo)], dead_letter_path=None) as alog:
+            await alog.start_session("s")
+            for i in range(2_000):  # ~400 KB: six times what the pipe holds
+                await alog.log_entry("s", "through the pipe", 20, {"i": i, "pad": "p" * 150})
+            await alog.close_session("s")
+            report = await alog.save_logs()
+    finally:
+        stop = True
+        await tick
+        thread.join(10)
+    assert report.ok
+    assert not thread.is_alive()
+    entries = [json.loads(line) for line in received]
+    assert [e["custom_fields"]["i"] for e in entries if e["event"] == "log"] == list(range(2_000))
+    assert entries[-1]["event"] == "session_close"
+    assert sum(gaps) > stall  # the ticker ran through the stall...
+    assert max(gaps) < stall / 2  # ...and no write held the loop for it
+
+
+async def test_thread_write_mode_writes_a_regular_file(tmp_path: Path) -> None:
+    """``write_mode="thread"`` on a regular file: every entry, in order, across batches."""
+    from async_session_logger import AsyncSessionLogger
+
+    path = tmp_path / "t.jsonl"
+    sink = FileSink(path, write_mode="thread")
+    alog = AsyncSessionLogger(sinks=[sink], dead_letter_path=None, batch_size=100)
+    async with alog, alog.session("s") as session:
+        for i in range(1_000):
+            await session.info("entry", {"i": i})
+            if i % 250 == 0:
+                await asyncio.sleep(0)  # several batches, each its own threaded write
+    entries = read_lines(path)
+    assert [e["custom_fields"]["i"] for e in entries if e["event"] == "log"] == list(range(1_000))
+    assert [e["seq"] for e in entries] == list(range(1_002))
