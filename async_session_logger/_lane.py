@@ -193,15 +193,13 @@ class Lane:
                     if not head.future.done():
                         head.future.set_result(None)
                     continue
-                batch = self._inflight = self._take()
-                await self._deliver(batch)
+                self._inflight = self._take()
+                await self._deliver(self._inflight, gen)
                 if gen != self._gen:
                     return  # re-queued by a newer binding, which delivers it (again)
+                rest = self._inflight  # what a partial write left: delivered or dead-lettered
                 self._inflight = None
-                self.stats.pending -= len(batch)
-                self._backlog -= len(batch)
-                if self._backlog <= self.sink.max_pending:
-                    self._space.set()
+                self._settle(len(rest) if rest is not None else 0)
         except asyncio.CancelledError:
             if gen == self._gen:
                 # The loop is shutting down under us: keep the batch for the next binding.
@@ -226,14 +224,27 @@ class Lane:
             self._queue.popleft()
         return Batch.concat(batches)
 
-    async def _deliver(self, batch: Batch) -> None:
+    def _settle(self, count: int) -> None:
+        # ``count`` entries of this lane are delivered, dead-lettered or lost: no longer pending.
+        self.stats.pending -= count
+        self._backlog -= count
+        if self._backlog <= self.sink.max_pending:
+            self._space.set()
+
+    async def _deliver(self, batch: Batch, gen: int) -> None:
         attempt = 0
         while True:
             try:
                 await self._write_in_time(batch)
             except PartialWriteError as exc:
-                self.stats.delivered += len(batch) - len(exc.failed)
+                written = len(batch) - len(exc.failed)
+                self.stats.delivered += written
                 batch = batch.select(exc.failed)
+                if gen == self._gen:
+                    # In flight now: only the rest. A close that gives up on it (abandon())
+                    # or a new loop (bind()) takes these, not the entries already written.
+                    self._inflight = batch
+                    self._settle(written)
                 error: BaseException = exc.cause
             except TimeoutError as exc:
                 error = TimeoutError(f"write_batch took longer than {self.sink.timeout} s")

@@ -23,7 +23,7 @@ from async_session_logger import (
     WrongThreadError,
     read_dead_letters,
 )
-from async_session_logger.sinks import Batch, Sink
+from async_session_logger.sinks import Batch, PartialWriteError, Sink
 
 from .faults.conftest import assert_report_accounted, parse_file
 
@@ -159,6 +159,79 @@ def test_close_still_gives_up_on_a_stuck_sink(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.0 + 1.5
     assert report["stuck"].dead_lettered == 3 and not report.ok
     assert_report_accounted(report, tmp_path / "dead.jsonl")
+
+
+class _HalfThenStuck(Sink):
+    """Takes the first half of its first batch (a partial write), then hangs on the retry."""
+
+    def __init__(self) -> None:
+        super().__init__(name="half", timeout=None, retries=3)
+        self.taken: list[int] = []  # the seqs written
+        self.calls = 0
+        self.retrying: asyncio.Event | None = None  # set when the retry begins (and hangs)
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            if self.retrying is not None:
+                self.retrying.set()
+            await asyncio.Event().wait()
+        half = len(batch) // 2
+        self.taken.extend(entry["seq"] for entry in list(batch)[:half])
+        raise PartialWriteError(range(half, len(batch)), OSError("the reader went away"))
+
+
+def test_close_dead_letters_only_what_a_partial_write_left(tmp_path: Path) -> None:
+    """A batch half written (``PartialWriteError``) whose retry hangs until close gives up:
+    only the unwritten half is dead-lettered, and each entry is counted once. Before, the
+    whole batch was: the written half counted delivered and dead-lettered both, and
+    replaying the dead letters wrote it twice (seen with a FIFO whose reader closed)."""
+    sink = _HalfThenStuck()
+    dead = tmp_path / "dead.jsonl"
+    logger = SessionLogger(sinks=[sink], close_timeout=1.0, dead_letter_path=dead)
+    logger.start_session("s")
+    for i in range(9):
+        logger.log_entry("s", f"m{i}")
+    logger.close_session("s")
+    report = logger.close()
+    assert sink.taken == [0, 1, 2, 3, 4]  # start, m0..m3 of the one batch of 11
+    assert report["half"].delivered == 5 and report["half"].dead_lettered == 6
+    assert sorted(d["entry"]["seq"] for d in read_dead_letters(dead)) == list(range(5, 11))
+    assert_report_accounted(report, dead)
+    assert report["half"].pending == 0
+
+
+def test_a_new_loop_delivers_only_what_a_partial_write_left(tmp_path: Path) -> None:
+    """The loop stops while a half-written batch waits for its retry: the next loop's lane
+    delivers the unwritten half alone, not the whole batch again (duplicates before)."""
+
+    class HalfThenFine(_HalfThenStuck):
+        async def write_batch(self, batch: Batch) -> None:
+            if self.calls >= 2:  # on the second loop: everything goes through
+                self.calls += 1
+                self.taken.extend(entry["seq"] for entry in batch)
+                return
+            await super().write_batch(batch)
+
+    sink = HalfThenFine()
+    alog = AsyncSessionLogger(sinks=[sink], dead_letter_path=None, linger=0)
+
+    async def first() -> None:
+        sink.retrying = asyncio.Event()
+        await alog.start_session("s")
+        for i in range(9):
+            await alog.log_entry("s", f"m{i}")
+        await alog.close_session("s")
+        await sink.retrying.wait()  # written in part, and the retry hangs
+
+    async def second() -> Any:
+        return await alog.aclose()
+
+    asyncio.run(first())  # the loop ends under the hung retry
+    report = asyncio.run(second())
+    assert sorted(sink.taken) == list(range(11)), sink.taken  # each entry once
+    assert report.ok, report
+    assert report["half"].delivered == 11 and report["half"].pending == 0
 
 
 @pytest.mark.parametrize("face", ["sync", "async"])
