@@ -23,6 +23,7 @@ _MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unl
 # Walk the directories a template fills in one by one, each opened without following a link.
 _WALK: Final = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
 _DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
 
 
 def split_path(path: str, trusted: str | None) -> tuple[str, list[str]]:
@@ -166,19 +167,30 @@ class LiveFiles:
                 os.makedirs(base, exist_ok=True)
         mode = self._modes.get(path, 0o666)
         mkdir = self.mkdir
-        fh: io.FileIO = await run_blocking(
-            open,
-            path,
-            "ab",
-            buffering=0,
-            opener=lambda name, flags: _open_no_link(name, flags, mode, trusted, mkdir),
+        # Non-blocking, so that a FIFO with no reader fails now (ENXIO) instead of holding a
+        # worker thread until one comes (the logger's start waited for it, for ever).
+        opener = lambda name, flags: _open_no_link(  # noqa: E731
+            name, flags | _NONBLOCK, mode, trusted, mkdir
         )
+        try:
+            fh: io.FileIO = await run_blocking(open, path, "ab", buffering=0, opener=opener)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                why = "a FIFO with no reader (nothing has it open)"
+                raise OSError(exc.errno, why, path) from exc
+            raise
         self._modes.pop(path, None)
         st = os.fstat(fh.fileno())
-        if self.write_mode == "auto":
-            direct = stat.S_ISREG(st.st_mode)
-        else:
-            direct = self.write_mode == "direct"
+        direct = self.write_mode != "thread"
+        # A regular file is written as if blocking whatever the flag says; a FIFO, socket or
+        # device written from the loop stays non-blocking: when its reader falls behind, the
+        # sink waits for room on the loop (FileSink._write) rather than blocking it.
+        if _NONBLOCK and (stat.S_ISREG(st.st_mode) or not direct):
+            try:
+                os.set_blocking(fh.fileno(), True)
+            except OSError:
+                fh.close()
+                raise
         due = self.policy.first_period_end(self.clock(), st.st_size, st.st_mtime)
         live = self._files[path] = LiveFile(fh, st, direct, due)
         if len(self._files) > _MAX_OPEN:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import re
 import time
@@ -41,6 +42,22 @@ WriteMode = Literal["auto", "direct", "thread"]
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}\Z", re.ASCII)
 
 
+async def _writable(fd: int) -> None:
+    """Wait until a non-blocking ``fd`` (a FIFO, a socket, a device) takes more bytes."""
+    loop = asyncio.get_running_loop()
+    room: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not room.done():
+            room.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await room
+    finally:
+        loop.remove_writer(fd)
+
+
 class FileSink(Sink):
     """Append entries as JSON Lines to a file chosen per entry by a path template.
 
@@ -49,10 +66,13 @@ class FileSink(Sink):
             ``{session_id}`` its session id, so one template can split files by day or session.
             Default: ``log_{date}.jsonl`` in the working directory.
         mkdir: create missing parent directories.
-        write_mode: ``"thread"`` hands every write to a worker thread;
-            ``"direct"`` writes from the event loop in 256 KiB chunks, yielding every ~1 ms;
-            ``"auto"`` (default) writes regular files directly and anything else (FIFOs,
-            devices) through a thread. Opening and closing always go through a worker thread.
+        write_mode: ``"auto"`` (default) and ``"direct"`` write from the event loop in
+            256 KiB chunks, yielding every ~1 ms; a FIFO, socket or device is written
+            non-blocking, the sink waiting on the loop (never in a thread) while its reader is
+            behind. ``"thread"`` hands every write to a worker thread, blocking there (for
+            network filesystems, where a write can block for long). Opening and closing
+            always go through a worker thread; a FIFO with no reader fails at once (the lane
+            retries, reports and dead-letters as for any failed write).
         rotate_bytes: before a batch would take a file past this size, rename the file to
             ``<stem>.<UTC stamp>.<ext>`` and start a new one. A batch larger than this is cut
             between lines; a single line larger than this still goes whole into a file.
@@ -193,8 +213,9 @@ class FileSink(Sink):
                 await self._files.get(path)
             except OSError as exc:
                 # A planted symlink is an attack on the file, not a configuration mistake: it
-                # must not stop the application. The lane retries, reports and dead-letters.
-                if not _rotation.is_refused_link(exc):
+                # must not stop the application, nor a FIFO whose reader has not come yet.
+                # The lane retries, reports and dead-letters.
+                if not (_rotation.is_refused_link(exc) or exc.errno == errno.ENXIO):
                     raise
             # Apply retention and finish compressions a previous run left, in the background.
             self._housekeeper.after_rotation(path, None, self.name)
@@ -251,7 +272,14 @@ class FileSink(Sink):
                             continue
                         # Chunks end between lines: each O_APPEND write lands whole, so another
                         # process's writes never land inside one of our lines.
-                        done += os.write(live.fd, piece[done : line_cut(data, done, _CHUNK, end)])
+                        try:
+                            done += os.write(
+                                live.fd, piece[done : line_cut(data, done, _CHUNK, end)]
+                            )
+                        except BlockingIOError:  # a FIFO or device whose reader is behind
+                            await _writable(live.fd)
+                            slice_end = time.perf_counter() + _SLICE_S
+                            continue
                         if done < end and time.perf_counter() >= slice_end:
                             await asyncio.sleep(0)
                             slice_end = time.perf_counter() + _SLICE_S
@@ -263,6 +291,10 @@ class FileSink(Sink):
                     synced = done
                 else:
                     self._syncer.written(live.fd)
+        except asyncio.CancelledError:  # the lane's timeout, or close: the file stays open
+            if done and data[done - 1 : done] != b"\n":
+                self._files.torn.add(path)  # the next write ends the fragment first
+            raise
         except OSError as exc:
             await self._files.forget(path)
             if done and data[done - 1 : done] != b"\n":
@@ -277,9 +309,13 @@ class FileSink(Sink):
 
     @staticmethod
     async def _put(live: LiveFile, data: memoryview) -> int:
-        if live.direct:
-            return os.write(live.fd, data)
-        return await run_blocking(live.fh.write, data) or 0
+        if not live.direct:
+            return await run_blocking(live.fh.write, data) or 0
+        while True:
+            try:
+                return os.write(live.fd, data)
+            except BlockingIOError:
+                await _writable(live.fd)
 
     async def close(self) -> None:
         """Flush (per ``fsync``) and close every file; wait for compressions under way."""

@@ -262,10 +262,25 @@ def test_ids_a_formatter_rewrote_never_leave_the_directory(tmp_path: Path) -> No
     assert errors and "InvalidSessionIdError" in repr(errors[0].__cause__)
 
 
-async def test_a_fifo_is_written_from_a_worker_thread(tmp_path: Path) -> None:
-    """``write_mode="auto"`` writes a FIFO through a worker thread: while its reader stalls
-    (the pipe full, every write blocking), the event loop keeps running, and every line
-    arrives once the reader reads. Written on the loop, a blocked write would stop it."""
+def _fifo_reader(path: Path) -> int:
+    """Open ``path`` (a FIFO) for reading now, without waiting for a writer; return the fd."""
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def _read_all(fd: int) -> list[bytes]:
+    """Read a FIFO to its end (every writer gone) and return its lines."""
+    os.set_blocking(fd, True)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).splitlines()
+
+
+async def test_a_fifo_whose_reader_stalls_does_not_block_the_loop(tmp_path: Path) -> None:
+    """A FIFO is written non-blocking from the loop: while its reader stalls (the pipe full),
+    the sink waits for room on the loop, which keeps running; every line arrives once the
+    reader reads. A blocking write on the loop fails this (the loop stops for the stall)."""
     import threading
     import time
 
@@ -273,14 +288,13 @@ async def test_a_fifo_is_written_from_a_worker_thread(tmp_path: Path) -> None:
 
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
+    fd = _fifo_reader(fifo)
     received: list[bytes] = []
     stall = 1.0
 
     def reader() -> None:
-        time.sleep(0.2)
-        with open(fifo, "rb") as fh:  # the sink's open (in its thread) waits for this
-            time.sleep(stall)  # the pipe's 64 KiB fill up meanwhile; the writes block
-            received.extend(fh.read().splitlines())
+        time.sleep(stall)  # the pipe's 64 KiB fill up meanwhile
+        received.extend(_read_all(fd))
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -314,6 +328,66 @@ async def test_a_fifo_is_written_from_a_worker_thread(tmp_path: Path) -> None:
     assert entries[-1]["event"] == "session_close"
     assert sum(gaps) > stall  # the ticker ran through the stall...
     assert max(gaps) < stall / 2  # ...and no write held the loop for it
+
+
+async def test_a_fifo_without_a_reader_neither_hangs_nor_holds_a_thread(tmp_path: Path) -> None:
+    """Nothing reads the FIFO: the logger starts at once (opening it blocked a worker thread
+    until a reader came, and the start with it, for ever), its entries are dead-lettered with
+    the reason, another sink gets everything, and once a reader opens it the next entries go
+    through."""
+    from async_session_logger import AsyncSessionLogger
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    dead = tmp_path / "dead.jsonl"
+    sinks = [FileSink(fifo, name="fifo", retries=1), FileSink(tmp_path / "all.jsonl")]
+    alog = AsyncSessionLogger(sinks=sinks, dead_letter_path=dead, linger=0)
+    async with asyncio.timeout(10):
+        await alog.start()
+        async with alog.session("early") as session:
+            await session.info("nobody reads")
+        assert (await alog.save_logs()).sinks["fifo"].dead_lettered == 3
+        fd = _fifo_reader(fifo)
+        async with alog.session("late") as session:
+            await session.info("a reader came")
+        report = await alog.aclose()
+    lines = _read_all(fd)
+    assert [json.loads(line)["session_id"] for line in lines] == ["late"] * 3
+    assert report["fifo"].delivered == 3 and report["fifo"].dead_lettered == 3
+    assert report["file"].delivered == 6
+    reasons = {d["reason"] for d in read_dead_letters(dead)}
+    assert len(reasons) == 1 and "a FIFO with no reader" in reasons.pop()
+
+
+async def test_a_fifo_reader_that_never_reads_times_out_the_write(tmp_path: Path) -> None:
+    """The reader opens the FIFO and never reads: a write waiting for room ends at the sink's
+    ``timeout`` (no thread stays blocked in it), is retried, then dead-lettered; every entry
+    is counted once as delivered or dead-lettered, and close returns promptly."""
+    import threading
+    import time
+
+    from async_session_logger import AsyncSessionLogger
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    fd = _fifo_reader(fifo)
+    dead = tmp_path / "dead.jsonl"
+    before = threading.active_count()
+    sink = FileSink(fifo, timeout=0.3, retries=1)
+    started = time.monotonic()
+    async with AsyncSessionLogger(sinks=[sink], dead_letter_path=dead) as alog:
+        await alog.start_session("s")
+        for i in range(2_000):  # ~400 KB against the pipe's 64 KiB
+            await alog.log_entry("s", "stuck", 20, {"i": i, "pad": "p" * 150})
+        await alog.close_session("s")
+        report = await alog.save_logs(timeout=30)
+    assert time.monotonic() - started < 15
+    stats = report["file"]
+    assert stats.delivered + stats.dead_lettered == 2_002 and stats.dead_lettered > 0
+    assert "TimeoutError" in (stats.last_error or "")
+    assert sum(1 for _ in read_dead_letters(dead)) == stats.dead_lettered
+    assert threading.active_count() <= before + 1  # at most the I/O thread that opened it
+    os.close(fd)
 
 
 async def test_thread_write_mode_writes_a_regular_file(tmp_path: Path) -> None:
