@@ -12,7 +12,7 @@ import orjson
 
 from ._entry import format_timestamp
 from ._oswrite import write_all
-from ._threads import run_blocking
+from ._threads import Worker
 from .sinks._base import Batch
 
 __all__ = ["DeadLetters", "read_dead_letters"]
@@ -35,12 +35,18 @@ class DeadLetters:
         self.path = os.fspath(path) if path is not None else None
         self.last_error: str | None = None
         self._stuck: asyncio.Future[None] | None = None
+        # A thread of its own: a sink's I/O stuck in the shared threads cannot starve it.
+        self._worker = Worker("async_session_logger.dead-letters")
         self.bind()
 
     def bind(self) -> None:
         """Make the lock anew for a new event loop (or a forked child)."""
         self._lock = asyncio.Lock()
         self._stuck = None
+
+    def stop(self) -> None:
+        """Let the writing thread end (the logger closed; a later write starts another)."""
+        self._worker.stop()
 
     async def write(
         self, sink_name: str, reason: str, batch: Batch, timeout: float | None = None
@@ -64,7 +70,7 @@ class DeadLetters:
         data = b"".join(prefix + line + b"}\n" for line in batch.lines())
         limit = WRITE_TIMEOUT if timeout is None else max(0.05, timeout)
         async with self._lock:
-            job = asyncio.ensure_future(run_blocking(_append, self.path, data))
+            job = asyncio.ensure_future(self._worker.run(_append, self.path, data))
             try:
                 await asyncio.wait_for(asyncio.shield(job), limit)
             except TimeoutError:

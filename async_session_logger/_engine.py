@@ -385,6 +385,7 @@ class Engine:
     def _finish(self, report: DeliveryReport) -> None:
         self.state = CLOSED
         self._unhook()
+        self.dead_letters.stop()
         if not self._final.done():
             self._final.set_result(report)
 

@@ -120,14 +120,12 @@ class Intake:
         a drop policy and a full intake, a queued log entry makes room for them first.
         """
         buf = self._buf
-        lock = self.lock
-        lock.acquire()  # not `with`: ~1,000 instructions less a session start or close
-        try:
+        # `with`, not acquire() then `try`: a signal's exception (Ctrl-C) can come right after
+        # acquire() returns, before the `try`, and the lock would stay held for ever.
+        with self.lock:
             if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
-        finally:
-            lock.release()
         if self.sleeping or (self.lingering and type(item) is not tuple):
             self.wake()  # a marker (flush, stop) ends a linger at once
         return len(buf) >= self.limit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import os
 import queue
 import threading
@@ -17,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._context import mark_thread_internal
 
-__all__ = ["DaemonExecutor", "io_executor", "run_blocking"]
+__all__ = ["DaemonExecutor", "Worker", "io_executor", "run_blocking"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -109,6 +110,55 @@ async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
     """Run ``fn`` on the I/O executor and await its result."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(io_executor(), lambda: fn(*args, **kwargs))
+
+
+class Worker:
+    """One daemon thread of a sink's own (or the dead-letter file's) for its blocking I/O.
+
+    A call that never returns (a pipe whose reader stalls, a hung mount) holds this thread
+    only. The owner's later calls queue behind it, and its lane's ``timeout`` ends their
+    waits, while every other sink and the dead-letter file keep their own threads. On the
+    shared :func:`io_executor` such calls once took all four threads, one per retry: the
+    other sinks stopped and the dead letters were lost.
+
+    The thread starts on the first call; :meth:`stop` lets it end (after a call in progress
+    returns); a forked child starts a thread of its own.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._executor: DaemonExecutor | None = None
+        self._pid = 0
+        self._running: concurrent.futures.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this worker's thread and await its result.
+
+        Raises:
+            OSError: ``EBUSY`` at once while an earlier call still runs. Its caller gave up
+                on it (a lane's ``timeout``): it is stuck in a stalled pipe or a hung mount,
+                and a call queued behind it would only time out in turn.
+        """
+        executor = self._executor
+        if executor is None or self._pid != os.getpid():
+            executor = self._executor = DaemonExecutor(max_workers=1, name=self.name)
+            self._pid = os.getpid()
+            self._running = None
+        running = self._running
+        if running is not None and not running.done():
+            raise OSError(
+                errno.EBUSY,
+                f"an earlier call on the thread {self.name!r} has not returned "
+                "(a stalled reader or a hung filesystem?)",
+            )
+        future = self._running = executor.submit(fn, *args)
+        return await asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        """Let the thread end once it is idle; the next :meth:`run` starts another."""
+        executor, self._executor = self._executor, None
+        if executor is not None and self._pid == os.getpid():  # a parent's: nothing to stop
+            executor.shutdown(wait=False)
 
 
 def _forget_executor() -> None:

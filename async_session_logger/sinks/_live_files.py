@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from .._threads import run_blocking
+from .._threads import Worker
 from . import _flock, _rotation
 from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
 
@@ -118,6 +118,8 @@ class LiveFiles:
         lock_wait: the longest a worker thread waits for a peer's lock.
         trusted: the directory the path template names before its first placeholder (None:
             no placeholder); the directories below it are opened without following links.
+        worker: the sink's own thread for opening, locking, rotating and closing (and the
+            writes of ``write_mode="thread"``): a hung filesystem holds it alone.
     """
 
     def __init__(
@@ -134,7 +136,9 @@ class LiveFiles:
         clock: Callable[[], float],
         lock_wait: float = _flock.LOCK_WAIT_S,
         trusted: str | None = None,
+        worker: Worker | None = None,
     ) -> None:
+        self.worker = worker if worker is not None else Worker(f"async_session_logger.{name}")
         self.write_mode = write_mode
         self.trusted = trusted
         self.lock_wait = lock_wait
@@ -173,7 +177,9 @@ class LiveFiles:
             name, flags | _NONBLOCK, mode, trusted, mkdir
         )
         try:
-            fh: io.FileIO = await run_blocking(open, path, "ab", buffering=0, opener=opener)
+            fh: io.FileIO = await self.worker.run(
+                lambda: open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115
+            )
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 why = "a FIFO with no reader (nothing has it open)"
@@ -215,7 +221,7 @@ class LiveFiles:
             if locked and not _flock.try_lock_shared(live.fd):
                 # A rotation holds it. A peer stuck in one (stopped mid-rename) must not stall
                 # this sink: past LOCK_WAIT_S, append without the lock (the path check stays).
-                locked = await run_blocking(_flock.lock_shared, live.fd, self.lock_wait)
+                locked = await self.worker.run(_flock.lock_shared, live.fd, self.lock_wait)
             try:
                 # lstat: a symlink put in the file's place is another file, reopened (and
                 # refused) rather than followed.
@@ -258,7 +264,7 @@ class LiveFiles:
         live.retry_at = now + ROTATE_RETRY_S
         await self.syncer.release(live.fd)  # the rotated file is complete on the disk
         try:
-            rotated = await run_blocking(
+            rotated = await self.worker.run(
                 _rotation.rotate,
                 path,
                 live.fd,
@@ -289,7 +295,7 @@ class LiveFiles:
         if live is not None:
             await self.syncer.release(live.fd)
             try:
-                await run_blocking(live.fh.close)
+                await self.worker.run(live.fh.close)
             except OSError:
                 pass
 

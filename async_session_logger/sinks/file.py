@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from .._errors import ConfigurationError, InvalidSessionIdError
-from .._threads import run_blocking
+from .._threads import Worker
 from .._validate import check_session_id
 from . import _flock, _rotation
 from ._base import Batch, PartialWriteError, Sink
@@ -136,6 +136,9 @@ class FileSink(Sink):
         self._fsync = parse_fsync(fsync)
         # Seconds since the epoch, for rotation times and stamps (tests set their own clock).
         self._clock: Callable[[], float] = time.time
+        # The sink's own thread for its blocking file calls: a hung mount or a stalled reader
+        # holds it, not the threads of the other sinks and the dead-letter file.
+        self._worker = Worker(f"async_session_logger.{self.name}")
         self._build()
         self._per_date = "{date}" in self.path
         self._per_session = "{session_id}" in self.path
@@ -163,11 +166,13 @@ class FileSink(Sink):
             trusted=os.path.dirname(self.path[: self.path.index("{")])
             if "{" in self.path
             else None,
+            worker=self._worker,
         )
 
     def reset(self) -> None:
         """Close descriptors left open (a forked child's, a stopped loop's) and start anew."""
         self._files.drop()
+        self._worker.stop()
         self._build()
 
     def path_for(self, entry: dict[str, Any]) -> str:
@@ -307,10 +312,9 @@ class FileSink(Sink):
             complete = data.count(b"\n", 0, kept)
             raise PartialWriteError(range(complete, len(batch)), exc) from exc
 
-    @staticmethod
-    async def _put(live: LiveFile, data: memoryview) -> int:
+    async def _put(self, live: LiveFile, data: memoryview) -> int:
         if not live.direct:
-            return await run_blocking(live.fh.write, data) or 0
+            return await self._worker.run(live.fh.write, data) or 0
         while True:
             try:
                 return os.write(live.fd, data)
@@ -322,6 +326,7 @@ class FileSink(Sink):
         await self._syncer.close()
         await self._files.close()
         await self._housekeeper.wait()
+        self._worker.stop()
 
     def stats(self) -> dict[str, Any]:
         """Counters of rotations, reopens, compressed and expired files, and fsync calls."""

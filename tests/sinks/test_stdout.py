@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from async_session_logger import SessionLogger
@@ -45,3 +46,80 @@ def test_text_stream_without_buffer(tmp_path: Path) -> None:
     lines = stream.getvalue().splitlines()
     assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
     assert json.loads(lines[1])["message"] == "hé"
+
+
+STALLED = """
+import json, os, sys, threading, time
+from async_session_logger import SessionLogger
+from async_session_logger.sinks import FileSink, StdoutSink
+
+sinks = [StdoutSink(timeout=0.5, retries=2), FileSink("{session_id}.jsonl")]
+started = time.monotonic()
+with SessionLogger(sinks=sinks, dead_letter_path="dead.jsonl", close_timeout=5) as logger:
+    for k in range(4):
+        logger.start_session(f"s{k}")
+        for i in range(3_000):
+            logger.log_entry(f"s{k}", "x" * 100, 20, {"i": i})
+        logger.close_session(f"s{k}")
+        logger.save_logs(timeout=60)
+    report = logger.close()
+stdout, file = report["stdout"], report["file"]
+threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("async_session"))
+print(json.dumps({
+    "seconds": time.monotonic() - started,
+    "stdout": [stdout.delivered, stdout.dead_lettered, stdout.lost],
+    "file": [file.delivered, file.dead_lettered, file.lost],
+    "threads": threads,
+}), file=sys.stderr, flush=True)
+"""
+
+
+def test_a_stdout_nobody_reads_stops_neither_other_sinks_nor_dead_letters(
+    tmp_path: Path,
+) -> None:
+    """The process's stdout is a pipe nobody reads (a paused ``| less``, a blocking container
+    log driver): the stdout write blocks for good. The other sink still gets every entry, the
+    stdout entries are dead-lettered, none lost, and it takes seconds, not a timeout per
+    batch. Before, each retry left one more of the four shared I/O threads blocked: the file
+    sink stopped after its first file, the dead letters were lost, 12,008 entries in all."""
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,  # never read: 64 KiB fill it
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # It may never exit: at shutdown Python flushes stdout, whose lock the stuck thread holds.
+    deadline = threading.Timer(120, proc.kill)
+    deadline.start()
+    try:
+        err = _read_stderr(proc)
+    finally:
+        deadline.cancel()
+        proc.kill()
+        proc.wait()
+    result = json.loads(err.strip().splitlines()[-1])
+    stdout_delivered, stdout_dead, stdout_lost = result["stdout"]
+    assert result["file"] == [12_008, 0, 0]
+    assert stdout_lost == 0 and stdout_delivered + stdout_dead == 12_008
+    assert stdout_dead > 11_000  # what the pipe took (64 KiB) is all that went through
+    dead = (tmp_path / "dead.jsonl").read_text().splitlines()
+    assert len(dead) == stdout_dead
+    for k in range(4):
+        assert len((tmp_path / f"s{k}.jsonl").read_text().splitlines()) == 3_002
+    assert result["seconds"] < 60
+    # The stdout sink's own thread is the one stuck in the pipe; no shared thread is.
+    assert result["threads"] == ["async_session_logger.stdout[0]"]
+
+
+def _read_stderr(proc: subprocess.Popen[str]) -> str:
+    """Wait for the script's last stderr line (its stdout is never read, so it never exits)."""
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("{"):
+            return "".join(lines)
+    raise AssertionError("the script ended without its result: " + "".join(lines))

@@ -1,0 +1,119 @@
+"""Ctrl-C between any two bytecodes of a verb: no lock stays held, nothing hangs.
+
+Python runs a signal handler (Ctrl-C: ``KeyboardInterrupt``) in the main thread between two
+bytecodes, wherever that thread is. ``tests/faults/test_exit.py`` sends real SIGINTs to a
+script that logs without end; one run in about twenty caught the verb right after it took
+the recorder's lock and before the ``try`` that releases it, and the exit hook then waited
+for that lock for ever. These tests make each point of a verb where CPython may run a signal
+handler (entering a function, after each call, a loop's jump back; in this package's frames,
+one run per point) the one where the exception is raised, as a trace function can, and
+check that the logger still takes entries from another thread and closes.
+"""
+
+from __future__ import annotations
+
+import dis
+import sys
+import threading
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+import async_session_logger
+from async_session_logger import SessionLogger
+from async_session_logger.sinks import MemorySink
+
+_PACKAGE = str(Path(async_session_logger.__file__).parent)
+
+
+def _checks_for_signals(opname: str) -> bool:
+    # The instructions after which CPython runs pending signal handlers (its "eval breaker"
+    # check): a call, a loop's jump back. A handler's exception appears before the next one.
+    return opname.startswith("CALL") or opname == "JUMP_BACKWARD"
+
+
+def _interrupt_at(index: int, verb: Callable[[], Any]) -> str | None:
+    """Run ``verb`` raising KeyboardInterrupt at its ``index``-th point where a signal's
+    handler may run (counted in this package's frames: on entering a function, after a call
+    or a loop's jump back); return where, or None if the verb had fewer such points."""
+    seen = 0
+    where: str | None = None
+    last: dict[int, str] = {}  # frame id -> the opname of its instruction just run
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal seen, where
+        if event == "opcode":
+            code = frame.f_code
+            previous = last.get(id(frame))
+            last[id(frame)] = dis.opname[code.co_code[frame.f_lasti]]
+            if previous is None or _checks_for_signals(previous):
+                if seen == index:
+                    where = f"{code.co_qualname} line {frame.f_lineno}"
+                    seen += 1
+                    raise KeyboardInterrupt  # the trace function is unset: one per run
+                seen += 1
+        elif event == "return":
+            last.pop(id(frame), None)
+        return local
+
+    def enter(frame: FrameType, event: str, arg: Any) -> Any:
+        if not frame.f_code.co_filename.startswith(_PACKAGE):
+            return None
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(enter)
+    try:
+        verb()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return where
+
+
+def _responds(logger: SessionLogger) -> bool:
+    """Whether another thread can still log and flush (no lock left held)."""
+    done = threading.Event()
+
+    def probe() -> None:
+        logger.log_entry("probe", "still here")
+        logger.save_logs(timeout=5)
+        done.set()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    return done.wait(10)
+
+
+@pytest.mark.parametrize("verb", ["log_entry", "start_session", "close_session"])
+def test_a_keyboard_interrupt_at_any_instruction_leaves_no_lock_held(verb: str) -> None:
+    logger = SessionLogger(sinks=[MemorySink()], dead_letter_path=None)
+    logger.start_session("probe")
+    logger.start_session("s")
+    runs = 0
+    try:
+        for index in range(5_000):
+            sid = f"x{index}"
+            if verb == "close_session":
+                logger.start_session(sid)
+            call: Callable[[], Any]
+            if verb == "log_entry":
+                call = partial(logger.log_entry, "s", "entry", 20, {"i": 1})
+            elif verb == "start_session":
+                call = partial(logger.start_session, sid, {"user": "u"})
+            else:
+                call = partial(logger.close_session, sid)
+            where = _interrupt_at(index, call)
+            if where is None:
+                break  # the verb ran to its end: every instruction had its turn
+            runs += 1
+            assert _responds(logger), f"a lock stayed held after an interrupt in {where}"
+    finally:
+        report = logger.close(timeout=10)
+    assert runs >= 10  # the trace saw the verb's calls
+    assert report.sinks["memory"].pending == 0
