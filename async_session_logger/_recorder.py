@@ -179,7 +179,7 @@ class Recorder:
         # `with`, not acquire() then `try` (~1,000 instructions less, measured): Ctrl-C's
         # KeyboardInterrupt can be raised right after acquire() returns, before the `try`,
         # and the lock then stayed held for ever: the exit hook hung on it
-        # (tests/faults/test_interrupts.py raises at every instruction).
+        # (tests/faults/test_interrupts.py raises it wherever a signal handler may run).
         with self._lock:
             try:
                 session = self._open.get(session_id)

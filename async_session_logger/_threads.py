@@ -116,10 +116,11 @@ class Worker:
     """One daemon thread of a sink's own (or the dead-letter file's) for its blocking I/O.
 
     A call that never returns (a pipe whose reader stalls, a hung mount) holds this thread
-    only. The owner's later calls queue behind it, and its lane's ``timeout`` ends their
-    waits, while every other sink and the dead-letter file keep their own threads. On the
-    shared :func:`io_executor` such calls once took all four threads, one per retry: the
-    other sinks stopped and the dead letters were lost.
+    only: the owner's next calls fail at once (see :meth:`run`), so its lane retries and
+    dead-letters, while every other sink and the dead-letter file keep their own threads. On
+    the shared :func:`io_executor` such calls once took all four threads, one per retry: the
+    other sinks stopped and the dead letters were lost. Its owner calls it one call at a time
+    (a lane delivers in sequence).
 
     The thread starts on the first call; :meth:`stop` lets it end (after a call in progress
     returns); a forked child starts a thread of its own.
