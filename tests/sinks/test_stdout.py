@@ -64,7 +64,11 @@ with SessionLogger(sinks=sinks, dead_letter_path="dead.jsonl", close_timeout=5) 
         logger.save_logs(timeout=60)
     report = logger.close()
 stdout, file = report["stdout"], report["file"]
-threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("async_session"))
+for _ in range(100):  # the closed logger's threads end; the stuck one cannot
+    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("async_session"))
+    if len(threads) <= 1:
+        break
+    time.sleep(0.02)
 print(json.dumps({
     "seconds": time.monotonic() - started,
     "stdout": [stdout.delivered, stdout.dead_lettered, stdout.lost],
