@@ -14,7 +14,7 @@ from .._threads import Worker
 from . import _flock, _rotation
 from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
 
-__all__ = ["LiveFile", "LiveFiles"]
+__all__ = ["LiveFile", "LiveFiles", "NoReaderError"]
 
 _MAX_OPEN: Final = 64
 _MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unless pathological
@@ -86,6 +86,17 @@ def _open_no_link(
         if exc.filename != path:  # name the whole path, not the part the walk was at
             raise OSError(exc.errno, exc.strerror, path) from exc
         raise
+
+
+class NoReaderError(OSError):
+    """The file is a FIFO that nothing has open for reading (yet)."""
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class LiveFile:
@@ -181,10 +192,10 @@ class LiveFiles:
                 lambda: open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115
             )
         except OSError as exc:
-            if exc.errno == errno.ENXIO:
+            if exc.errno == errno.ENXIO and _is_fifo(path):
                 why = "a FIFO with no reader (nothing has it open)"
-                raise OSError(exc.errno, why, path) from exc
-            raise
+                raise NoReaderError(exc.errno, why, path) from exc
+            raise  # ENXIO for a socket, a device with nothing behind it: as the OS says
         self._modes.pop(path, None)
         st = os.fstat(fh.fileno())
         direct = self.write_mode != "thread"

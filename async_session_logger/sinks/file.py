@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import errno
 import os
 import re
 import time
@@ -27,7 +26,7 @@ from ._file_upkeep import (
     sink_reporter,
 )
 from ._flock import LOCK_WAIT_S
-from ._live_files import LiveFile, LiveFiles
+from ._live_files import LiveFile, LiveFiles, NoReaderError
 
 __all__ = ["DEFAULT_PATH", "FileSink"]
 
@@ -220,7 +219,8 @@ class FileSink(Sink):
                 # A planted symlink is an attack on the file, not a configuration mistake: it
                 # must not stop the application, nor a FIFO whose reader has not come yet.
                 # The lane retries, reports and dead-letters.
-                if not (_rotation.is_refused_link(exc) or exc.errno == errno.ENXIO):
+                if not (_rotation.is_refused_link(exc) or isinstance(exc, NoReaderError)):
+                    self._worker.stop()  # the logger fails to start: close() never comes
                     raise
             # Apply retention and finish compressions a previous run left, in the background.
             self._housekeeper.after_rotation(path, None, self.name)

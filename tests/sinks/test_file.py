@@ -359,6 +359,34 @@ async def test_a_fifo_without_a_reader_neither_hangs_nor_holds_a_thread(tmp_path
     assert len(reasons) == 1 and "a FIFO with no reader" in reasons.pop()
 
 
+def test_a_socket_path_fails_the_start_as_the_os_says(tmp_path: Path) -> None:
+    """Only a FIFO waiting for its reader is let through at start: a UNIX socket's path (which
+    ``open()`` cannot open, with the same ENXIO) still fails the logger's start at once."""
+    import errno
+    import socket
+    import threading
+    import time
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        with pytest.raises(OSError) as caught:
+            SessionLogger(sinks=[FileSink(path, name="sock")], dead_letter_path=None)
+    assert caught.value.errno == errno.ENXIO
+    assert "FIFO" not in str(caught.value)
+
+    # The failed start leaves no thread of the sink's behind (it ends at once, not at exit).
+    def left() -> list[str]:
+        ours = "async_session_logger.sock["
+        return [t.name for t in threading.enumerate() if t.name.startswith(ours)]
+
+    for _ in range(100):
+        if not left():
+            break
+        time.sleep(0.02)
+    assert left() == []
+
+
 async def test_a_fifo_reader_that_never_reads_times_out_the_write(tmp_path: Path) -> None:
     """The reader opens the FIFO and never reads: a write waiting for room ends at the sink's
     ``timeout`` (no thread stays blocked in it), is retried, then dead-lettered; every entry
@@ -372,7 +400,7 @@ async def test_a_fifo_reader_that_never_reads_times_out_the_write(tmp_path: Path
     os.mkfifo(fifo)
     fd = _fifo_reader(fifo)
     dead = tmp_path / "dead.jsonl"
-    sink = FileSink(fifo, timeout=0.3, retries=1)
+    sink = FileSink(fifo, name="never-reads", timeout=0.3, retries=1)
     started = time.monotonic()
     async with AsyncSessionLogger(sinks=[sink], dead_letter_path=dead) as alog:
         await alog.start_session("s")
@@ -381,14 +409,14 @@ async def test_a_fifo_reader_that_never_reads_times_out_the_write(tmp_path: Path
         await alog.close_session("s")
         report = await alog.save_logs(timeout=30)
     assert time.monotonic() - started < 15
-    stats = report["file"]
+    stats = report["never-reads"]
     assert stats.delivered + stats.dead_lettered == 2_002 and stats.dead_lettered > 0
     assert "TimeoutError" in (stats.last_error or "")
     assert sum(1 for _ in read_dead_letters(dead)) == stats.dead_lettered
     os.close(fd)
 
     def ours() -> list[str]:
-        names = ("async_session_logger.file[", "async_session_logger.dead-letters[")
+        names = ("async_session_logger.never-reads[", "async_session_logger.dead-letters[")
         return [t.name for t in threading.enumerate() if t.name.startswith(names)]
 
     # No thread was left blocked in the pipe: the sink's and the dead-letter file's own
