@@ -1,7 +1,8 @@
-"""Ctrl-C between any two bytecodes of a verb: no lock stays held, nothing hangs.
+"""Ctrl-C wherever Python may deliver it in a verb: no lock stays held, nothing hangs.
 
 Python runs a signal handler (Ctrl-C: ``KeyboardInterrupt``) in the main thread between two
-bytecodes, wherever that thread is. ``tests/faults/test_exit.py`` sends real SIGINTs to a
+bytecodes, wherever that thread is (after a call, at a loop's jump back, on entering a
+function). ``tests/faults/test_exit.py`` sends real SIGINTs to a
 script that logs without end; one run in about twenty caught the verb right after it took
 the recorder's lock and before the ``try`` that releases it, and the exit hook then waited
 for that lock for ever. These tests make each point of a verb where CPython may run a signal
