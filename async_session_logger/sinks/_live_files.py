@@ -102,14 +102,13 @@ def _is_fifo(path: str) -> bool:
 class LiveFile:
     """One open file: its descriptor, which inode it is, and when it is due for rotation."""
 
-    __slots__ = ("direct", "fd", "fh", "identity", "period_end", "regular", "retry_at")
+    __slots__ = ("fd", "fh", "identity", "period_end", "regular", "retry_at")
 
-    def __init__(self, fh: io.FileIO, st: os.stat_result, direct: bool, period_end: float):
+    def __init__(self, fh: io.FileIO, st: os.stat_result, period_end: float):
         self.fh = fh
         self.fd = fh.fileno()
         self.identity = (st.st_dev, st.st_ino)
         self.regular = stat.S_ISREG(st.st_mode)
-        self.direct = direct
         self.period_end = period_end
         self.retry_at = 0.0
 
@@ -119,7 +118,7 @@ class LiveFiles:
 
     Args:
         name: the sink's name (for task names).
-        write_mode: the sink's ``write_mode`` (decides ``LiveFile.direct``).
+        write_mode: the sink's ``write_mode`` (``"thread"``: files stay blocking).
         mkdir: create missing parent directories when opening.
         reopen: check before each append that the path still names the open file.
         policy: when to rotate; ``housekeeper`` then compresses and expires rotated files.
@@ -147,9 +146,9 @@ class LiveFiles:
         clock: Callable[[], float],
         lock_wait: float = _flock.LOCK_WAIT_S,
         trusted: str | None = None,
-        worker: Worker | None = None,
+        worker: Worker,
     ) -> None:
-        self.worker = worker if worker is not None else Worker(f"async_session_logger.{name}")
+        self.worker = worker
         self.write_mode = write_mode
         self.trusted = trusted
         self.lock_wait = lock_wait
@@ -198,18 +197,17 @@ class LiveFiles:
             raise  # ENXIO for a socket, a device with nothing behind it: as the OS says
         self._modes.pop(path, None)
         st = os.fstat(fh.fileno())
-        direct = self.write_mode != "thread"
         # A regular file is written as if blocking whatever the flag says; a FIFO, socket or
         # device written from the loop stays non-blocking: when its reader falls behind, the
         # sink waits for room on the loop (FileSink._write) rather than blocking it.
-        if _NONBLOCK and (stat.S_ISREG(st.st_mode) or not direct):
+        if _NONBLOCK and (stat.S_ISREG(st.st_mode) or self.write_mode == "thread"):
             try:
                 os.set_blocking(fh.fileno(), True)
             except OSError:
                 fh.close()
                 raise
         due = self.policy.first_period_end(self.clock(), st.st_size, st.st_mtime)
-        live = self._files[path] = LiveFile(fh, st, direct, due)
+        live = self._files[path] = LiveFile(fh, st, due)
         if len(self._files) > _MAX_OPEN:
             await self.forget(next(iter(self._files)))
         return live

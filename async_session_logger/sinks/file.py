@@ -122,6 +122,7 @@ class FileSink(Sink):
                 f"write_mode must be 'auto', 'direct' or 'thread', got {write_mode!r}"
             )
         self.write_mode = write_mode
+        self._threaded = write_mode == "thread"  # "auto" and "direct" write from the loop
         self.path = os.fspath(path)
         try:
             self.path.format(date="2000-01-01", session_id="x")
@@ -272,7 +273,7 @@ class FileSink(Sink):
                     piece = view[:end]
                     slice_end = time.perf_counter() + _SLICE_S
                     while done < end:
-                        if not live.direct:  # one thread hop for the whole piece
+                        if self._threaded:  # one thread hop for the whole piece
                             done += await self._put(live, piece[done:])
                             continue
                         # Chunks end between lines: each O_APPEND write lands whole, so another
@@ -313,7 +314,7 @@ class FileSink(Sink):
             raise PartialWriteError(range(complete, len(batch)), exc) from exc
 
     async def _put(self, live: LiveFile, data: memoryview) -> int:
-        if not live.direct:
+        if self._threaded:
             return await self._worker.run(live.fh.write, data) or 0
         while True:
             try:
