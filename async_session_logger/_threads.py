@@ -49,6 +49,7 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
     ) -> concurrent.futures.Future[T]:
         """Schedule ``fn(*args, **kwargs)``."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        inline = False
         with self._lock:
             if self._closed:
                 raise RuntimeError("executor is shut down")
@@ -57,8 +58,23 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
                 thread = threading.Thread(
                     target=self._work, name=f"{self._name}[{len(self._daemons)}]", daemon=True
                 )
-                self._daemons.append(thread)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # Python 3.12+ starts no thread once the interpreter is shutting down,
+                    # when the exit drain runs: with no thread of ours alive, the caller's
+                    # thread does the work (a dead letter written late beats one lost).
+                    inline = not any(daemon.is_alive() for daemon in self._daemons)
+                else:
+                    self._daemons.append(thread)
+        if inline:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    _run(job)
         return future
 
     def _work(self) -> None:
@@ -71,15 +87,8 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
                 self._idle -= 1
             if job is None:
                 return
-            future, fn, args, kwargs = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-            del job, future, fn, args, kwargs
+            _run(job)
+            del job
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers after the queued jobs."""
@@ -90,6 +99,17 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         if wait:
             for thread in self._daemons:
                 thread.join()
+
+
+def _run(job: _Job) -> None:
+    future, fn, args, kwargs = job
+    if future.set_running_or_notify_cancel():
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 _executor: DaemonExecutor | None = None

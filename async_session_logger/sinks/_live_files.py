@@ -313,7 +313,10 @@ class LiveFiles:
         child's inherited files, or a loop that is gone); the next append reopens."""
         for live in self._files.values():
             try:
-                os.close(live.fd)
+                # Through the file object: an os.close() behind its back left it owning the
+                # number, and it closed that again when freed, by then another file's (in a
+                # forked child, the new event loop's wake-up socket: the logger hung).
+                live.fh.close()  # unbuffered: nothing to flush, no I/O but close(2)
             except OSError:
                 pass
         self._files.clear()

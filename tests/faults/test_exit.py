@@ -397,3 +397,39 @@ def test_a_close_that_gave_up_refuses_further_verbs(tmp_path: Path) -> None:
         assert time.monotonic() - started < 1
     finally:
         release.set()
+
+
+async def test_no_thread_at_interpreter_shutdown_still_writes_and_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.12+ starts no new thread once the interpreter is shutting down, which is when
+    the exit drain of a script that forgot ``close()`` runs. A sink's or the dead-letter
+    file's thread that was not started yet must not cost the entries: the call runs in the
+    loop's thread instead. (Seen on 3.12: every dead letter lost, "can't create new thread at
+    interpreter shutdown". CI runs 3.11, so the refusal is made here as 3.12 makes it.)"""
+    from async_session_logger import AsyncSessionLogger, read_dead_letters
+    from async_session_logger.sinks import CustomSink, FileSink
+
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("async_session_logger."):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    async def down(message: str) -> None:
+        raise RuntimeError("down")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    sinks = [FileSink(tmp_path / "log.jsonl"), CustomSink(down, name="down", retries=0)]
+    dead = tmp_path / "dead.jsonl"
+    async with AsyncSessionLogger(sinks=sinks, dead_letter_path=dead) as alog:
+        async with alog.session("s") as session:
+            for i in range(100):
+                await session.info("entry", {"i": i})
+        report = await alog.save_logs()
+    assert report["file"].delivered == 102
+    assert report["down"].dead_lettered == 102 and report["down"].lost == 0
+    assert len(read_lines(tmp_path / "log.jsonl")) == 102
+    assert sum(1 for _ in read_dead_letters(dead)) == 102
+    assert not [t for t in threading.enumerate() if t.name.startswith("async_session_logger.")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -443,3 +444,28 @@ async def test_thread_write_mode_writes_a_regular_file(tmp_path: Path) -> None:
     entries = read_lines(path)
     assert [e["custom_fields"]["i"] for e in entries if e["event"] == "log"] == list(range(1_000))
     assert [e["seq"] for e in entries] == list(range(1_002))
+
+
+async def test_a_reset_never_closes_a_descriptor_reused_since(tmp_path: Path) -> None:
+    """``reset()`` (in a forked child, after a loop that is gone) closes the sink's files
+    without I/O on the loop. It closed the descriptor behind the file object's back, and the
+    object, freed later, closed the same number again: by then another file's. In a forked
+    child that was the new event loop's wake-up socket, and the logger's start hung."""
+    import gc
+
+    sink = FileSink(tmp_path / "log.jsonl")
+    await sink.open()
+    sink.reset()
+    pipes = [os.pipe() for _ in range(8)]  # take the number the reset freed, and more
+    try:
+        await sink.open()  # frees what the sink still held of the file before the reset
+        gc.collect()
+        for read_end, write_end in pipes:
+            assert os.write(write_end, b"x") == 1
+            assert os.read(read_end, 1) == b"x"
+    finally:
+        await sink.close()
+        for pipe in pipes:
+            for fd in pipe:
+                with contextlib.suppress(OSError):  # the failure closed one already
+                    os.close(fd)
