@@ -29,6 +29,7 @@ from ._portal import Portal
 from ._recorder import Recorder
 from ._report import DeliveryReport, ErrorHandler, SinkStats, print_error
 from ._tasks import TaskOwner
+from ._threads import DaemonExecutor
 from ._writer import STOP, Flush, Writer
 from .sinks import Sink
 
@@ -455,13 +456,37 @@ class Engine:
             return
         except RuntimeError:
             pass  # that loop cannot be run from here: drain on a private one
-        portal = Portal("async_session_logger.exit")
+        try:
+            portal = Portal("async_session_logger.exit")
+        except RuntimeError:
+            # Python 3.12+ starts no thread once the interpreter is shutting down: drain on a
+            # private loop in this thread, bounded by the cap instead of watched from here.
+            self._drain_here(cap)
+            return
         try:
             self.wait_in_thread(portal.submit(self.stop()), None)
         except (TimeoutError, LoggerClosedError) as exc:
             self.abandon(f"AsyncSessionLogger's exit drain gave up: {exc}")
         finally:
             portal.stop(0.5)
+
+    def _drain_here(self, cap: float) -> None:
+        loop = asyncio.new_event_loop()
+        # As the portal's: run_in_executor(None, ...) (getaddrinfo) must work at exit too.
+        loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
+        try:
+            loop.run_until_complete(asyncio.wait_for(self.stop(), cap))
+        except TimeoutError as exc:
+            self.abandon(f"AsyncSessionLogger's exit drain gave up: {exc}")
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finally:
+                loop.close()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start afresh when used."""

@@ -30,7 +30,11 @@ class Portal:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:  # 3.12+ at interpreter shutdown: "can't create new thread"
+            self.loop.close()
+            raise
         self._started.wait()
 
     def _run(self) -> None:

@@ -24,7 +24,8 @@ class CustomSink(Sink):
     Async handlers are awaited in order on the loop. Plain handlers run in a dedicated daemon
     thread, a batch per hop, so a slow handler never blocks the event loop and a hung one can
     neither block the other sinks nor keep the process from exiting. An exception raised for one
-    entry fails only that entry (it is retried, then dead-lettered).
+    entry fails only that entry (it is retried, then dead-lettered). (Where no thread can be
+    started, as on Python 3.12+ during the exit drain, a plain handler is called on the loop.)
     """
 
     default_name = "custom"
@@ -86,10 +87,16 @@ class CustomSink(Sink):
             # timeout, rather than queueing behind a hung handler.
             await asyncio.shield(self._idle)
         if self._thread is None:
-            self._thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._worker, name=f"async_session_logger.custom[{self.name}]", daemon=True
             )
-            self._thread.start()
+            try:
+                thread.start()
+            except RuntimeError:
+                # Python 3.12+ starts no thread once the interpreter is shutting down, when
+                # the exit drain runs: the handler is called from here rather than not at all.
+                return self._call_each(lines)
+            self._thread = thread
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[list[int], BaseException | None]] = loop.create_future()
         self._idle = future
@@ -103,19 +110,23 @@ class CustomSink(Sink):
             if job is None:
                 return
             lines, future = job
-            failed: list[int] = []
-            error: BaseException | None = None
-            for i, line in enumerate(lines):
-                try:
-                    self.handler(line.decode("utf-8"))
-                except _HANDLER_ERRORS as exc:
-                    failed.append(i)
-                    error = error or exc
+            outcome = self._call_each(lines)
             loop = future.get_loop()
             try:
-                loop.call_soon_threadsafe(_resolve, future, (failed, error))
+                loop.call_soon_threadsafe(_resolve, future, outcome)
             except RuntimeError:  # loop closed while the handler ran
                 return
+
+    def _call_each(self, lines: list[bytes]) -> tuple[list[int], BaseException | None]:
+        failed: list[int] = []
+        error: BaseException | None = None
+        for i, line in enumerate(lines):
+            try:
+                self.handler(line.decode("utf-8"))
+            except _HANDLER_ERRORS as exc:
+                failed.append(i)
+                error = error or exc
+        return failed, error
 
     def owns_current_thread(self) -> bool:
         """Whether the caller is this sink's handler thread."""
