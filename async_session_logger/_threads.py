@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._context import mark_thread_internal
 
-__all__ = ["DaemonExecutor", "Worker", "io_executor", "run_blocking"]
+__all__ = ["DaemonExecutor", "Worker", "WorkerBusyError", "io_executor", "run_blocking"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,6 +132,10 @@ async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) ->
     return await loop.run_in_executor(io_executor(), lambda: fn(*args, **kwargs))
 
 
+class WorkerBusyError(OSError):
+    """A :class:`Worker`'s earlier call has not returned: the new one was not started."""
+
+
 class Worker:
     """One daemon thread of a sink's own (or the dead-letter file's) for its blocking I/O.
 
@@ -156,7 +160,8 @@ class Worker:
         """Run ``fn(*args)`` on this worker's thread and await its result.
 
         Raises:
-            OSError: ``EBUSY`` at once while an earlier call still runs. Its caller gave up
+            WorkerBusyError: (an ``OSError``, ``EBUSY``) at once while an earlier call still
+                runs, and ``fn`` is not called. Its caller gave up
                 on it (a lane's ``timeout``): it is stuck in a stalled pipe or a hung mount,
                 and a call queued behind it would only time out in turn.
         """
@@ -167,7 +172,7 @@ class Worker:
             self._running = None
         running = self._running
         if running is not None and not running.done():
-            raise OSError(
+            raise WorkerBusyError(
                 errno.EBUSY,
                 f"an earlier call on the thread {self.name!r} has not returned "
                 "(a stalled reader or a hung filesystem?)",

@@ -7,7 +7,10 @@ import json
 import logging
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,51 @@ async def make_logger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
 
 
 MountFactory = Callable[..., Path]
+
+
+@dataclass
+class HungMount:
+    """A real FUSE filesystem (``tests/hangfs.py``) whose chosen operations hang on command."""
+
+    path: Path
+    control: Path
+
+    def hang(self, *operations: str) -> None:
+        """Make ``operations`` (``"fsync"``, ``"write"``) block, as on a hung NFS mount."""
+        self.control.write_text(" ".join(operations), encoding="utf-8")
+
+    def release(self) -> None:
+        """Let every blocked operation go on."""
+        self.control.write_text("", encoding="utf-8")
+
+
+@pytest.fixture
+def hung_mount(tmp_path: Path) -> Iterator[HungMount]:
+    """Mount a FUSE filesystem that passes through to a directory until told to hang."""
+    backing, point, control = tmp_path / "hangfs-data", tmp_path / "hangfs", tmp_path / "hangfs-ops"
+    backing.mkdir()
+    point.mkdir()
+    control.write_text("", encoding="utf-8")
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("hangfs.py")), backing, point, control],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while f" {point} fuse" not in Path("/proc/mounts").read_text(encoding="utf-8"):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            _, err = server.communicate()
+            raise RuntimeError(f"the FUSE filesystem did not mount: {err.decode()}")
+        time.sleep(0.02)
+    try:
+        yield HungMount(point, control)
+    finally:
+        control.write_text("", encoding="utf-8")
+        # Killed, the server takes its connection with it: the kernel fails any call still
+        # blocked in it (ENOTCONN), so no thread of the test stays stuck.
+        server.kill()
+        server.wait()
+        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from .._errors import ConfigurationError, SinkError
-from .._threads import run_blocking
+from .._threads import Worker, WorkerBusyError
 from . import _rotation
 
 __all__ = ["Housekeeper", "RotationPolicy", "Syncer", "parse_fsync"]
@@ -209,27 +209,48 @@ def parse_fsync(fsync: object) -> str | float:
 
 
 class Syncer:
-    """Push written data to the disk: after each batch, or at most every N seconds."""
+    """Push written data to the disk: after each batch, or at most every N seconds.
 
-    def __init__(self, mode: str | float, report: Reporter, name: str) -> None:
+    One fsync at a time, on a thread of the sink's own (``worker``): an fsync that never
+    returns (a hung NFS server) holds that thread only. Each retry's fsync once took one
+    more of the threads that every sink shared, until a healthy sink's fsyncs waited too.
+    """
+
+    def __init__(self, mode: str | float, report: Reporter, name: str, worker: Worker) -> None:
         self.mode = mode
         self.every_batch = mode == "batch"
         self.interval = mode if isinstance(mode, float) else None
         self._report = report
         self._name = name
+        self._worker = worker
+        self._one_at_a_time = asyncio.Lock()
         self._dirty: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._last = float("-inf")
         self.count = 0
 
     async def sync(self, fd: int) -> None:
-        """Flush ``fd`` now on the I/O thread (raises the OS error)."""
-        # A duplicate descriptor: should the sink close or reopen the file meanwhile (a timeout,
-        # a rotation), the thread still syncs the right file and never a recycled number.
-        dup = os.dup(fd)
-        self.count += 1
-        # Shielded: a cancelled caller must not cancel the job before it runs (and closes dup).
-        await asyncio.shield(run_blocking(_rotation.sync_and_close, dup))
+        """Flush ``fd`` now on the sink's fsync thread (raises the OS error).
+
+        Raises:
+            WorkerBusyError: an earlier fsync, whose caller gave up on it, has not returned.
+        """
+        async with self._one_at_a_time:  # the interval's flush, a close's, a batch's
+            # A duplicate descriptor: should the sink close or reopen the file meanwhile (a
+            # timeout, a rotation), the thread still syncs the right file, never a recycled
+            # number.
+            dup = os.dup(fd)
+            self.count += 1
+            # Shielded: a cancelled caller must not cancel the job before it runs (and closes
+            # dup).
+            await asyncio.shield(self._sync_and_close(dup))
+
+    async def _sync_and_close(self, dup: int) -> None:
+        try:
+            await self._worker.run(_rotation.sync_and_close, dup)
+        except WorkerBusyError:
+            os.close(dup)  # never handed to the thread
+            raise
 
     def written(self, fd: int) -> None:
         """Note a write to ``fd``; with an interval, schedule a flush within it."""
@@ -279,6 +300,10 @@ class Syncer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    def stop(self) -> None:
+        """Let the fsync thread end (after a call in progress returns)."""
+        self._worker.stop()
 
 
 def sink_reporter(sink_name: str, report: Callable[[SinkError], None]) -> Reporter:

@@ -14,7 +14,7 @@ from .._threads import Worker
 from . import _flock, _rotation
 from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
 
-__all__ = ["LiveFile", "LiveFiles", "NoReaderError"]
+__all__ = ["LiveFile", "LiveFiles", "NoReaderError", "filesystem_type", "is_remote"]
 
 _MAX_OPEN: Final = 64
 _MAX_ATTEMPTS: Final = 16  # reopens and rotations for one append; 3 suffice unless pathological
@@ -88,6 +88,50 @@ def _open_no_link(
         raise
 
 
+# Filesystems where a write, a stat or an fsync can block for as long as a server or another
+# process takes to answer (a hung NFS server, a stalled FUSE daemon): "auto" writes their files
+# on the sink's thread, never on the loop. By the type /proc/self/mountinfo gives the mount.
+_REMOTE: Final = frozenset(
+    {
+        "9p", "afs", "beegfs", "ceph", "cifs", "coda", "davfs", "fuse", "fuseblk", "gfs2",
+        "glusterfs", "gpfs", "lustre", "ncpfs", "nfs", "nfs4", "ocfs2", "orangefs", "smb3",
+        "smbfs", "virtiofs",
+    }
+)  # fmt: skip
+
+
+def filesystem_type(fd: int) -> str | None:
+    """Return the type of the filesystem ``fd`` is on (``"ext4"``, ``"nfs4"``...), if known."""
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw"
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split(None, 1)[0]
+    except OSError:  # not Linux, or no /proc
+        return None
+    return None
+
+
+def is_remote(fs_type: str | None) -> bool:
+    """Whether a filesystem of ``fs_type`` may keep a write or a stat waiting for long."""
+    return fs_type is not None and (fs_type in _REMOTE or fs_type.startswith("fuse."))
+
+
+def _open_and_inspect(
+    path: str, opener: Callable[[str, int], int]
+) -> tuple[io.FileIO, os.stat_result, bool]:
+    fh = open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115 - returned open
+    try:
+        return fh, os.fstat(fh.fileno()), is_remote(filesystem_type(fh.fileno()))
+    except BaseException:
+        fh.close()
+        raise
+
+
 class NoReaderError(OSError):
     """The file is a FIFO that nothing has open for reading (yet)."""
 
@@ -100,17 +144,22 @@ def _is_fifo(path: str) -> bool:
 
 
 class LiveFile:
-    """One open file: its descriptor, which inode it is, and when it is due for rotation."""
+    """One open file: its descriptor, which inode it is, and when it is due for rotation.
 
-    __slots__ = ("fd", "fh", "identity", "period_end", "regular", "retry_at")
+    ``threaded``: written (and stat'ed) on the sink's thread, never on the loop: the sink's
+    ``write_mode="thread"``, or ``"auto"`` on a network or FUSE filesystem.
+    """
 
-    def __init__(self, fh: io.FileIO, st: os.stat_result, period_end: float):
+    __slots__ = ("fd", "fh", "identity", "period_end", "regular", "retry_at", "threaded")
+
+    def __init__(self, fh: io.FileIO, st: os.stat_result, period_end: float, threaded: bool):
         self.fh = fh
         self.fd = fh.fileno()
         self.identity = (st.st_dev, st.st_ino)
         self.regular = stat.S_ISREG(st.st_mode)
         self.period_end = period_end
         self.retry_at = 0.0
+        self.threaded = threaded
 
 
 class LiveFiles:
@@ -118,7 +167,8 @@ class LiveFiles:
 
     Args:
         name: the sink's name (for task names).
-        write_mode: the sink's ``write_mode`` (``"thread"``: files stay blocking).
+        write_mode: the sink's ``write_mode`` (``"thread"``, and ``"auto"`` on a network or
+            FUSE filesystem: files stay blocking and are written on ``worker``).
         mkdir: create missing parent directories when opening.
         reopen: check before each append that the path still names the open file.
         policy: when to rotate; ``housekeeper`` then compresses and expires rotated files.
@@ -187,27 +237,25 @@ class LiveFiles:
             name, flags | _NONBLOCK, mode, trusted, mkdir
         )
         try:
-            fh: io.FileIO = await self.worker.run(
-                lambda: open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115
-            )
+            fh, st, remote = await self.worker.run(_open_and_inspect, path, opener)
         except OSError as exc:
             if exc.errno == errno.ENXIO and _is_fifo(path):
                 why = "a FIFO with no reader (nothing has it open)"
                 raise NoReaderError(exc.errno, why, path) from exc
             raise  # ENXIO for a socket, a device with nothing behind it: as the OS says
         self._modes.pop(path, None)
-        st = os.fstat(fh.fileno())
+        threaded = self.write_mode == "thread" or (self.write_mode == "auto" and remote)
         # A regular file is written as if blocking whatever the flag says; a FIFO, socket or
         # device written from the loop stays non-blocking: when its reader falls behind, the
         # sink waits for room on the loop (FileSink._write) rather than blocking it.
-        if _NONBLOCK and (stat.S_ISREG(st.st_mode) or self.write_mode == "thread"):
+        if _NONBLOCK and (stat.S_ISREG(st.st_mode) or threaded):
             try:
                 os.set_blocking(fh.fileno(), True)
             except OSError:
                 fh.close()
                 raise
         due = self.policy.first_period_end(self.clock(), st.st_size, st.st_mtime)
-        live = self._files[path] = LiveFile(fh, st, due)
+        live = self._files[path] = LiveFile(fh, st, due, threaded)
         if len(self._files) > _MAX_OPEN:
             await self.forget(next(iter(self._files)))
         return live
@@ -233,8 +281,10 @@ class LiveFiles:
                 locked = await self.worker.run(_flock.lock_shared, live.fd, self.lock_wait)
             try:
                 # lstat: a symlink put in the file's place is another file, reopened (and
-                # refused) rather than followed.
-                st: os.stat_result | None = os.lstat(path)
+                # refused) rather than followed. On the sink's thread where a stat may hang.
+                st: os.stat_result | None = (
+                    await self.worker.run(os.lstat, path) if live.threaded else os.lstat(path)
+                )
             except FileNotFoundError:
                 st = None
             except OSError:

@@ -65,13 +65,16 @@ class FileSink(Sink):
             ``{session_id}`` its session id, so one template can split files by day or session.
             Default: ``log_{date}.jsonl`` in the working directory.
         mkdir: create missing parent directories.
-        write_mode: ``"auto"`` (default) and ``"direct"`` write from the event loop in
-            256 KiB chunks, yielding every ~1 ms; a FIFO, socket or device is written
-            non-blocking, the sink waiting on the loop (never in a thread) while its reader is
-            behind. ``"thread"`` hands every write to a worker thread, blocking there (for
-            network filesystems, where a write can block for long). Opening and closing
-            always go through a worker thread; a FIFO with no reader fails at once (the lane
-            retries, reports and dead-letters as for any failed write).
+        write_mode: ``"direct"`` writes from the event loop in 256 KiB chunks, yielding
+            every ~1 ms; a FIFO, socket or device is written non-blocking, the sink waiting
+            on the loop (never in a thread) while its reader is behind. ``"thread"`` hands
+            every write (and the ``reopen`` stat) to the sink's thread, blocking there.
+            ``"auto"`` (default) is ``"thread"`` for a file on a network or FUSE filesystem
+            (NFS, SMB, sshfs...: a write can wait for a server that does not answer, and on
+            the loop it would stop the whole application) and ``"direct"`` for any other.
+            Opening and closing always go through the sink's thread; a FIFO with no reader
+            fails at once (the lane retries, reports and dead-letters as for any failed
+            write).
         rotate_bytes: before a batch would take a file past this size, rename the file to
             ``<stem>.<UTC stamp>.<ext>`` and start a new one. A batch larger than this is cut
             between lines; a single line larger than this still goes whole into a file.
@@ -95,8 +98,9 @@ class FileSink(Sink):
     Why direct writes: a write of a few hundred KiB to the page cache costs tens of
     microseconds, while a thread hop needs the GIL back from the loop thread; in a loop kept
     busy by the application that hand-back was measured to starve for seconds (the CPython
-    GIL convoy effect), so the sink's backlog grew without bound. On a network filesystem,
-    where a write can block for long, choose ``write_mode="thread"``.
+    GIL convoy effect), so the sink's backlog grew without bound. On a network or FUSE
+    filesystem, where a write can block for as long as a server takes to answer, ``"auto"``
+    writes on the sink's thread instead.
     """
 
     default_name = "file"
@@ -122,7 +126,6 @@ class FileSink(Sink):
                 f"write_mode must be 'auto', 'direct' or 'thread', got {write_mode!r}"
             )
         self.write_mode = write_mode
-        self._threaded = write_mode == "thread"  # "auto" and "direct" write from the loop
         self.path = os.fspath(path)
         try:
             self.path.format(date="2000-01-01", session_id="x")
@@ -146,7 +149,9 @@ class FileSink(Sink):
     def _build(self) -> None:
         # The helpers hold asyncio locks and tasks: made anew by reset() for a new loop.
         report = sink_reporter(self.name, self.report)
-        self._syncer = Syncer(self._fsync, report, self.name)
+        self._syncer = Syncer(
+            self._fsync, report, self.name, Worker(f"async_session_logger.fsync[{self.name}]")
+        )
         self._housekeeper = Housekeeper(self.rotation, report, lambda: self._clock())
         self._files = LiveFiles(
             name=self.name,
@@ -173,6 +178,7 @@ class FileSink(Sink):
         """Close descriptors left open (a forked child's, a stopped loop's) and start anew."""
         self._files.drop()
         self._worker.stop()
+        self._syncer.stop()
         self._build()
 
     def path_for(self, entry: dict[str, Any]) -> str:
@@ -273,7 +279,7 @@ class FileSink(Sink):
                     piece = view[:end]
                     slice_end = time.perf_counter() + _SLICE_S
                     while done < end:
-                        if self._threaded:  # one thread hop for the whole piece
+                        if live.threaded:  # one thread hop for the whole piece
                             done += await self._put(live, piece[done:])
                             continue
                         # Chunks end between lines: each O_APPEND write lands whole, so another
@@ -314,7 +320,7 @@ class FileSink(Sink):
             raise PartialWriteError(range(complete, len(batch)), exc) from exc
 
     async def _put(self, live: LiveFile, data: memoryview) -> int:
-        if self._threaded:
+        if live.threaded:
             return await self._worker.run(live.fh.write, data) or 0
         while True:
             try:
@@ -328,6 +334,7 @@ class FileSink(Sink):
         await self._files.close()
         await self._housekeeper.wait()
         self._worker.stop()
+        self._syncer.stop()
 
     def stats(self) -> dict[str, Any]:
         """Counters of rotations, reopens, compressed and expired files, and fsync calls."""

@@ -1,0 +1,103 @@
+"""A filesystem that stops answering (a hung NFS server), made real with FUSE.
+
+The logger runs in a child process: on the code these tests guard against, a call on the hung
+mount stopped the event loop itself, and only a process can be given up on.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import HungMount, read_lines
+
+LOG_TO_A_HUNG_MOUNT = """
+import asyncio, json, sys, threading, time
+from async_session_logger import AsyncSessionLogger
+from async_session_logger.sinks import FileSink
+
+hung_dir, ok_dir = sys.argv[1], sys.argv[2]
+
+async def main():
+    gaps = []
+
+    async def ticker():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    hung = FileSink(f"{hung_dir}/log.jsonl", name="hung", fsync="batch", timeout=0.3, retries=1)
+    ok = FileSink(f"{ok_dir}/ok.jsonl", name="ok", fsync="batch", timeout=2)
+    alog = AsyncSessionLogger(sinks=[hung, ok], dead_letter_path=f"{ok_dir}/dead.jsonl")
+    async with alog:
+        for batch in range(8):
+            async with alog.session(f"s{batch}") as session:
+                await session.info("entry")
+            await alog.save_logs(timeout=10)
+        report = await alog.save_logs()
+    tick.cancel()
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("async_session_logger.")]
+    print(json.dumps({
+        "sinks": {name: stats.as_dict() for name, stats in report.sinks.items()},
+        "max_gap": max(gaps),
+        "threads": threads,
+    }), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("operation", ["write", "fsync"])
+def test_a_hung_mount_stops_neither_the_loop_nor_other_sinks(
+    hung_mount: HungMount, tmp_path: Path, operation: str
+) -> None:
+    """A ``FileSink`` on a FUSE mount whose writes (or fsyncs) stop answering, beside a
+    ``FileSink`` on a healthy disk, both with ``fsync="batch"``: the loop keeps running, the
+    healthy sink gets every entry, the hung sink's entries are dead-lettered, and the hung
+    calls hold one thread each (the sink's, its fsync's), not one per retry.
+
+    Before: ``"auto"`` wrote on the loop, so a hung write (or a write waiting for the
+    inode lock of a hung fsync) stopped the whole application; and each retry's fsync took
+    one more of the four I/O threads all sinks shared."""
+    script = tmp_path / "hung.py"
+    script.write_text(LOG_TO_A_HUNG_MOUNT, encoding="utf-8")
+    hung_mount.hang(operation)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(hung_mount.path), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    try:
+        # The report, while the mount still hangs. The child cannot end before the mount
+        # answers: a thread blocked in a FUSE (or hard NFS) write cannot even be killed.
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        report = child.stdout.readline() if ready else ""
+    finally:
+        hung_mount.release()
+        try:
+            _, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            _, err = child.communicate()
+    assert report, f"no report within 60 s: {err}"
+    assert child.returncode == 0, err
+    out = json.loads(report)
+    ok, hung = out["sinks"]["ok"], out["sinks"]["hung"]
+    assert ok["delivered"] == 24 and ok["dead_lettered"] == 0, ok
+    assert hung["dead_lettered"] + hung["delivered"] == 24 and hung["lost"] == 0, hung
+    assert hung["dead_lettered"] >= 21, hung  # at most its first batch went through
+    assert len(read_lines(tmp_path / "ok.jsonl")) == 24
+    assert out["max_gap"] < 1.0, out["max_gap"]  # the loop never stopped
+    stuck = [name for name in out["threads"] if "hung" in name]
+    assert len(stuck) <= 2, out["threads"]
