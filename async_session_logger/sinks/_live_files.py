@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from .._threads import Worker
+from .._threads import Worker, WorkerBusyError
 from . import _flock, _rotation
 from ._file_upkeep import ROTATE_RETRY_S, Housekeeper, Reporter, RotationPolicy, Syncer
 
@@ -121,9 +121,20 @@ def is_remote(fs_type: str | None) -> bool:
     return fs_type is not None and (fs_type in _REMOTE or fs_type.startswith("fuse."))
 
 
+def _close_all(files: list[io.FileIO]) -> None:
+    for fh in files:
+        try:
+            fh.close()
+        except OSError:  # closed all the same (a failed flush at close is reported by NFS)
+            pass
+
+
 def _open_and_inspect(
-    path: str, opener: Callable[[str, int], int]
+    path: str, opener: Callable[[str, int], int], makedirs: str
 ) -> tuple[io.FileIO, os.stat_result, bool]:
+    # On the sink's thread, as everything here: on a hung mount even a stat never returns.
+    if makedirs:
+        os.makedirs(makedirs, exist_ok=True)
     fh = open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115 - returned open
     try:
         return fh, os.fstat(fh.fileno()), is_remote(filesystem_type(fh.fileno()))
@@ -216,6 +227,9 @@ class LiveFiles:
         # made 0600 must not come back 0644 at the next rotation.
         self._modes: dict[str, int] = {}
         self.torn: set[str] = set()
+        # Files forgotten while the thread was stuck in a call (a hung mount): closed on the
+        # thread once it is free, never on the loop (NFS flushes at close, and would hang it).
+        self._unclosed: list[io.FileIO] = []
         self.counters = {"rotations": 0, "reopens": 0}
 
     async def get(self, path: str) -> LiveFile:
@@ -225,10 +239,9 @@ class LiveFiles:
             self._files.move_to_end(path)
             return live
         trusted = self.trusted
-        if self.mkdir:
-            base, _ = split_path(path, trusted)
-            if base:
-                os.makedirs(base, exist_ok=True)
+        if self._unclosed:
+            await self._close_unclosed()
+        base = split_path(path, trusted)[0] if self.mkdir else ""
         mode = self._modes.get(path, 0o666)
         mkdir = self.mkdir
         # Non-blocking, so that a FIFO with no reader fails now (ENXIO) instead of holding a
@@ -237,7 +250,7 @@ class LiveFiles:
             name, flags | _NONBLOCK, mode, trusted, mkdir
         )
         try:
-            fh, st, remote = await self.worker.run(_open_and_inspect, path, opener)
+            fh, st, remote = await self.worker.run(_open_and_inspect, path, opener, base)
         except OSError as exc:
             if exc.errno == errno.ENXIO and _is_fifo(path):
                 why = "a FIFO with no reader (nothing has it open)"
@@ -353,10 +366,15 @@ class LiveFiles:
         live = self._files.pop(path, None)
         if live is not None:
             await self.syncer.release(live.fd)
-            try:
-                await self.worker.run(live.fh.close)
-            except OSError:
-                pass
+            self._unclosed.append(live.fh)
+            await self._close_unclosed()
+
+    async def _close_unclosed(self) -> None:
+        files, self._unclosed = self._unclosed, []
+        try:
+            await self.worker.run(_close_all, files)
+        except WorkerBusyError:  # stuck in a call on this filesystem: later
+            self._unclosed.extend(files)
 
     def drop(self) -> None:
         """Close every descriptor at once, without flushing or I/O on the loop (a forked
@@ -369,6 +387,8 @@ class LiveFiles:
                 live.fh.close()  # unbuffered: nothing to flush, no I/O but close(2)
             except OSError:
                 pass
+        _close_all(self._unclosed)
+        self._unclosed.clear()
         self._files.clear()
         self.torn.clear()
 
