@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._context import spawn_internal
@@ -475,8 +478,11 @@ class Engine:
         # As the portal's: run_in_executor(None, ...) (getaddrinfo) must work at exit too.
         loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
         try:
-            loop.run_until_complete(asyncio.wait_for(self.stop(), cap))
-        except TimeoutError as exc:
+            # Without threads, a call that blocks (a plain handler that hangs, a file on a
+            # hung mount) runs on this loop, where wait_for() cannot end it: an alarm does.
+            with _alarm(cap + GRACE):
+                loop.run_until_complete(asyncio.wait_for(self.stop(), cap))
+        except (TimeoutError, DrainOverdue) as exc:
             self.abandon(f"AsyncSessionLogger's exit drain gave up: {exc}")
         finally:
             try:
@@ -586,6 +592,36 @@ def print_error_summary(report: DeliveryReport, on_error: ErrorHandler) -> None:
                     sink_name=stats.name,
                 )
             )
+
+
+class DrainOverdue(BaseException):
+    """The exit drain ran past its budget (raised by an alarm in the blocked call).
+
+    A ``BaseException``: a handler's ``except Exception`` must not swallow it.
+    """
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`DrainOverdue` in this (main) thread after ``seconds``, then every 0.5 s."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "setitimer"
+    ):
+        yield
+        return
+
+    def overdue(signum: int, frame: object) -> None:
+        raise DrainOverdue(f"the drain did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, overdue)
+    if previous is None:  # installed from C: not restorable from Python
+        previous = signal.SIG_DFL
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _after_fork_in_child() -> None:

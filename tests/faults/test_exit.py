@@ -509,3 +509,40 @@ def test_exit_drain_without_new_threads_delivers_everything(
         assert sum(1 for _ in read_dead_letters(folder / "dead.jsonl")) == 502
     else:
         assert not (folder / "dead.jsonl").exists()
+
+
+HANGING_HANDLER_AT_EXIT = """
+import asyncio, time
+from async_session_logger import AsyncSessionLogger
+from async_session_logger.sinks import CustomSink, FileSink
+
+def hangs(line):
+    time.sleep(3600)  # a plain handler that never returns
+
+async def main():
+    alog = AsyncSessionLogger(
+        sinks=[FileSink("log.jsonl"), CustomSink(hangs, name="hangs")],
+        dead_letter_path="dead.jsonl",
+        close_timeout=1,
+    )
+    await alog.start_session("s")
+    for i in range(10):
+        await alog.log_entry("s", f"entry {i}")
+
+asyncio.run(main())
+atexit.register(as_312)
+"""
+
+
+def test_exit_drain_without_new_threads_keeps_its_budget(script: ScriptFactory) -> None:
+    """With no thread to be had at exit (Python 3.12+), a plain handler is called on the
+    drain's own loop, in the exiting thread: one that never returns would hold the exit for
+    ever, out of reach of the loop's timeouts. An alarm ends the drain at its budget (its
+    ``close_timeout`` cap plus a grace); what is undelivered is reported."""
+    s = script(AS_312_AT_EXIT + HANGING_HANDLER_AT_EXIT)
+    started = time.monotonic()
+    run = s.run(timeout=60)
+    assert time.monotonic() - started < 30
+    assert run.returncode == 0, run.stderr
+    assert "exit drain gave up" in run.stderr and "did not finish within" in run.stderr
+    assert len(read_lines(s.path.parent / "log.jsonl")) == 12  # the other sink: every entry
