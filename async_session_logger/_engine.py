@@ -477,22 +477,40 @@ class Engine:
         loop = asyncio.new_event_loop()
         # As the portal's: run_in_executor(None, ...) (getaddrinfo) must work at exit too.
         loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
+        budget = cap + GRACE
+        overdue: list[bool] = []
+
+        def stop_loop() -> None:
+            overdue.append(True)
+            loop.stop()
+
         try:
             # Without threads, a call that blocks (a plain handler that hangs, a file on a
-            # hung mount) runs on this loop, where wait_for() cannot end it: an alarm does.
-            with _alarm(cap + GRACE):
-                loop.run_until_complete(asyncio.wait_for(self.stop(), cap))
-        except (TimeoutError, DrainOverdue) as exc:
-            self.abandon(f"AsyncSessionLogger's exit drain gave up: {exc}")
+            # hung mount) runs on this loop, where wait_for() cannot end it: an alarm does,
+            # raising in the blocked call and stopping the loop.
+            with _alarm(budget, stop_loop):
+                try:
+                    loop.run_until_complete(asyncio.wait_for(self.stop(), cap))
+                except TimeoutError:
+                    self.abandon(
+                        f"AsyncSessionLogger's exit drain gave up: it did not finish in {cap:g} s"
+                    )
+                except (RuntimeError, DrainOverdue):
+                    if not overdue:
+                        raise
+                    self.abandon(
+                        "AsyncSessionLogger's exit drain gave up: a call blocked its loop past "
+                        f"the drain's budget of {budget:g} s"
+                    )
+                finally:
+                    for task in (*self._lane_tasks, self._writer_task):
+                        if task is not None and task.done() and not task.cancelled():
+                            task.exception()  # retrieved: the alarm's, in a blocked call
+                    _end_tasks(loop)
+        except DrainOverdue:
+            pass  # the alarm again, during the clean-up: the process is exiting anyway
         finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            finally:
-                loop.close()
+            loop.close()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start afresh when used."""
@@ -601,9 +619,19 @@ class DrainOverdue(BaseException):
     """
 
 
+def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel a drain loop's tasks left running and wait for them to end."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
 @contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Raise :class:`DrainOverdue` in this (main) thread after ``seconds``, then every 0.5 s."""
+def _alarm(seconds: float, on_fire: Callable[[], None]) -> Iterator[None]:
+    """After ``seconds`` (then every 0.5 s), call ``on_fire`` and raise :class:`DrainOverdue`
+    in this thread, the main thread (elsewhere: no alarm)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(
         signal, "setitimer"
     ):
@@ -611,6 +639,7 @@ def _alarm(seconds: float) -> Iterator[None]:
         return
 
     def overdue(signum: int, frame: object) -> None:
+        on_fire()
         raise DrainOverdue(f"the drain did not finish within {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, overdue)

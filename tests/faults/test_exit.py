@@ -544,5 +544,9 @@ def test_exit_drain_without_new_threads_keeps_its_budget(script: ScriptFactory) 
     run = s.run(timeout=60)
     assert time.monotonic() - started < 30
     assert run.returncode == 0, run.stderr
-    assert "exit drain gave up" in run.stderr and "did not finish within" in run.stderr
-    assert len(read_lines(s.path.parent / "log.jsonl")) == 12  # the other sink: every entry
+    assert "exit drain gave up: a call blocked its loop past the drain's budget" in run.stderr
+    assert "Traceback" not in run.stderr and "never retrieved" not in run.stderr, run.stderr
+    # The hung handler held the loop, the other sink's lane with it: what that lane had not
+    # written is reported pending, not lost in silence.
+    written = len(read_lines(s.path.parent / "log.jsonl"))
+    assert written == 12 or f"file {12 - written}, hangs" in run.stderr, run.stderr
