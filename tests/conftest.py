@@ -180,6 +180,16 @@ class HungMount:
         """Let every blocked operation go on."""
         self.control.write_text("", encoding="utf-8")
 
+    def fsyncs(self) -> list[tuple[str, int]]:
+        """``(path in the mount, size)`` of each fsync done, in order."""
+        log = self.control.with_name(self.control.name + ".fsyncs")
+        if not log.exists():
+            return []
+        return [
+            (path, int(size))
+            for path, size in (line.rsplit(" ", 1) for line in log.read_text().splitlines())
+        ]
+
 
 @pytest.fixture
 def hung_mount(tmp_path: Path) -> Iterator[HungMount]:

@@ -2,8 +2,9 @@
 
 Run as ``python hangfs.py BACKING MOUNTPOINT CONTROL``. Each name listed in the file CONTROL
 (``fsync``, ``write``) is an operation that blocks, as on a hung NFS mount, until the name is
-removed from it. Killing this process makes the kernel fail the blocked calls (``ENOTCONN``),
-so a test can always end. Used by the ``hung_mount`` fixture in ``conftest.py``.
+removed from it. Each fsync appends the file's path and size to ``CONTROL.fsyncs``. Killing
+this process makes the kernel fail the blocked calls (``ENOTCONN``), so a test can always end.
+Used by the ``hung_mount`` fixture in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class HangFS(Operations):  # type: ignore[misc]
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         self._hang("fsync")
         os.fsync(fh)
+        with open(self.control + ".fsyncs", "a", encoding="utf-8") as log:
+            log.write(f"{path} {os.fstat(fh).st_size}\n")  # what each fsync covered
         return 0
 
     def flush(self, path: str, fh: int) -> int:

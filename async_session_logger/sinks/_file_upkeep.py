@@ -212,8 +212,9 @@ class Syncer:
     """Push written data to the disk: after each batch, or at most every N seconds.
 
     One fsync at a time, on a thread of the sink's own (``worker``): an fsync that never
-    returns (a hung NFS server) holds that thread only. Each retry's fsync once took one
-    more of the threads that every sink shared, until a healthy sink's fsyncs waited too.
+    returns (a hung NFS server) holds that thread only, and the next ones wait for it until
+    their callers' time runs out. Each retry's fsync once took one more of the threads that
+    every sink shared, until a healthy sink's fsyncs waited too.
     """
 
     def __init__(self, mode: str | float, report: Reporter, name: str, worker: Worker) -> None:
@@ -224,18 +225,21 @@ class Syncer:
         self._name = name
         self._worker = worker
         self._one_at_a_time = asyncio.Lock()
+        self._inflight: asyncio.Future[None] | None = None
         self._dirty: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._last = float("-inf")
         self.count = 0
 
     async def sync(self, fd: int) -> None:
-        """Flush ``fd`` now on the sink's fsync thread (raises the OS error).
-
-        Raises:
-            WorkerBusyError: an earlier fsync, whose caller gave up on it, has not returned.
-        """
+        """Flush ``fd`` now on the sink's fsync thread (raises the OS error)."""
         async with self._one_at_a_time:  # the interval's flush, a close's, a batch's
+            previous = self._inflight
+            if previous is not None and not previous.done():
+                # An fsync whose caller gave up on it (a timeout, a close that stopped the
+                # interval's flush) still runs: wait for it, within this caller's own time
+                # limit, rather than fail (it may only be slow). Not cancelled with us.
+                await asyncio.wait([previous])
             # A duplicate descriptor: should the sink close or reopen the file meanwhile (a
             # timeout, a rotation), the thread still syncs the right file, never a recycled
             # number.
@@ -243,7 +247,9 @@ class Syncer:
             self.count += 1
             # Shielded: a cancelled caller must not cancel the job before it runs (and closes
             # dup).
-            await asyncio.shield(self._sync_and_close(dup))
+            job = asyncio.ensure_future(self._sync_and_close(dup))
+            self._inflight = job
+            await asyncio.shield(job)
 
     async def _sync_and_close(self, dup: int) -> None:
         try:

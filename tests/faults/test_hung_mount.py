@@ -101,3 +101,33 @@ def test_a_hung_mount_stops_neither_the_loop_nor_other_sinks(
     assert out["max_gap"] < 1.0, out["max_gap"]  # the loop never stopped
     stuck = [name for name in out["threads"] if "hung" in name]
     assert len(stuck) <= 2, out["threads"]
+
+
+async def test_a_close_waits_for_a_slow_fsync_then_flushes(
+    hung_mount: HungMount, tmp_path: Path
+) -> None:
+    """``fsync=0.2`` on a mount whose fsync is slow: the close stops the interval's flush
+    while its fsync still runs, waits for it, then flushes the file before closing it. That
+    last fsync used to fail at once, the sink's fsync thread being still busy ("could not
+    fsync a file before closing it"; seen in CI with a local disk's fsync)."""
+    import asyncio
+
+    from async_session_logger import AsyncSessionLogger, SinkError
+    from async_session_logger.sinks import FileSink
+
+    errors: list[SinkError] = []
+    path = hung_mount.path / "log.jsonl"
+    alog = AsyncSessionLogger(
+        sinks=[FileSink(path, fsync=0.2)], dead_letter_path=None, on_error=errors.append
+    )
+    hung_mount.hang("fsync")
+    await alog.start_session("s")
+    await alog.close_session("s")
+    await alog.save_logs()  # written; the interval's flush starts at once, and hangs
+    await asyncio.sleep(0.3)
+    asyncio.get_running_loop().call_later(0.5, hung_mount.release)
+    await alog.aclose()
+    assert errors == []
+    fsyncs = hung_mount.fsyncs()
+    assert fsyncs[-1] == ("/log.jsonl", path.stat().st_size), fsyncs
+    assert len(fsyncs) == 2, fsyncs  # the interval's, then the close's
