@@ -6,6 +6,7 @@ mount stopped the event loop itself, and only a process can be given up on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import subprocess
@@ -13,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from async_session_logger import AsyncSessionLogger, SinkError
+from async_session_logger.sinks import FileSink
 
 from ..conftest import HungMount, read_lines
 
@@ -110,11 +114,6 @@ async def test_a_close_waits_for_a_slow_fsync_then_flushes(
     while its fsync still runs, waits for it, then flushes the file before closing it. That
     last fsync used to fail at once, the sink's fsync thread being still busy ("could not
     fsync a file before closing it"; seen in CI with a local disk's fsync)."""
-    import asyncio
-
-    from async_session_logger import AsyncSessionLogger, SinkError
-    from async_session_logger.sinks import FileSink
-
     errors: list[SinkError] = []
     path = hung_mount.path / "log.jsonl"
     alog = AsyncSessionLogger(
