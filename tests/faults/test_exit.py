@@ -447,6 +447,7 @@ def _refuse(*args, **kwargs):
 
 def as_312():  # what Python 3.12+ does once the interpreter is shutting down
     threading._start_new_thread = _refuse
+    threading._start_joinable_thread = _refuse  # what Thread.start() calls on 3.13+
 
 def handler(line):
     with open("handled.jsonl", "a") as out:
