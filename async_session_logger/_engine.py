@@ -28,11 +28,10 @@ from ._entry import EntryBuilder
 from ._errors import LoggerClosedError, SinkError, WrongLoopError
 from ._intake import Intake, Overflow
 from ._lane import Lane
-from ._portal import Portal
+from ._portal import Portal, close_loop, private_loop
 from ._recorder import Recorder
 from ._report import DeliveryReport, ErrorHandler, SinkStats, print_error
 from ._tasks import TaskOwner
-from ._threads import DaemonExecutor
 from ._writer import STOP, Flush, Writer
 from .sinks import Sink
 
@@ -474,9 +473,7 @@ class Engine:
             portal.stop(0.5)
 
     def _drain_here(self, cap: float) -> None:
-        loop = asyncio.new_event_loop()
-        # As the portal's: run_in_executor(None, ...) (getaddrinfo) must work at exit too.
-        loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
+        loop = private_loop()
         budget = cap + GRACE
         overdue: list[bool] = []
 
@@ -506,11 +503,9 @@ class Engine:
                     for task in (*self._lane_tasks, self._writer_task):
                         if task is not None and task.done() and not task.cancelled():
                             task.exception()  # retrieved: the alarm's, in a blocked call
-                    _end_tasks(loop)
+                    close_loop(loop)
         except DrainOverdue:
-            pass  # the alarm again, during the clean-up: the process is exiting anyway
-        finally:
-            loop.close()
+            loop.close()  # the alarm again, during the clean-up: the process is exiting anyway
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start afresh when used."""
@@ -617,15 +612,6 @@ class DrainOverdue(BaseException):
 
     A ``BaseException``: a handler's ``except Exception`` must not swallow it.
     """
-
-
-def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel a drain loop's tasks left running and wait for them to end."""
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 @contextlib.contextmanager

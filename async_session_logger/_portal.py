@@ -13,21 +13,43 @@ from ._context import internal_context, mark_thread_internal
 from ._errors import LoggerClosedError, WrongThreadError
 from ._threads import DaemonExecutor
 
-__all__ = ["Portal"]
+__all__ = ["Portal", "close_loop", "private_loop"]
 
 T = TypeVar("T")
+
+
+def private_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop whose default executor is a :class:`DaemonExecutor`.
+
+    So that ``run_in_executor(None, ...)`` (aiomqtt's connect, ``getaddrinfo``) keeps working
+    during interpreter exit, when the standard executors refuse work.
+    """
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
+    return loop
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks ``loop`` still runs, wait for them and its async generators; close it."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 class Portal:
     """Run coroutines on a private event loop in a daemon thread and wait for their results.
 
-    The loop's default executor is a :class:`DaemonExecutor`, so ``run_in_executor(None, ...)``
-    (aiomqtt's connect, ``getaddrinfo``) keeps working during interpreter exit, when the
-    standard executors refuse work.
+    The loop is a :func:`private_loop`.
     """
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = private_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
         try:
@@ -40,20 +62,11 @@ class Portal:
     def _run(self) -> None:
         mark_thread_internal()
         asyncio.set_event_loop(self.loop)
-        self.loop.set_default_executor(DaemonExecutor(8, "async_session_logger.loop-executor"))
         self.loop.call_soon(self._started.set)
         try:
             self.loop.run_forever()
         finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
+            close_loop(self.loop)
 
     @property
     def in_thread(self) -> bool:

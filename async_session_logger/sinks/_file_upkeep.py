@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from .._errors import ConfigurationError, SinkError
-from .._threads import Worker, WorkerBusyError
+from .._threads import Worker
 from . import _rotation
 
 __all__ = ["Housekeeper", "RotationPolicy", "Syncer", "parse_fsync"]
@@ -247,16 +247,10 @@ class Syncer:
             self.count += 1
             # Shielded: a cancelled caller must not cancel the job before it runs (and closes
             # dup).
-            job = asyncio.ensure_future(self._sync_and_close(dup))
+            # (Never refused as busy: the fsync before it has returned, waited for above.)
+            job = asyncio.ensure_future(self._worker.run(_rotation.sync_and_close, dup))
             self._inflight = job
             await asyncio.shield(job)
-
-    async def _sync_and_close(self, dup: int) -> None:
-        try:
-            await self._worker.run(_rotation.sync_and_close, dup)
-        except WorkerBusyError:
-            os.close(dup)  # never handed to the thread
-            raise
 
     def written(self, fd: int) -> None:
         """Note a write to ``fd``; with an interval, schedule a flush within it."""

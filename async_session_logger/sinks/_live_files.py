@@ -100,9 +100,9 @@ _REMOTE: Final = frozenset(
 )  # fmt: skip
 
 
-def filesystem_type(fd: int) -> str | None:
-    """Return the type of the filesystem ``fd`` is on (``"ext4"``, ``"nfs4"``...), if known."""
-    dev = os.fstat(fd).st_dev
+def filesystem_type(dev: int) -> str | None:
+    """Return the type of the filesystem of device ``dev`` (a file's ``st_dev``): ``"ext4"``,
+    ``"nfs4"``..., if known."""
     wanted = f"{os.major(dev)}:{os.minor(dev)}"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
@@ -137,7 +137,8 @@ def _open_and_inspect(
         os.makedirs(makedirs, exist_ok=True)
     fh = open(path, "ab", buffering=0, opener=opener)  # noqa: SIM115 - returned open
     try:
-        return fh, os.fstat(fh.fileno()), is_remote(filesystem_type(fh.fileno()))
+        st = os.fstat(fh.fileno())
+        return fh, st, is_remote(filesystem_type(st.st_dev))
     except BaseException:
         fh.close()
         raise
@@ -379,15 +380,11 @@ class LiveFiles:
     def drop(self) -> None:
         """Close every descriptor at once, without flushing or I/O on the loop (a forked
         child's inherited files, or a loop that is gone); the next append reopens."""
-        for live in self._files.values():
-            try:
-                # Through the file object: an os.close() behind its back left it owning the
-                # number, and it closed that again when freed, by then another file's (in a
-                # forked child, the new event loop's wake-up socket: the logger hung).
-                live.fh.close()  # unbuffered: nothing to flush, no I/O but close(2)
-            except OSError:
-                pass
-        _close_all(self._unclosed)
+        # Through the file objects: an os.close() behind their backs left them owning the
+        # numbers, and each closed its number again when freed, by then another file's (in a
+        # forked child, the new event loop's wake-up socket: the logger hung). Unbuffered:
+        # nothing to flush, no I/O but close(2).
+        _close_all([live.fh for live in self._files.values()] + self._unclosed)
         self._unclosed.clear()
         self._files.clear()
         self.torn.clear()
