@@ -279,6 +279,11 @@ class EntryBuilder:
         digits = _DIGITS3
         ids: dict[str, str] = {}
         levels: dict[int, str] = {}
+        # The previous log entry's id and level and their text: a run of entries of one
+        # session at one level (the usual batch) skips both lookups.
+        last_id: object = None
+        last_levelno: object = None
+        sid = level = ""
         for record in records:
             kind, session_id, seq, time_ns, levelno, message, fields, _run = record
             rest = time_ns - base
@@ -290,15 +295,28 @@ class EntryBuilder:
                 try:
                     # The constant text around the id and the level goes with them: fewer
                     # pieces for the f-string to join.
-                    sid = ids.get(session_id)
-                    if sid is None:
-                        sid = ids[session_id] = f'Z","session_id":{quote(session_id)},"seq":'
-                    level = levels.get(levelno)
-                    if level is None:
-                        name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
-                        level = levels[levelno] = (
-                            f',"event":"log","level":{quote(name)},"levelno":{levelno},"message":'
+                    if session_id is not last_id:
+                        known = ids.get(session_id)
+                        if known is None:
+                            known = f'Z","session_id":{quote(session_id)},"seq":'
+                            ids[session_id] = known
+                        sid, last_id = known, session_id
+                    if levelno is not last_levelno:
+                        known = levels.get(levelno)
+                        if known is None:
+                            name = _LEVEL_NAMES.get(levelno) or level_name(levelno)
+                            known = levels[levelno] = (
+                                f',"event":"log","level":{quote(name)},"levelno":{levelno},'
+                                '"message":'
+                            )
+                        level, last_levelno = known, levelno
+                    if type(fields) is str:  # flat custom fields as JSON text: the usual entry
+                        append(
+                            f'{{"timestamp":"{prefix}{digits[rest // 1_000_000]}'
+                            f"{digits[rest // 1000 % 1000]}{sid}{seq}{level}{quote(message)}"
+                            f',"custom_fields":{fields}}}\n'
                         )
+                        continue
                     more = ""
                     if fields is not None:
                         if type(fields) is tuple:  # (custom_fields, top-level extras...)

@@ -94,7 +94,7 @@ class Recorder:
         self.max_message_chars = max_message_chars or 0
         self.accepted = 0
         self.closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # see log(): why an RLock
         self._open: dict[str, SessionState] = OrderedDict() if self.tracking else {}
         self._runs = itertools.count()
         # id -> the status it closed with; bounded (the larger of 10,000 and the open bound).
@@ -114,7 +114,7 @@ class Recorder:
         A child that logged into a session the parent opened would hand out the same seqs as
         the parent: such a call raises :class:`UnknownSessionError` saying so.
         """
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # see log(): why an RLock
         self._inherited = dict.fromkeys(self._open, parent_pid)
         self._open = OrderedDict() if self.tracking else {}
         self.accepted = 0
@@ -176,11 +176,16 @@ class Recorder:
             fields = (fields, extra)
         intake = self.intake
         buf = intake.buf
-        # `with`, not acquire() then `try` (~1,000 instructions less, measured): Ctrl-C's
-        # KeyboardInterrupt can be raised right after acquire() returns, before the `try`,
-        # and the lock then stayed held for ever: the exit hook hung on it
-        # (tests/faults/test_interrupts.py raises it wherever a signal handler may run).
-        with self._lock:
+        lock = self._lock
+        # acquire() inside the `try`, on an RLock, with a release that may find it not held:
+        # half the instructions of `with` (whose __enter__/__exit__ lookups and argument
+        # tuples cost ~900 an entry, measured) and as safe under Ctrl-C. KeyboardInterrupt
+        # can be raised right after acquire() returns (the `finally` releases) or inside an
+        # acquire() that waits (not acquired: release() raises RuntimeError, ignored; an
+        # RLock knows its owner, so it never releases another thread's hold). `acquire()`
+        # then `try` left the lock held for ever (tests/faults/test_interrupts.py).
+        try:
+            lock.acquire()
             try:
                 session = self._open.get(session_id)
             except TypeError:  # unhashable: certainly not a session id
@@ -199,8 +204,9 @@ class Recorder:
                 session.last_ns = now
                 self._open.move_to_end(session_id)  # type: ignore[attr-defined]
             seq = session.seq = session.seq + 1
-            levels = session.levels
-            levels[levelno] = levels.get(levelno, 0) + 1
+            if levelno != 20:  # INFO's count is seq less the others' (close_fields())
+                levels = session.levels
+                levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
             record = (LOG, session_id, seq, now, levelno, text, fields, session.run)
             if TAPS:
@@ -211,6 +217,11 @@ class Recorder:
             buf.append(record)
             if intake.sleeping:
                 intake.wake()
+        finally:
+            try:
+                lock.release()
+            except RuntimeError:  # interrupted while waiting in acquire(): not ours
+                pass
         return len(buf) >= intake.limit
 
     def prepare_start(
@@ -246,7 +257,9 @@ class Recorder:
         """Hand off a start checked by :meth:`prepare_start` (re-checked under the lock)."""
         sid, fields, parent, root, hold_at = prepared
         now = time.time_ns()
-        with self._lock:  # see log(): not acquire() then `try`
+        lock = self._lock
+        try:  # see log(): acquire() inside the `try`, and why
+            lock.acquire()
             if self.closed:
                 self._check_open()
             if sid in self._open:
@@ -273,6 +286,11 @@ class Recorder:
             if TAPS:
                 _tap(self, record)
             self._hand_off(record)
+        finally:
+            try:
+                lock.release()
+            except RuntimeError:  # interrupted while waiting in acquire()
+                pass
 
     def prepare_log(
         self,
@@ -310,7 +328,9 @@ class Recorder:
         """Number and hand off an entry checked by :meth:`prepare_log`."""
         session_id, text, levelno, fields = prepared
         intake = self.intake
-        with self._lock:
+        lock = self._lock
+        try:  # see log(): acquire() inside the `try`, and why
+            lock.acquire()
             session = self._open.get(session_id)
             if session is None:
                 self._late(session_id)
@@ -327,8 +347,9 @@ class Recorder:
                 session.last_ns = now
                 self._open.move_to_end(session_id)  # type: ignore[attr-defined]
             seq = session.seq = session.seq + 1
-            levels = session.levels
-            levels[levelno] = levels.get(levelno, 0) + 1
+            if levelno != 20:  # INFO's count is seq less the others' (close_fields())
+                levels = session.levels
+                levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
             record = (LOG, session_id, seq, now, levelno, text, fields, session.run)
             if TAPS:
@@ -339,6 +360,11 @@ class Recorder:
             intake.buf.append(record)
             if intake.sleeping:
                 intake.wake()
+        finally:
+            try:
+                lock.release()
+            except RuntimeError:  # interrupted while waiting in acquire()
+                pass
 
     def prepare_close(self, session_id: str, status: str = "closed") -> str:
         """Check a close now; :meth:`close` hands it off later."""
@@ -352,7 +378,9 @@ class Recorder:
         """Hand off the close entry of an open session and forget the session."""
         if status not in STATUSES:
             raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
-        with self._lock:  # see log(): not acquire() then `try`
+        lock = self._lock
+        try:  # see log(): acquire() inside the `try`, and why
+            lock.acquire()
             try:
                 session = self._open.pop(session_id, None)
             except TypeError:
@@ -362,6 +390,11 @@ class Recorder:
                     return  # the logger closed it already (idle, evicted): nothing to close
                 self._missing(session_id)
             self._push_close(session_id, session, status)
+        finally:
+            try:
+                lock.release()
+            except RuntimeError:  # interrupted while waiting in acquire()
+                pass
 
     def annotate(self, session_id: str, fields: dict[str, Any]) -> None:
         """Merge ``fields`` into the session's close-entry ``summary`` (call-time snapshot)."""
@@ -486,7 +519,8 @@ class Recorder:
         intake = self.intake
         for time_ns, levelno, text, fields in held:
             seq = session.seq = session.seq + 1
-            levels[levelno] = levels.get(levelno, 0) + 1
+            if levelno != 20:
+                levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
             record = (LOG, session_id, seq, time_ns, levelno, text, fields, session.run)
             if TAPS:

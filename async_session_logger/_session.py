@@ -67,6 +67,7 @@ class SessionState:
         self.start_ns = start_ns
         self.last_ns = start_ns
         self.start_mono = time.monotonic_ns()
+        # Log entries per level number, but INFO (20): seq less these (close_fields()).
         self.levels: dict[int, int] = {}
         self.summary: dict[str, Any] | None = None
         # Entries at or below hold_at are held (buffer_level); -1: none. Once the session
@@ -101,6 +102,9 @@ class SessionState:
         # of its cost (round() to decimals is ~3,000 instructions).
         micros = (time.monotonic_ns() - self.start_mono + 500) // 1000
         levels = self.levels
+        info = self.seq - sum(levels.values())  # INFO is not counted per entry: the rest is
+        if info:
+            levels = {**levels, 20: info}
         fields: dict[str, Any] = {
             "duration_s": micros / 1e6,
             "entries": self.seq,

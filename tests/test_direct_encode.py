@@ -42,15 +42,23 @@ _NS = st.integers(min_value=0, max_value=4 * 10**18)
 _LEVEL = st.sampled_from([0, 5, 10, 20, 25, 30, 40, 50, 60, 99])
 
 
+# Masker.snapshot()'s JSON text of flat fields, as the call site hands it on.
+_FIELDS_TEXT = st.dictionaries(
+    st.sampled_from(["i", "note"]) | _TEXT, st.integers(-(2**63), 2**63 - 1) | _TEXT, max_size=3
+).map(lambda fields: orjson.dumps(fields).decode())
+# Runs of one session and one level, as a batch usually holds (the writer reuses their text).
+_IDS = st.sampled_from(["s-1", "s-2"]) | _TEXT
+
+
 @st.composite
 def _records(draw: st.DrawFn) -> list[Record]:
     out: list[Record] = []
     for seq in range(draw(st.integers(1, 8))):
-        fields: Any = draw(_FIELDS)
+        fields: Any = draw(_FIELDS | _FIELDS_TEXT)
         extra = draw(_EXTRA)
         if extra is not None:
             fields = (fields, extra)
-        out.append((LOG, draw(_TEXT), seq, draw(_NS), draw(_LEVEL), draw(_TEXT), fields, 0))
+        out.append((LOG, draw(_IDS), seq, draw(_NS), draw(_LEVEL), draw(_TEXT), fields, 0))
     return out
 
 

@@ -6,6 +6,7 @@ import asyncio
 import calendar
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,19 @@ def test_the_log_verb_releases_its_lock_when_it_raises(tmp_path: Path) -> None:
     call from any thread would hang."""
     import pytest
 
+    def held(lock: Any) -> bool:  # an RLock: only another thread can tell it is held
+        got: list[bool] = []
+
+        def probe() -> None:
+            got.append(lock.acquire(blocking=False))
+            if got[0]:
+                lock.release()
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return not got[0]
+
     from async_session_logger import (
         InvalidSessionIdError,
         SessionClosedError,
@@ -167,12 +181,12 @@ def test_the_log_verb_releases_its_lock_when_it_raises(tmp_path: Path) -> None:
         for bad, error in bad_calls:
             with pytest.raises(error):
                 logger.log_entry(bad, "m")
-            assert not lock.locked(), f"{bad!r}: the recorder's lock was left held"
+            assert not held(lock), f"{bad!r}: the recorder's lock was left held"
         logger.log_entry("ok", "after them")
         logger.close_session("ok")
         assert logger.save_logs().ok
     finally:
-        if lock.locked():  # the defect: free it so close() can run
+        while lock._is_owned():  # the defect: free it so close() can run
             lock.release()
         logger.close()
     messages = [e["message"] for e in read_entries(tmp_path / "log.jsonl") if e["event"] == "log"]

@@ -14,6 +14,7 @@ check that the logger still takes entries from another thread and closes.
 from __future__ import annotations
 
 import dis
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -122,3 +123,52 @@ def test_a_keyboard_interrupt_at_any_instruction_leaves_no_lock_held(verb: str) 
         report = logger.close(timeout=10)
     assert runs >= 10  # the trace saw the verb's calls
     assert report.sinks["memory"].pending == 0
+
+
+def test_ctrl_c_while_waiting_for_the_lock_leaves_another_threads_hold_alone() -> None:
+    """A verb waiting for the recorder's lock that another thread holds is interrupted by a
+    real SIGINT: it raises KeyboardInterrupt without releasing that other thread's hold (the
+    verb releases in a ``finally`` that also runs when ``acquire()`` itself was interrupted),
+    and the logger works once the holder lets go."""
+    sink = MemorySink()
+    logger = SessionLogger(sinks=[sink], dead_letter_path=None)
+    logger.start_session("probe")
+    logger.start_session("s")
+    lock = logger._recorder._lock
+    holding, let_go = threading.Event(), threading.Event()
+    free: list[bool] = []
+
+    def holder() -> None:
+        with lock:
+            holding.set()
+            let_go.wait(30)
+
+    def probe() -> None:  # from a third thread: is the lock free now?
+        got = lock.acquire(blocking=False)
+        if got:
+            lock.release()
+        free.append(got)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        main = threading.main_thread().ident
+        timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            logger.log_entry("s", "waits for the lock", 20, {"i": 1})
+        timer.join()
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join(10)
+    finally:
+        let_go.set()
+        thread.join(30)
+    assert free == [False], "the interrupted verb released the other thread's hold"
+    assert _responds(logger)
+    logger.log_entry("s", "after it", 20)
+    report = logger.close(timeout=10)
+    assert report.ok
+    messages = [e["message"] for e in sink.entries if e["event"] == "log"]
+    assert messages == ["still here", "after it"]  # the interrupted entry was never taken
