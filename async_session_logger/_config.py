@@ -113,12 +113,22 @@ def _build_one(name: str, options: dict[str, Any], *, path_is_files: bool) -> Si
         raise ConfigurationError(f"bad options for the {name} sink: {exc}") from exc
 
 
+# The queue's default bound. With overflow="block" a full queue costs the caller a short
+# wait (the writer frees room in a batch's time), and a small queue keeps memory low: 2,000
+# queued entries are ~0.5 MB, 10,000 were ~2.5 MB of a script's peak RSS, with no throughput
+# gained (benchmarks/throughput.py), and the 10,000-task storm ran faster with it. With a drop
+# policy a full queue costs entries: the larger default absorbs a burst, e.g. the ~5 ms a
+# thread logs flat out before the writer's thread gets the GIL.
+DEFAULT_MAX_QUEUE: Final = 2_000
+DEFAULT_MAX_QUEUE_DROPPING: Final = 10_000
+
+
 def build_engine(
     method: str | Sequence[str] | None,
     custom_formatter: Formatter | None,
     *,
     sinks: Sequence[Sink] | None = None,
-    max_queue: int = 10_000,
+    max_queue: int | None = None,
     overflow: Overflow = "block",
     batch_size: int = 1_000,
     linger: float = 0.002,
@@ -140,6 +150,8 @@ def build_engine(
     """
     if custom_formatter is not None and not callable(custom_formatter):
         raise ConfigurationError("custom_formatter must be callable")
+    if max_queue is None:
+        max_queue = DEFAULT_MAX_QUEUE if overflow == "block" else DEFAULT_MAX_QUEUE_DROPPING
     if max_queue < 1 or batch_size < 1:
         raise ConfigurationError("max_queue and batch_size must be >= 1")
     if not 0 <= linger <= 1:

@@ -228,7 +228,9 @@ class AsyncSessionLogger:
             (default ``"file"`` unless ``sinks`` is given).
         custom_formatter: ``fmt(entry: dict) -> dict`` applied to every entry before encoding.
         sinks: sink objects, in addition to those named by ``method``.
-        max_queue: entries waiting for the writer before the ``overflow`` policy applies.
+        max_queue: entries waiting for the writer before the ``overflow`` policy applies
+            (default 2,000 with ``overflow="block"``, 10,000 with a drop policy: there a
+            full queue costs entries, so the default makes room for a longer burst).
         overflow: what a full queue does to a new log entry: ``"block"`` (default) queues
             it and makes the caller wait for room (``await``; first come first served; a
             cancelled wait loses nothing), so nothing is lost; ``"drop_newest"`` drops
@@ -266,7 +268,7 @@ class AsyncSessionLogger:
         custom_formatter: Formatter | None = None,
         *,
         sinks: Sequence[Sink] | None = None,
-        max_queue: int = 10_000,
+        max_queue: int | None = None,
         overflow: Overflow = "block",
         batch_size: int = 1_000,
         linger: float = 0.002,
@@ -360,7 +362,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as log_entry's: queued now, then room if it filled up
             self._recorder.start(session_id, metadata, parent_id, buffer_level)
-            return self._intake.room() if self._intake.full else self._done_on(loop)
+            return self._intake.room_wait() if self._intake.full else self._done_on(loop)
         prepared = engine.recorder.prepare_start(session_id, metadata, parent_id, buffer_level)
         return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
 
@@ -398,7 +400,7 @@ class AsyncSessionLogger:
             else:
                 full = self._recorder.log(session_id, message, level, custom_fields, extra)
             if full:
-                return self._intake.room()
+                return self._intake.room_wait()
             return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
@@ -425,7 +427,7 @@ class AsyncSessionLogger:
         if engine.live_loop is loop:
             # as log_entry's
             if self._recorder.log(session_id, message, level, custom_fields, extra):
-                return self._intake.room()
+                return self._intake.room_wait()
             return self._done if self._done_loop is loop else self._done_on(loop)
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         if loop is not None and engine.other_loop_alive(loop):
@@ -441,7 +443,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as start_session's
             self._recorder.close(session_id, status)
-            return self._intake.room() if self._intake.full else self._done_on(loop)
+            return self._intake.room_wait() if self._intake.full else self._done_on(loop)
         sid = engine.recorder.prepare_close(session_id, status)
         return self._queue(engine, lambda s: engine.recorder.close(s, status), sid, False)
 
@@ -465,7 +467,7 @@ class AsyncSessionLogger:
         if engine.live_loop is not loop:
             return _Deferred(engine, may_wait)
         if may_wait and intake.full:
-            return intake.room()
+            return intake.room_wait()
         return self._done_on(loop)
 
     def session(

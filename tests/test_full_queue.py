@@ -47,7 +47,8 @@ async def _fill(alog: AsyncSessionLogger, sid: str) -> int:
     """Log into ``sid`` until the queue stays full (the shut gate holds the writer back);
     return how many entries were logged.
 
-    The call that filled it returned a wait nobody awaits: ``stats()["waiting"]`` counts it."""
+    The call that filled it returned a wait nobody awaits: it never took a place in the line
+    of waiters (``stats()["waiting"]`` does not count it)."""
     n = 0
     for _ in range(500):
         while alog.stats()["queued"] < MAX_QUEUE:
@@ -120,7 +121,7 @@ async def test_waiters_resume_first_come_first_served(tmp_path: Path) -> None:
     for n in range(10):
         tasks.append(asyncio.create_task(producer(n)))
         await asyncio.sleep(0.01)  # each one waits before the next arrives
-    assert resumed == [] and alog.stats()["waiting"] == 10 + 1  # and _fill's last call
+    assert resumed == [] and alog.stats()["waiting"] == 10
     gate.gate.set()
     await asyncio.gather(*tasks)
     assert resumed == list(range(10))
@@ -130,6 +131,34 @@ async def test_waiters_resume_first_come_first_served(tmp_path: Path) -> None:
     ours = [e for e in read_entries(tmp_path / "log.jsonl") if e["message"].startswith("prod")]
     assert [e["message"] for e in ours] == [f"producer {n}" for n in range(10)]
     assert [e["seq"] for e in ours] == sorted(e["seq"] for e in ours)
+
+
+async def test_calls_that_cannot_wait_take_no_place_in_the_line(tmp_path: Path) -> None:
+    """Past the bound, calls whose wait is never awaited (the stdlib bridge on the loop thread
+    calls the async face and cannot await) are no waiting producers. A task that then waits is
+    the only one counted, and it resumes once the queue is below the bound. When each such
+    call took a place in the line, the freed slots went to them first, the queue emptied
+    with 180 of them still ahead of the task, and the task waited until someone else logged
+    (here: for ever). Every entry is written, in call order."""
+    alog, gate = await _full_logger(tmp_path)
+    await _fill(alog, "s")
+    dropped = [alog.log_entry("s", f"unawaited {n}") for n in range(200)]
+    waited = asyncio.create_task(alog.log_entry("s", "awaited"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    waiting = alog.stats()["waiting"]
+    gate.gate.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(waited), 5)
+    except TimeoutError:
+        raise AssertionError(f"the waiting task never resumed ({waiting} waiting)") from None
+    assert waiting == 1
+    del dropped
+    await alog.close_session("s")
+    report = await alog.aclose()
+    assert report.ok
+    messages = [e["message"] for e in read_entries(tmp_path / "log.jsonl")]
+    ours = [m for m in messages if m.startswith(("unawaited", "awaited"))]
+    assert ours == [f"unawaited {n}" for n in range(200)] + ["awaited"]
 
 
 async def test_a_wait_for_room_passes_for_a_coroutine(tmp_path: Path) -> None:
@@ -166,7 +195,7 @@ async def test_closing_releases_every_waiting_producer(tmp_path: Path) -> None:
 
     tasks = [asyncio.create_task(producer(n)) for n in range(50)]
     await asyncio.sleep(0.05)
-    assert alog.stats()["waiting"] == 50 + 1  # and _fill's last call
+    assert alog.stats()["waiting"] == 50
     report = await alog.aclose(timeout=1.0)
     done, pending = await asyncio.wait(tasks, timeout=5)
     assert not pending and all(t.exception() is None for t in done)

@@ -25,6 +25,7 @@ from async_session_logger import (
     Origin,
     SessionLogger,
     current_session,
+    read_entries,
     read_sessions,
 )
 from async_session_logger import stdlib as stdlib_module
@@ -114,6 +115,29 @@ async def test_async_face_interleaved_tasks_no_cross_talk(tmp_path: Path) -> Non
         fields = [e["custom_fields"] for e in session.entries if e["event"] == "log"]
         assert [f["step"] for f in fields] == [0, 1, 2, 3]
         assert {f["req"] for f in fields} == {int(sid.split("-")[1])}
+
+
+async def test_a_burst_past_the_queue_bound_on_the_loop_leaves_no_waiter(tmp_path: Path) -> None:
+    """A coroutine logs 3,000 records through stdlib without awaiting (a library's burst)
+    into an async face whose queue holds 100: the bridge cannot wait, and no call of it is
+    counted as a waiting producer; a task that then waits for room resumes, and every
+    record is written in order."""
+    path = tmp_path / "l.jsonl"
+    alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=100)
+    handler = install(alog)
+    try:
+        async with asyncio.timeout(20), alog, alog.session("burst"):
+            for i in range(3_000):
+                log.info("record %d", i)
+            assert alog.stats()["waiting"] == 0
+            assert alog.stats()["queued"] > 100
+            await alog.log_entry("burst", "after the burst")
+    except TimeoutError:
+        raise AssertionError("the waiting task never resumed") from None
+    finally:
+        uninstall(handler)
+    messages = [e["message"] for e in read_entries(path) if e["event"] == "log"]
+    assert messages == [f"record {i}" for i in range(3_000)] + ["after the burst"]
 
 
 def test_eight_threads_each_in_their_own_session(tmp_path: Path) -> None:
