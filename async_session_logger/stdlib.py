@@ -243,7 +243,13 @@ class SessionLogHandler(logging.Handler):
             if len(_EXTRA_KEYS) >= _EXTRA_KEYS_BOUND:
                 _EXTRA_KEYS.clear()
             _EXTRA_KEYS[shape] = extra
-        fields = {key: attrs[key] for key in extra} if extra else None
+        if not extra:
+            fields = None
+        elif len(extra) == 1:  # the usual extra={"user": ...}: no comprehension's call
+            key = extra[0]
+            fields = {key: attrs[key]}
+        else:
+            fields = {key: attrs[key] for key in extra}
         exception = None
         if record.exc_info and record.exc_info[0] is not None:
             formatter = self.formatter or _FORMATTER
