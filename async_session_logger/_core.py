@@ -390,18 +390,19 @@ class AsyncSessionLogger:
         traceback) as the entry's ``exception``.
         """
         engine = self._engine
-        extra = exception_extra(exc_info) if exc_info else None
         loop = _get_running_loop()
         if engine.live_loop is loop:
             # Running on this loop: queued now, in call order; a queue this entry filled makes
             # the caller wait for room after that (the back-pressure), as the sync face's do.
-            if extra is None:
-                full = self._recorder.log(session_id, message, level, custom_fields)
-            else:
+            if exc_info:
+                extra = exception_extra(exc_info)
                 full = self._recorder.log(session_id, message, level, custom_fields, extra)
+            else:
+                full = self._recorder.log(session_id, message, level, custom_fields)
             if full:
                 return self._intake.room_wait()
             return self._done if self._done_loop is loop else self._done_on(loop)
+        extra = exception_extra(exc_info) if exc_info else None
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
 

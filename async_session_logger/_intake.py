@@ -117,6 +117,10 @@ class Intake:
         else:
             self._buf: deque[Any] = deque()
         self.buf = self._buf  # the Recorder appends directly on its hot path
+        # Markers (flush barriers, stop) queued now, and whether the last take() held none:
+        # the writer then hands the batch on as it is, without a type test per item.
+        self.markers = 0
+        self.plain = True
         # Guards take() against drops (which delete from the middle) and marker pushes;
         # the Recorder's appends run under its own lock, which drops also hold.
         self.lock = threading.Lock()
@@ -161,7 +165,9 @@ class Intake:
         # `with`, not acquire() then `try`: a signal's exception (Ctrl-C) can come right after
         # acquire() returns, before the `try`, and the lock would stay held for ever.
         with self.lock:
-            if self.drops and len(buf) >= self.maxsize and type(item) is tuple:
+            if type(item) is not tuple:
+                self.markers += 1
+            elif self.drops and len(buf) >= self.maxsize:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
         if self.sleeping or (self.lingering and type(item) is not tuple):
@@ -219,6 +225,12 @@ class Intake:
             count = min(len(buf), limit)
             # popleft called from C (no Python step per item): a fifth of the listcomp's cost
             items = list(starmap(buf.popleft, repeat((), count)))
+            if self.markers:
+                taken = sum(type(item) is not tuple for item in items)
+                self.markers -= taken
+                self.plain = not taken
+            else:
+                self.plain = True
             if self.gaps:
                 items = self.gaps.insert(items)
         if self._sync_waiters and len(buf) < self.limit:

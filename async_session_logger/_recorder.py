@@ -91,7 +91,8 @@ class Recorder:
         # Called as self._masker.snapshot(): a bound method kept in an attribute is a lookup
         # the interpreter cannot specialise, ~400 instructions an entry.
         self._masker = Masker(None)
-        self.max_message_chars = max_message_chars or 0
+        # No limit: the largest size (one comparison a verb, no `and` with a test for None).
+        self.max_message_chars = max_message_chars or sys.maxsize
         self.accepted = 0
         self.closed = False
         self._lock = threading.RLock()  # see log(): why an RLock
@@ -156,7 +157,7 @@ class Recorder:
         else:
             levelno = resolve_level(level)
         text = message if type(message) is str else _to_str(message)
-        if self.max_message_chars and len(text) > self.max_message_chars:
+        if len(text) > self.max_message_chars:
             raise EntryTooLargeError(
                 f"message is {len(text)} characters long, the limit is "
                 f"{self.max_message_chars} (max_message_chars)",
@@ -303,7 +304,7 @@ class Recorder:
         """Check a log entry now; :meth:`commit_log` numbers and hands it off later."""
         levelno = level if type(level) is int and level >= 0 else resolve_level(level)
         text = message if type(message) is str else _to_str(message)
-        if self.max_message_chars and len(text) > self.max_message_chars:
+        if len(text) > self.max_message_chars:
             raise EntryTooLargeError(
                 f"message is {len(text)} characters long, the limit is "
                 f"{self.max_message_chars} (max_message_chars)",

@@ -83,21 +83,24 @@ class Writer:
                 if self.linger:
                     await intake.linger(self.linger)
                 continue
-            records: list[Record] = []
-            for item in items:
-                if type(item) is tuple:  # a Record; markers are objects
-                    records.append(item)
-                    continue
+            if intake.plain:  # records only (no flush or stop among them): the usual batch
+                self.dispatch(items)
+            else:
+                records: list[Record] = []
+                for item in items:
+                    if type(item) is tuple:  # a Record; markers are objects
+                        records.append(item)
+                        continue
+                    if records:
+                        self.dispatch(records)
+                        records = []
+                    if item is STOP:
+                        for lane in self.lanes:
+                            lane.put_stop()
+                        return
+                    self._barrier(item, owner)
                 if records:
                     self.dispatch(records)
-                    records = []
-                if item is STOP:
-                    for lane in self.lanes:
-                        lane.put_stop()
-                    return
-                self._barrier(item, owner)
-            if records:
-                self.dispatch(records)
             for lane in self.lanes:
                 if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
                     await lane.wait_space()
