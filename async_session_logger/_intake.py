@@ -117,10 +117,9 @@ class Intake:
         else:
             self._buf: deque[Any] = deque()
         self.buf = self._buf  # the Recorder appends directly on its hot path
-        # Markers (flush barriers, stop) queued now, and whether the last take() held none:
-        # the writer then hands the batch on as it is, without a type test per item.
+        # Markers (flush barriers, stop) queued now: a batch taken while there is none holds
+        # records only, and the writer hands it on without a type test per item.
         self.markers = 0
-        self.plain = True
         # Guards take() against drops (which delete from the middle) and marker pushes;
         # the Recorder's appends run under its own lock, which drops also hold.
         self.lock = threading.Lock()
@@ -220,17 +219,20 @@ class Intake:
 
     def take(self, limit: int) -> list[Any]:
         """Pop up to ``limit`` items (writer side), with ``gap`` records where due."""
+        return self.take_batch(limit)[0]
+
+    def take_batch(self, limit: int) -> tuple[list[Any], bool]:
+        """Like :meth:`take`, and say whether the items are all records (no marker)."""
         buf = self._buf
         with self.lock:
             count = min(len(buf), limit)
             # popleft called from C (no Python step per item): a fifth of the listcomp's cost
             items = list(starmap(buf.popleft, repeat((), count)))
+            plain = True
             if self.markers:
                 taken = sum(type(item) is not tuple for item in items)
                 self.markers -= taken
-                self.plain = not taken
-            else:
-                self.plain = True
+                plain = not taken
             if self.gaps:
                 items = self.gaps.insert(items)
         if self._sync_waiters and len(buf) < self.limit:
@@ -243,7 +245,7 @@ class Intake:
                     self._loop.call_soon_threadsafe(self.release, len(self.waiters))
                 except RuntimeError:  # the loop is closed: nobody can wait on it any more
                     pass
-        return items
+        return items, plain
 
     def room_wait(self) -> RoomWait:
         """Return what an async verb returns after queueing into a full intake: a

@@ -75,7 +75,7 @@ class Writer:
     async def _run(self, owner: TaskOwner, current: Callable[[], bool]) -> None:
         intake = self.intake
         while True:
-            items = intake.take(self.batch_size)
+            items, plain = intake.take_batch(self.batch_size)
             if not items:
                 await intake.wait()
                 if not current():
@@ -83,7 +83,7 @@ class Writer:
                 if self.linger:
                     await intake.linger(self.linger)
                 continue
-            if intake.plain:  # records only (no flush or stop among them): the usual batch
+            if plain:  # records only (no flush or stop among them): the usual batch
                 self.dispatch(items)
             else:
                 records: list[Record] = []
