@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ from async_session_logger import AsyncSessionLogger, DeliveryReport, SessionLogg
 # need Python's default handler, which exec turns back into the default action.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def held(lock: Any) -> bool:
+    """Whether some thread holds ``lock``, asked from a new thread (the recorder's lock is an
+    RLock: its owner would just take it again, and an RLock has no ``locked()`` before 3.14)."""
+    got: list[bool] = []
+
+    def probe() -> None:
+        got.append(lock.acquire(blocking=False))
+        if got[0]:
+            lock.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join(10)
+    return not got[0]
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

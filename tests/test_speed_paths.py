@@ -6,7 +6,6 @@ import asyncio
 import calendar
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from hypothesis import strategies as st
 from async_session_logger import AsyncSessionLogger, SessionLogger, read_entries
 from async_session_logger._entry import LOG, EntryBuilder, Masker, format_timestamp
 from async_session_logger.sinks import FileSink
+
+from .conftest import held
 
 _NS = st.integers(min_value=-(10**18), max_value=4 * 10**18)
 
@@ -147,19 +148,6 @@ def test_the_log_verb_releases_its_lock_when_it_raises(tmp_path: Path) -> None:
     it (an unknown session, a closed one, an unhashable id) must still release it, or the next
     call from any thread would hang."""
     import pytest
-
-    def held(lock: Any) -> bool:  # an RLock: only another thread can tell it is held
-        got: list[bool] = []
-
-        def probe() -> None:
-            got.append(lock.acquire(blocking=False))
-            if got[0]:
-                lock.release()
-
-        thread = threading.Thread(target=probe)
-        thread.start()
-        thread.join()
-        return not got[0]
 
     from async_session_logger import (
         InvalidSessionIdError,

@@ -29,6 +29,8 @@ import async_session_logger
 from async_session_logger import SessionLogger
 from async_session_logger.sinks import MemorySink
 
+from ..conftest import held
+
 _PACKAGE = str(Path(async_session_logger.__file__).parent)
 
 
@@ -136,18 +138,12 @@ def test_ctrl_c_while_waiting_for_the_lock_leaves_another_threads_hold_alone() -
     logger.start_session("s")
     lock = logger._recorder._lock
     holding, let_go = threading.Event(), threading.Event()
-    free: list[bool] = []
+    still_held: list[bool] = []
 
     def holder() -> None:
         with lock:
             holding.set()
             let_go.wait(30)
-
-    def probe() -> None:  # from a third thread: is the lock free now?
-        got = lock.acquire(blocking=False)
-        if got:
-            lock.release()
-        free.append(got)
 
     thread = threading.Thread(target=holder)
     thread.start()
@@ -159,13 +155,11 @@ def test_ctrl_c_while_waiting_for_the_lock_leaves_another_threads_hold_alone() -
         with pytest.raises(KeyboardInterrupt):
             logger.log_entry("s", "waits for the lock", 20, {"i": 1})
         timer.join()
-        prober = threading.Thread(target=probe)
-        prober.start()
-        prober.join(10)
+        still_held.append(held(lock))  # asked from a third thread
     finally:
         let_go.set()
         thread.join(30)
-    assert free == [False], "the interrupted verb released the other thread's hold"
+    assert still_held == [True], "the interrupted verb released the other thread's hold"
     assert _responds(logger)
     logger.log_entry("s", "after it", 20)
     report = logger.close(timeout=10)
