@@ -27,7 +27,7 @@ from ._engine import Engine
 from ._entry import DEFAULT_MASK_KEYS, Extra, Formatter
 from ._errors import InvalidFieldsError
 from ._handles import AsyncSessionHandle, SessionRef, parent_id_of
-from ._intake import Overflow, Room
+from ._intake import Overflow
 from ._report import DeliveryReport, ErrorHandler
 from .sinks import Sink
 
@@ -158,15 +158,6 @@ class _Done(Coroutine[Any, Any, None]):
 
     def __await__(self) -> Generator[Any, None, None]:
         return iter(())  # type: ignore[return-value]  # an iterator that is done
-
-
-def _done_future(loop: asyncio.AbstractEventLoop) -> Room:
-    # Awaiting a done future runs in C, about 150 ns against 230 ns for a coroutine and 320 ns
-    # for a Python-level __await__: this is what the hot path returns, one per loop. A Room,
-    # so that it also passes for a coroutine (create_task() takes it).
-    done = Room(loop=loop)
-    done.set_result(None)
-    return done
 
 
 _DONE = _Done()
@@ -309,16 +300,6 @@ class AsyncSessionLogger:
         # Called as self._recorder.log(): a bound method kept in an attribute is a lookup 3.11
         # cannot specialise (~400 instructions an entry).
         self._recorder = self._engine.recorder
-        self._done_loop: asyncio.AbstractEventLoop | None = None
-        self._done: Awaitable[None] = _DONE
-
-    def _done_on(self, loop: asyncio.AbstractEventLoop | None) -> Awaitable[None]:
-        # The completed future of this loop (a new loop after the old one closed: a new one);
-        # the hot path inlines the cached case.
-        if self._done_loop is not loop:
-            assert loop is not None  # only called with the running loop the engine is on
-            self._done_loop, self._done = loop, _done_future(loop)
-        return self._done
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -362,7 +343,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as log_entry's: queued now, then room if it filled up
             self._recorder.start(session_id, metadata, parent_id, buffer_level)
-            return self._intake.room_wait() if self._intake.full else self._done_on(loop)
+            return self._intake.room_wait() if self._intake.full else self._intake.done
         prepared = engine.recorder.prepare_start(session_id, metadata, parent_id, buffer_level)
         return self._queue(engine, engine.recorder.commit_start, prepared, droppable=False)
 
@@ -389,9 +370,7 @@ class AsyncSessionLogger:
         ``exc_info=True`` adds the traceback being handled (an exception object: its
         traceback) as the entry's ``exception``.
         """
-        engine = self._engine
-        loop = _get_running_loop()
-        if engine.live_loop is loop:
+        if self._engine.live_loop is _get_running_loop():
             # Running on this loop: queued now, in call order; a queue this entry filled makes
             # the caller wait for room after that (the back-pressure), as the sync face's do.
             if exc_info:
@@ -401,7 +380,8 @@ class AsyncSessionLogger:
                 full = self._recorder.log(session_id, message, level, custom_fields)
             if full:
                 return self._intake.room_wait()
-            return self._done if self._done_loop is loop else self._done_on(loop)
+            return self._intake.done
+        engine = self._engine
         extra = exception_extra(exc_info) if exc_info else None
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         return self._queue(engine, engine.recorder.commit_log, prepared, droppable=True)
@@ -429,7 +409,7 @@ class AsyncSessionLogger:
             # as log_entry's
             if self._recorder.log(session_id, message, level, custom_fields, extra):
                 return self._intake.room_wait()
-            return self._done if self._done_loop is loop else self._done_on(loop)
+            return self._intake.done
         prepared = engine.recorder.prepare_log(session_id, message, level, custom_fields, extra)
         if loop is not None and engine.other_loop_alive(loop):
             # A record from a thread that runs a loop of its own (a library's): nobody can
@@ -444,7 +424,7 @@ class AsyncSessionLogger:
         loop = _get_running_loop()
         if engine.live_loop is loop:  # as start_session's
             self._recorder.close(session_id, status)
-            return self._intake.room_wait() if self._intake.full else self._done_on(loop)
+            return self._intake.room_wait() if self._intake.full else self._intake.done
         sid = engine.recorder.prepare_close(session_id, status)
         return self._queue(engine, lambda s: engine.recorder.close(s, status), sid, False)
 
@@ -469,7 +449,7 @@ class AsyncSessionLogger:
             return _Deferred(engine, may_wait)
         if may_wait and intake.full:
             return intake.room_wait()
-        return self._done_on(loop)
+        return intake.done
 
     def session(
         self,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
+from time import time_ns
 from typing import Any, Final, NoReturn
 
 from ._encode import describe
@@ -193,7 +193,7 @@ class Recorder:
                 session = None
             if session is None:
                 return self._late(session_id)
-            now = time.time_ns()
+            now = time_ns()
             if levelno <= session.hold_at:
                 self._hold(session, (now, levelno, text, fields))
                 return False
@@ -257,7 +257,7 @@ class Recorder:
     def commit_start(self, prepared: tuple[str, Any, str | None, str | None, int]) -> None:
         """Hand off a start checked by :meth:`prepare_start` (re-checked under the lock)."""
         sid, fields, parent, root, hold_at = prepared
-        now = time.time_ns()
+        now = time_ns()
         lock = self._lock
         try:  # see log(): acquire() inside the `try`, and why
             lock.acquire()
@@ -336,7 +336,7 @@ class Recorder:
             if session is None:
                 self._late(session_id)
                 return
-            now = time.time_ns()
+            now = time_ns()
             if levelno <= session.hold_at:
                 self._hold(session, (now, levelno, text, fields))
                 return
@@ -413,7 +413,7 @@ class Recorder:
                     session.summary = {}
                 session.summary.update(snapshot)
             if self.tracking:
-                session.last_ns = time.time_ns()
+                session.last_ns = time_ns()
                 self._open.move_to_end(session_id)  # type: ignore[attr-defined]
 
     def token(self, session_id: str) -> str:
@@ -482,7 +482,7 @@ class Recorder:
             CLOSE,
             session_id,
             session.seq + 1,
-            time.time_ns(),
+            time_ns(),
             CLOSE_LEVELS.get(status, 20),
             "Session closed",
             fields,
@@ -518,12 +518,12 @@ class Recorder:
         self.held_now -= len(held)
         levels = session.levels
         intake = self.intake
-        for time_ns, levelno, text, fields in held:
+        for stamp, levelno, text, fields in held:
             seq = session.seq = session.seq + 1
             if levelno != 20:
                 levels[levelno] = levels.get(levelno, 0) + 1
             self.accepted += 1
-            record = (LOG, session_id, seq, time_ns, levelno, text, fields, session.run)
+            record = (LOG, session_id, seq, stamp, levelno, text, fields, session.run)
             if TAPS:
                 _tap(self, record)
             if intake.drops and len(intake.buf) >= intake.maxsize:
