@@ -190,7 +190,8 @@ class HungMount:
     control: Path
 
     def hang(self, *operations: str) -> None:
-        """Make ``operations`` (``"fsync"``, ``"write"``) block, as on a hung NFS mount."""
+        """Make ``operations`` (``"fsync"``, ``"write"``, ``"flush"``: what a close waits
+        for) block, as on a hung NFS mount."""
         self.control.write_text(" ".join(operations), encoding="utf-8")
 
     def release(self) -> None:

@@ -1,9 +1,10 @@
 """A real filesystem that hangs on command: FUSE, passing through to a directory.
 
 Run as ``python hangfs.py BACKING MOUNTPOINT CONTROL``. Each name listed in the file CONTROL
-(``fsync``, ``write``) is an operation that blocks, as on a hung NFS mount, until the name is
-removed from it. Each fsync appends the file's path and size to ``CONTROL.fsyncs``. Killing
-this process makes the kernel fail the blocked calls (``ENOTCONN``), so a test can always end.
+(``fsync``, ``write``, ``flush``: what close(2) waits for) is an operation that blocks, as on a
+hung NFS mount, until the name is removed from it. Each fsync appends the file's path and size
+to ``CONTROL.fsyncs``. Killing this process makes the kernel fail the blocked calls
+(``ENOTCONN``), so a test can always end.
 Used by the ``hung_mount`` fixture in ``conftest.py``.
 """
 
@@ -72,6 +73,7 @@ class HangFS(Operations):  # type: ignore[misc]
         return 0
 
     def flush(self, path: str, fh: int) -> int:
+        self._hang("flush")
         return 0
 
     def release(self, path: str, fh: int) -> int:

@@ -130,3 +130,106 @@ async def test_a_close_waits_for_a_slow_fsync_then_flushes(
     fsyncs = hung_mount.fsyncs()
     assert fsyncs[-1] == ("/log.jsonl", path.stat().st_size), fsyncs
     assert len(fsyncs) == 2, fsyncs  # the interval's, then the close's
+
+
+GIVE_A_FILE_UP = """
+import asyncio, json, os, sys, time
+from async_session_logger import AsyncSessionLogger
+from async_session_logger.sinks import FileSink
+
+hung_dir, ok_dir = sys.argv[1], sys.argv[2]
+a_file = os.path.join(hung_dir, "a.jsonl")
+
+def descriptors():  # this process's descriptors open on session a's file
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == a_file
+        except OSError:
+            pass
+    return count
+
+async def main():
+    sink = FileSink(
+        f"{hung_dir}/{{session_id}}.jsonl", write_mode="thread", timeout=0.3, retries=1
+    )
+    alog = AsyncSessionLogger(sinks=[sink], dead_letter_path=f"{ok_dir}/dead.jsonl")
+    await alog.start_session("a")
+    await alog.save_logs()
+    opened = descriptors()
+    print("hang now", flush=True)
+    sys.stdin.readline()
+    await alog.log_entry("a", "stuck")
+    report = await alog.save_logs(timeout=10)
+    dead = report.sinks["file"].dead_lettered
+    print(json.dumps({"opened": opened, "given_up": descriptors(), "dead": dead}), flush=True)
+    sys.stdin.readline()  # the mount answers again
+    deadline = time.monotonic() + 10
+    n = 0
+    while descriptors() and time.monotonic() < deadline:
+        n += 1
+        await alog.start_session(f"b{n}")  # a new file: the sink closes what waits first
+        await alog.save_logs()
+        await asyncio.sleep(0.05)
+    after = descriptors()
+    report = await alog.save_logs()
+    await alog.aclose()
+    delivered = report.sinks["file"].delivered
+    print(json.dumps({"after": after, "delivered": delivered, "accepted": report.accepted}))
+
+asyncio.run(main())
+"""
+
+
+def _line(child: subprocess.Popen[str], seconds: float) -> str:
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], seconds)
+    return child.stdout.readline() if ready else ""
+
+
+def test_a_file_given_up_while_its_thread_is_stuck_is_closed_there_later(
+    hung_mount: HungMount, tmp_path: Path
+) -> None:
+    """Per-session files on a mount whose writes and closes hang, written on the sink's
+    thread: session a's write hangs there, the lane times out, and the retry finds the
+    thread still busy (an ``OSError``), so the sink gives a's file up. It must neither close
+    it on the loop (close(2) waits for the mount: the whole application would stop, as NFS
+    does) nor leak it: the file waits for the thread, and is closed there once the thread
+    is free, when the sink next opens a file.
+
+    Dropping the file object instead (no list of files to close later) closed it on the loop
+    as it was freed: no report came while the mount hung."""
+    script = tmp_path / "give_up.py"
+    script.write_text(GIVE_A_FILE_UP, encoding="utf-8")
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(hung_mount.path), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    try:
+        assert _line(child, 30) == "hang now\n"
+        hung_mount.hang("write", "flush")
+        child.stdin.write("\n")
+        child.stdin.flush()
+        given_up = _line(child, 20)  # while the mount hangs
+        hung_mount.release()
+        child.stdin.write("\n")
+        child.stdin.flush()
+        final = _line(child, 30)
+    finally:
+        hung_mount.release()
+        try:
+            _, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            _, err = child.communicate()
+    assert given_up, f"the loop stopped while the mount hung: {err}"
+    assert json.loads(given_up) == {"opened": 1, "given_up": 1, "dead": 1}, err
+    assert child.returncode == 0, err
+    out = json.loads(final)
+    assert out["after"] == 0, out  # closed on the thread once it was free
+    assert out["delivered"] == out["accepted"] - 1, out  # all but the dead-lettered entry
+    assert len(read_lines(tmp_path / "dead.jsonl")) == 1
