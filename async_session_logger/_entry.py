@@ -90,6 +90,7 @@ def _members(obj: dict[str, Any]) -> str:
 
 _dumps: Final = orjson.dumps  # a module global: one lookup less per snapshot
 
+
 class _Clock:
     """Format nanosecond timestamps as RFC 3339 UTC, reusing the date part within one second."""
 
