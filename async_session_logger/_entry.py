@@ -56,6 +56,7 @@ DEFAULT_MASK_KEYS: Final = (
 )
 MASK: Final = "***"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_FLAT: Final = frozenset({str, int, bool, type(None)})  # _SCALARS but floats (NaN, infinities)
 _MAX_DEPTH: Final = 64
 _OPTIONS: Final = DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
 _FIXED_KEYS: Final = frozenset(
@@ -164,17 +165,21 @@ class Masker:
         copies the text into the line as it is. Anything else is a shallow copy, masked and
         encoded by the writer as before.
         """
-        # known_safe()'s rule (skipped when masking is off) plus finite floats, in one pass:
-        # this runs at the call site.
+        # known_safe()'s rule (its key test skipped when masking is off) plus finite floats,
+        # in one pass: this runs at the call site. A float is the one scalar type tested twice.
         safe_keys = self._check_keys
-        for key, value in fields.items():
-            kind = type(value)
-            if (
-                kind not in _SCALARS
-                or (safe_keys is not None and key not in safe_keys)
-                or (kind is float and value - value != 0.0)  # NaN and infinities: as before
-            ):
-                return dict(fields)
+        if safe_keys is None:
+            for value in fields.values():
+                kind = type(value)
+                if kind not in _FLAT and (kind is not float or value - value != 0.0):
+                    return dict(fields)
+        else:
+            for key, value in fields.items():
+                kind = type(value)
+                if key not in safe_keys or (
+                    kind not in _FLAT and (kind is not float or value - value != 0.0)
+                ):
+                    return dict(fields)  # nested, an object, NaN or an infinity: as before
         try:
             return _dumps(fields).decode()
         except Exception:  # a key that is not a str, an int past 64 bits, a lone surrogate

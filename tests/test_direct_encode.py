@@ -357,6 +357,9 @@ def test_flat_safe_fields_become_text_and_the_record_is_not_tracked() -> None:
         copy = masker.snapshot(fields)
         assert type(copy) is dict and copy == fields and copy is not fields, fields
     assert Masker(None).snapshot({"anything": 1}) == '{"anything":1}'  # masking off
+    for fields in ({"n": math.nan}, {"n": -math.inf}, {"user": {"token": "t"}}, {"u": _Odd()}):
+        copy = Masker(None).snapshot(fields)  # masking off: the same rule for the values
+        assert type(copy) is dict and copy == fields and copy is not fields, fields
 
 
 @settings(max_examples=300, deadline=None)
