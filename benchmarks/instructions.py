@@ -141,8 +141,9 @@ async def _sessions(name: str, n: int, path: Path) -> None:
     await alog.aclose()
 
 
-def count(name: str, n: int) -> int:
-    """Return the instructions one child run of ``name`` with ``n`` entries takes."""
+def _instructions(args: list[str], what: str) -> int:
+    """Run ``python *args`` under cachegrind (in a fresh temporary directory, passed as the
+    last argument) and return the instructions it counted."""
     with tempfile.TemporaryDirectory() as directory:
         proc = subprocess.run(
             [
@@ -151,10 +152,7 @@ def count(name: str, n: int) -> int:
                 "--cache-sim=no",
                 "--cachegrind-out-file=/dev/null",
                 sys.executable,
-                __file__,
-                "--child",
-                name,
-                str(n),
+                *args,
                 directory,
             ],
             capture_output=True,
@@ -163,34 +161,19 @@ def count(name: str, n: int) -> int:
         )
     found = _REFS.search(proc.stderr)
     if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"{name} ({n} entries) failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-2000:]}")
     return int(found.group(1).replace(",", ""))
+
+
+def count(name: str, n: int) -> int:
+    """Return the instructions one child run of ``name`` with ``n`` entries takes."""
+    return _instructions([__file__, "--child", name, str(n)], f"{name} ({n} entries)")
 
 
 def count_storm(logging_on: bool) -> int:
     """Return the instructions of one ``sessions.py`` storm process (with or without logging)."""
-    with tempfile.TemporaryDirectory() as directory:
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=cachegrind",
-                "--cache-sim=no",
-                "--cachegrind-out-file=/dev/null",
-                sys.executable,
-                str(HERE / "sessions.py"),
-                "--child",
-                "storm-on" if logging_on else "storm-off",
-                "--dir",
-                directory,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    found = _REFS.search(proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"the storm (logging {logging_on}) failed:\n{proc.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    which = "storm-on" if logging_on else "storm-off"
+    return _instructions([str(HERE / "sessions.py"), "--child", which, "--dir"], which)
 
 
 def storm() -> None:

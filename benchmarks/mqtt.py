@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SUBSCRIBER = r"""
 import asyncio, sys, time, aiomqtt
@@ -134,6 +135,22 @@ async def raw_aiomqtt(port: int, prefix: str, entries: int, qos: int) -> float:
     return finish(sub, start, entries)
 
 
+async def produce(alog: Any, entries: int) -> float:
+    """Log a session of ``entries`` entries (start and close included), yielding every 100,
+    and close the logger; return the clock's reading just before the first log entry."""
+    async with alog:
+        await alog.start_session("bench")
+        await alog.save_logs()
+        start = time.time()
+        for i in range(entries - 2):
+            await alog.log_entry("bench", "message number", logging.INFO, {"i": i})
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        await alog.close_session("bench")
+        await alog.save_logs()
+    return start
+
+
 async def sink(port: int, prefix: str, entries: int, qos: int, per_message: int) -> float:
     """Log entries through AsyncSessionLogger into an MqttSink."""
     from async_session_logger import AsyncSessionLogger
@@ -149,16 +166,7 @@ async def sink(port: int, prefix: str, entries: int, qos: int, per_message: int)
         status=False,
         logger_topic=None,
     )
-    async with AsyncSessionLogger(sinks=[mqtt], dead_letter_path=None) as alog:
-        await alog.start_session("bench")
-        await alog.save_logs()
-        start = time.time()
-        for i in range(entries - 2):
-            await alog.log_entry("bench", "message number", logging.INFO, {"i": i})
-            if i % 100 == 99:
-                await asyncio.sleep(0)
-        await alog.close_session("bench")
-        await alog.save_logs()
+    start = await produce(AsyncSessionLogger(sinks=[mqtt], dead_letter_path=None), entries)
     # The start entry was delivered before the clock started: count the rest.
     return finish(sub, start, entries - 1) * entries / (entries - 1)
 
@@ -172,17 +180,9 @@ async def no_sink(entries: int) -> float:
         async def write_batch(self, batch: Batch) -> None:
             pass
 
-    async with AsyncSessionLogger(sinks=[Nothing(name="nothing")], dead_letter_path=None) as alog:
-        await alog.start_session("bench")
-        await alog.save_logs()
-        start = time.time()
-        for i in range(entries - 2):
-            await alog.log_entry("bench", "message number", logging.INFO, {"i": i})
-            if i % 100 == 99:
-                await asyncio.sleep(0)
-        await alog.close_session("bench")
-        await alog.save_logs()
-        return (entries - 1) / (time.time() - start)
+    alog = AsyncSessionLogger(sinks=[Nothing(name="nothing")], dead_letter_path=None)
+    start = await produce(alog, entries)
+    return (entries - 1) / (time.time() - start)
 
 
 def main() -> None:

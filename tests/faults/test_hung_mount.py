@@ -60,6 +60,16 @@ asyncio.run(main())
 """
 
 
+def _end(child: subprocess.Popen[str], hung_mount: HungMount) -> str:
+    """Let the mount answer, wait for the child (killed past 30 s); return its stderr."""
+    hung_mount.release()
+    try:
+        return child.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.communicate()[1]
+
+
 @pytest.mark.parametrize("operation", ["write", "fsync"])
 def test_a_hung_mount_stops_neither_the_loop_nor_other_sinks(
     hung_mount: HungMount, tmp_path: Path, operation: str
@@ -88,12 +98,7 @@ def test_a_hung_mount_stops_neither_the_loop_nor_other_sinks(
         ready, _, _ = select.select([child.stdout], [], [], 60)
         report = child.stdout.readline() if ready else ""
     finally:
-        hung_mount.release()
-        try:
-            _, err = child.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            _, err = child.communicate()
+        err = _end(child, hung_mount)
     assert report, f"no report within 60 s: {err}"
     assert child.returncode == 0, err
     out = json.loads(report)
@@ -220,12 +225,7 @@ def test_a_file_given_up_while_its_thread_is_stuck_is_closed_there_later(
         child.stdin.flush()
         final = _line(child, 30)
     finally:
-        hung_mount.release()
-        try:
-            _, err = child.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            _, err = child.communicate()
+        err = _end(child, hung_mount)
     assert given_up, f"the loop stopped while the mount hung: {err}"
     assert json.loads(given_up) == {"opened": 1, "given_up": 1, "dead": 1}, err
     assert child.returncode == 0, err
