@@ -7,6 +7,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from json.encoder import encode_basestring as _quote
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
@@ -89,6 +90,8 @@ def _members(obj: dict[str, Any]) -> str:
     return "," + text[1:-1].decode() if len(text) > 2 else ""
 
 
+_KIND_OF: Final = itemgetter(0)
+_SESSION_OF: Final = itemgetter(1)
 _dumps: Final = orjson.dumps  # a module global: one lookup less per snapshot
 
 
@@ -258,6 +261,15 @@ class EntryBuilder:
         """Return a function that gives each record's ``(session_id, event, levelno)`` (no
         formatter: the dicts would say the same), for a deferred :class:`Batch`."""
         return lambda: [(record[1], EVENTS[record[0]], record[4]) for record in records]
+
+    @staticmethod
+    def kinds_later(records: list[Record]) -> Callable[[], tuple[set[str], set[str]]]:
+        """Return a function that gives the distinct session ids and events of ``records``
+        without a tuple per record, for a deferred :class:`Batch`."""
+        return lambda: (
+            set(map(_SESSION_OF, records)),
+            {EVENTS[kind] for kind in set(map(_KIND_OF, records))},
+        )
 
     def build_later(self, records: list[Record]) -> Callable[[], list[dict[str, Any]]]:
         """Return a function that builds the dicts of ``records`` when called (a deferred

@@ -135,6 +135,7 @@ class Writer:
                 len(records),
                 builder.encode_records(records),
                 builder.heads_later(records),
+                builder.kinds_later(records),
             )
         else:
             entries = builder.build_batch(records)

@@ -313,6 +313,50 @@ def test_heads_entry_and_level_filter_without_the_dicts() -> None:
     assert calls == [1]
 
 
+def test_sessions_and_events_without_a_tuple_per_entry() -> None:
+    """A deferred batch from the writer (and a join of such) names its distinct sessions and
+    events without ``heads()``: the MQTT planner asks every batch, and the heads would keep
+    a tuple per entry alive while the sink waits for the broker (issue 15: the collections
+    that cost). Any other batch says the same from its heads or dicts."""
+    builder = EntryBuilder(None, Masker())
+    now = 1_795_000_000_123_456_789
+    records: list[Record] = [
+        (START, "a", 0, now, 20, "Session started", {"user": "u"}, 0),
+        (LOG, "a", 1, now, 10, "debug", {"i": 1}, 0),
+        (LOG, "b", 1, now, 40, "error", None, 0),
+        (CLOSE, "a", 2, now, 20, "Session closed", {"duration_s": 0.5, "status": "closed"}, 0),
+    ]
+    logs: list[Record] = [(LOG, "c", i, now, 20, "m", None, 0) for i in range(5)]
+
+    def no_heads() -> list[tuple[str, str, int]]:
+        raise AssertionError("heads() was asked for")
+
+    def deferred(chosen: list[Record]) -> Batch:
+        return Batch.deferred(
+            builder.build_later(chosen),
+            len(chosen),
+            builder.encode_records(chosen),
+            no_heads,
+            builder.kinds_later(chosen),
+        )
+
+    everything = {"session_start", "log", "session_close"}
+    assert deferred(records).sessions_and_events() == ({"a", "b"}, everything)
+    assert deferred(logs).sessions_and_events() == ({"c"}, {"log"})
+    joined = Batch.concat([deferred(logs), deferred(records)])
+    assert joined.sessions_and_events() == ({"a", "b", "c"}, everything)
+    assert joined._head_list is None
+    full = Batch.deferred(
+        builder.build_later(records),
+        len(records),
+        builder.encode_records(records),
+        builder.heads_later(records),
+    )
+    assert full.sessions_and_events() == ({"a", "b"}, everything)  # from its heads
+    assert full.select([1, 2]).sessions_and_events() == ({"a", "b"}, {"log"})
+    assert Batch(full.entries, full.data).sessions_and_events() == ({"a", "b"}, everything)
+
+
 @settings(max_examples=300, deadline=None)
 @given(_FIELDS, st.booleans())
 def test_call_time_snapshot_writes_what_the_dict_would(

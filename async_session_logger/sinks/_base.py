@@ -26,13 +26,14 @@ class Batch(Sequence[dict[str, Any]]):
     iteration): a file sink that writes ``data`` never pays for them.
     """
 
-    __slots__ = ("_build", "_entries", "_head_list", "_heads", "_lines", "_size", "data")
+    __slots__ = ("_build", "_entries", "_head_list", "_heads", "_kinds", "_lines", "_size", "data")
 
     def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
         self._entries: list[dict[str, Any]] | None = entries
         self._build: Callable[[], list[dict[str, Any]]] | None = None
         self._heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None
         self._head_list: list[tuple[Any, Any, Any]] | None = None
+        self._kinds: Callable[[], tuple[set[Any], set[Any]]] | None = None
         self._size = len(entries)
         self.data = data
         self._lines: list[bytes] | None = None
@@ -44,15 +45,17 @@ class Batch(Sequence[dict[str, Any]]):
         size: int,
         data: bytes,
         heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None,
+        kinds: Callable[[], tuple[set[Any], set[Any]]] | None = None,
     ) -> Batch:
         """A batch of ``size`` entries whose dicts ``build()`` makes on first use;
         ``heads()``, if given, returns each entry's ``(session_id, event, levelno)`` without
-        them."""
+        them, and ``kinds()`` what :meth:`sessions_and_events` returns."""
         batch = cls.__new__(cls)
         batch._entries = None
         batch._build = build
         batch._heads = heads
         batch._head_list = None
+        batch._kinds = kinds
         batch._size = size
         batch.data = data
         batch._lines = None
@@ -77,6 +80,20 @@ class Batch(Sequence[dict[str, Any]]):
                 self._head_list = self._heads()
             return self._head_list
         return [(e.get("session_id"), e.get("event"), e.get("levelno")) for e in self.entries]
+
+    def sessions_and_events(self) -> tuple[set[Any], set[Any]]:
+        """Return the batch's distinct session ids and events.
+
+        Without a tuple per entry when the batch can say so from its records: what the MQTT
+        planner asks of every batch (the usual one is log entries of one session), and
+        ``heads()`` would keep a tuple per entry alive as long as the batch, which a sink
+        that holds batches until the broker acknowledges them pays for in garbage collections.
+        Raises ``TypeError`` for a formatter's unhashable session id.
+        """
+        if self._entries is None and self._kinds is not None:
+            return self._kinds()
+        heads = self.heads()
+        return {head[0] for head in heads}, {head[1] for head in heads}
 
     def entry(self, index: int) -> dict[str, Any]:
         """Return the entry at ``index``: its dict if built, else its line decoded (the same
@@ -144,7 +161,17 @@ class Batch(Sequence[dict[str, Any]]):
             sum(batch._size for batch in parts),
             b"".join(batch.data for batch in parts),
             lambda: [head for batch in parts for head in batch.heads()],
+            lambda: _union(batch.sessions_and_events() for batch in parts),
         )
+
+
+def _union(kinds: Iterator[tuple[set[Any], set[Any]]]) -> tuple[set[Any], set[Any]]:
+    sessions: set[Any] = set()
+    events: set[Any] = set()
+    for more_sessions, more_events in kinds:
+        sessions |= more_sessions
+        events |= more_events
+    return sessions, events
 
 
 class PartialWriteError(Exception):

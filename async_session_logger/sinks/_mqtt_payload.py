@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -21,8 +20,6 @@ MQTT_MAX_PACKET: Final = 1 + 4 + 268_435_455
 _MAX_TOPIC_BYTES: Final = 65_535
 # Open child sessions whose parent the close status must still name; past it, the oldest go.
 _MAX_PARENTS: Final = 65_536
-_SESSION_ID: Final = itemgetter(0)
-_EVENT: Final = itemgetter(1)
 
 
 class Message(NamedTuple):
@@ -269,14 +266,13 @@ def _one_session_of_logs(
     start, no close), cut from its lines without a Python step per entry; ``None`` for any
     other batch, and for one whose messages must be split to fit, which the loop of
     :func:`build_messages` then plans. Both give the same messages."""
-    heads = batch.heads()
+    if not len(batch):
+        return None
     try:
-        if not heads or set(map(_EVENT, heads)) != {"log"}:
-            return None
-        ids = set(map(_SESSION_ID, heads))
+        ids, events = batch.sessions_and_events()
     except TypeError:  # a formatter's unhashable session_id: the loop rejects it
         return None
-    if len(ids) != 1:
+    if events != {"log"} or len(ids) != 1:
         return None
     (sid,) = ids
     topic, _why = _topic_for(template, sid)
