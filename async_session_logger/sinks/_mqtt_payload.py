@@ -111,6 +111,22 @@ class _Sizer:
         qos = self.qos if qos is None else qos
         return publish_size(size, payload_bytes, qos=qos, v5=self.v5) <= self.limit
 
+    def cap(self, topic: str) -> int:
+        """Return the largest payload (bytes) that fits one packet on ``topic`` at the sink's
+        QoS, -1 if none does: ``fits(topic, n)`` is ``n <= cap(topic)`` (a packet's size
+        grows with its payload), one comparison per entry instead of two calls."""
+        fixed = 2 + len(topic.encode()) + (2 if self.qos else 0) + (1 if self.v5 else 0)
+        # A packet is 1 + varint(remaining) + remaining bytes, remaining = fixed + payload.
+        # The largest payload for a varint of k bytes is limit - 1 - k - fixed; the first k
+        # whose varint really takes at most k bytes gives the largest payload of all.
+        for varint in (1, 2, 3, 4):
+            payload = self.limit - 1 - varint - fixed
+            if payload < 0:
+                return -1
+            if _varint_len(fixed + payload) <= varint:
+                return payload
+        return -1
+
 
 def _topic_for(template: str, sid: object) -> tuple[str | None, str]:
     """Return ``(topic, "")`` or ``(None, why)`` for a session id taken from a formatted entry."""
@@ -190,34 +206,61 @@ def build_messages(
     skipped = set(skip)
     silent = set(no_status)
     plan = Plan()
-    topics: dict[object, tuple[str | None, str]] = {}
-    groups: dict[str, list[int]] = {}
+    # Per session id: its topic (None: it cannot be one), why not, and the topic's payload cap.
+    topics: dict[object, tuple[str | None, str, int]] = {}
+    groups: dict[str, list[int]] = {}  # per topic: the batch positions of its open message
+    group_bytes: dict[str, int] = {}  # per topic: that message's payload bytes
     pending_status: dict[str, list[Message]] = {}
-    group_bytes: dict[str, int] = {}
     out = plan.messages
     book = parents if parents is not None else ParentBook()
     ended: dict[str, bool] = {}
+    packed = entries_per_message > 1
 
     def flush(t: str) -> None:
         group = groups.pop(t, None)
         group_bytes.pop(t, None)
         if group:
-            payload = b"\n".join(lines[i] for i in group)
+            payload = b"\n".join([lines[i] for i in group])
             out.append(Message(t, payload, entries=len(group), indices=tuple(group)))
         out.extend(pending_status.pop(t, ()))
 
     # (session_id, event, levelno) per entry: the dicts are not built for this; the few entries a
-    # status needs are read from their lines.
+    # status needs are read from their lines. A log entry takes the short way (no status, no
+    # parent to note); every other event the long one.
     for i, (sid, event, _) in enumerate(batch.heads()):
         if i in skipped:
             continue
         key = sid if isinstance(sid, str) else repr(sid)
         found = topics.get(key)
         if found is None:
-            found = topics[key] = _topic_for(topic, sid)
-        t, why = found
+            topic_of, why = _topic_for(topic, sid)
+            cap = -1 if topic_of is None else sizer.cap(topic_of)
+            found = topics[key] = (topic_of, why, cap)
+        t, why, cap = found
         if t is None:
             plan.reject(i, why)
+            continue
+        line = lines[i]
+        size = len(line)
+        if event == "log":
+            if size > cap:
+                plan.reject(i, f"entry of {size} bytes exceeds the broker's packet limit")
+            elif not packed:
+                out.append(Message(t, line, indices=(i,)))
+            else:
+                group = groups.get(t)
+                if group is None:
+                    groups[t] = [i]
+                    group_bytes[t] = size
+                elif group_bytes[t] + 1 + size > cap:  # one more line: its bytes and a newline
+                    flush(t)
+                    groups[t] = [i]
+                    group_bytes[t] = size
+                else:
+                    group.append(i)
+                    group_bytes[t] += 1 + size
+                    if len(group) >= entries_per_message:
+                        flush(t)
             continue
         entry: dict[str, Any] = {}  # read from its line for a start or a close only
         # Before any size check: a start too large to publish still has a parent to name.
@@ -228,23 +271,23 @@ def build_messages(
         elif event == "session_close":
             entry = batch.entry(i)
             ended[key] = True
-        line = lines[i]
-        if not sizer.fits(t, len(line)):
-            plan.reject(i, f"entry of {len(line)} bytes exceeds the broker's packet limit")
+        if size > cap:
+            plan.reject(i, f"entry of {size} bytes exceeds the broker's packet limit")
             continue
         wants_status = status and event in ("session_start", "session_close") and i not in silent
-        if entries_per_message == 1:
+        if not packed:
             out.append(Message(t, line, indices=(i,)))
             if wants_status:
                 out.append(_status_message(t, entry, i, sizer, book.get(key)))
             continue
-        # Packed: one more line costs its bytes plus a separator; past the limit, send first.
-        size = group_bytes.get(t, -1) + 1 + len(line)
-        if t in groups and not sizer.fits(t, size):
+        if t in groups and group_bytes[t] + 1 + size > cap:
             flush(t)
-            size = len(line)
-        groups.setdefault(t, []).append(i)
-        group_bytes[t] = size
+        if t in groups:
+            groups[t].append(i)
+            group_bytes[t] += 1 + size
+        else:
+            groups[t] = [i]
+            group_bytes[t] = size
         if wants_status:
             pending_status.setdefault(t, []).append(
                 _status_message(t, entry, i, sizer, book.get(key))

@@ -3,6 +3,7 @@ what the entry-by-entry loop gives (issue 15), whatever the batch and the packet
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -110,5 +111,188 @@ def test_the_cut_keeps_no_tuple_per_entry_for_a_writers_batch() -> None:
     assert batch._head_list is None and batch._entries is None
 
 
+_ANY_EVENT = st.sampled_from(["log", "log", "log", "log", "session_start", "session_close", "gap"])
+_ANY_ID = st.sampled_from(["dev-1", "dev-2", "dev-3", "bad/topic", "x" * 70_000, 42])
+
+
+def _any_batch(rows: list[tuple[Any, str, str]]) -> Batch:
+    entries: list[dict[str, Any]] = []
+    for seq, (sid, event, message) in enumerate(rows):
+        entry: dict[str, Any] = {"session_id": sid, "seq": seq, "event": event}
+        entry["message"] = message
+        if event == "session_start":
+            entry["metadata"] = {"user": "u"}
+            if seq % 3 == 0:
+                entry["parent_session_id"] = "dev-0"
+        elif event == "session_close":
+            entry.update(status="closed", duration_s=1.5, entries=seq, summary={"n": seq})
+        entries.append(entry)
+    data = b"".join(orjson.dumps(e) + b"\n" for e in entries)
+    heads = [(e["session_id"], e["event"], 20) for e in entries]
+    return Batch.deferred(lambda: entries, len(entries), data, lambda: heads)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(_ANY_ID, _ANY_EVENT, st.text(max_size=300)), min_size=1, max_size=60),
+    st.integers(1, 9),
+    st.sampled_from([None, 120, 131, 300, 900, 4_000]),
+    st.booleans(),
+    st.sampled_from([0, 1, 2]),
+    st.booleans(),
+    st.data(),
+)
+def test_the_faster_loop_plans_what_the_loop_planned(
+    rows: list[tuple[Any, str, str]],
+    per_message: int,
+    limit: int | None,
+    status: bool,
+    qos: int,
+    v5: bool,
+    data: st.DataObject,
+) -> None:
+    """The entry-by-entry planner, rewritten to cost a third (a payload cap per topic, the
+    log entry's short way), plans exactly what it planned before: messages, rejections,
+    closed sessions and the parents it notes, for any mix of sessions, events, packet
+    limits, QoS, entries to skip and statuses not to build again."""
+    positions = st.lists(st.integers(0, len(rows) - 1), max_size=5)
+    skip, no_status = data.draw(positions), data.draw(positions)
+    options = {"limit": limit, "qos": qos, "v5": v5, "skip": skip, "no_status": no_status}
+    books = payload.ParentBook(), payload.ParentBook()
+    was = _loop_as_it_was(
+        _any_batch(rows),
+        "fleet/{session_id}",
+        per_message,
+        status=status,
+        parents=books[0],
+        **options,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(payload, "_one_session_of_logs", lambda *args: None)
+        now = build_messages(
+            _any_batch(rows),
+            "fleet/{session_id}",
+            per_message,
+            status=status,
+            parents=books[1],
+            **options,
+        )
+    assert now == was
+    assert books[0]._parents == books[1]._parents
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 300_000_000), st.integers(0, 70_000), st.sampled_from([0, 1, 2]), st.booleans()
+)
+def test_a_topics_payload_cap_is_the_largest_payload_that_fits(
+    limit: int, topic_bytes: int, qos: int, v5: bool
+) -> None:
+    """``_Sizer.cap(topic)`` is the largest payload ``fits()`` accepts (-1: none), so one
+    comparison per entry decides what ``fits()`` did, at every varint boundary."""
+    sizer = payload._Sizer(limit or None, qos, v5)
+    topic = "t" * topic_bytes
+    cap = sizer.cap(topic)
+    if cap >= 0:
+        assert sizer.fits(topic, cap)
+    else:
+        assert not sizer.fits(topic, 0)
+    assert not sizer.fits(topic, cap + 1)
+    for boundary in (127, 128, 16_383, 16_384, 2_097_151, 2_097_152):
+        payload_bytes = boundary - (2 + topic_bytes + (2 if qos else 0) + (1 if v5 else 0))
+        for size in (payload_bytes - 1, payload_bytes, payload_bytes + 1):
+            if size >= 0:
+                assert sizer.fits(topic, size) == (size <= cap)
+
+
 def _sizer() -> Any:
     return payload._Sizer(None, 1, True)
+
+
+def _loop_as_it_was(
+    batch: Batch,
+    topic: str,
+    entries_per_message: int,
+    *,
+    status: bool,
+    limit: int | None = None,
+    qos: int = 1,
+    v5: bool = True,
+    skip: Sequence[int] = (),
+    no_status: Sequence[int] = (),
+    parents: payload.ParentBook | None = None,
+) -> Plan:
+    """The entry-by-entry planner as it was before it was made faster (issue 15), kept as the
+    reference the faster one must agree with."""
+    sizer = payload._Sizer(limit, qos, v5)
+    lines = batch.lines()
+    skipped = set(skip)
+    silent = set(no_status)
+    plan = Plan()
+    topics: dict[object, tuple[str | None, str]] = {}
+    groups: dict[str, list[int]] = {}
+    pending_status: dict[str, list[payload.Message]] = {}
+    group_bytes: dict[str, int] = {}
+    out = plan.messages
+    book = parents if parents is not None else payload.ParentBook()
+    ended: dict[str, bool] = {}
+
+    def flush(t: str) -> None:
+        group = groups.pop(t, None)
+        group_bytes.pop(t, None)
+        if group:
+            body = b"\n".join(lines[i] for i in group)
+            out.append(payload.Message(t, body, entries=len(group), indices=tuple(group)))
+        out.extend(pending_status.pop(t, ()))
+
+    # (session_id, event, levelno) per entry: the dicts are not built for this; the few entries a
+    # status needs are read from their lines.
+    for i, (sid, event, _) in enumerate(batch.heads()):
+        if i in skipped:
+            continue
+        key = sid if isinstance(sid, str) else repr(sid)
+        found = topics.get(key)
+        if found is None:
+            found = topics[key] = payload._topic_for(topic, sid)
+        t, why = found
+        if t is None:
+            plan.reject(i, why)
+            continue
+        entry: dict[str, Any] = {}  # read from its line for a start or a close only
+        # Before any size check: a start too large to publish still has a parent to name.
+        if event == "session_start":
+            entry = batch.entry(i)
+            book.started(key, payload._parent_of(entry))
+            ended[key] = False
+        elif event == "session_close":
+            entry = batch.entry(i)
+            ended[key] = True
+        line = lines[i]
+        if not sizer.fits(t, len(line)):
+            plan.reject(i, f"entry of {len(line)} bytes exceeds the broker's packet limit")
+            continue
+        wants_status = status and event in ("session_start", "session_close") and i not in silent
+        if entries_per_message == 1:
+            out.append(payload.Message(t, line, indices=(i,)))
+            if wants_status:
+                out.append(payload._status_message(t, entry, i, sizer, book.get(key)))
+            continue
+        # Packed: one more line costs its bytes plus a separator; past the limit, send first.
+        size = group_bytes.get(t, -1) + 1 + len(line)
+        if t in groups and not sizer.fits(t, size):
+            flush(t)
+            size = len(line)
+        groups.setdefault(t, []).append(i)
+        group_bytes[t] = size
+        if wants_status:
+            pending_status.setdefault(t, []).append(
+                payload._status_message(t, entry, i, sizer, book.get(key))
+            )
+        if event == "session_close" or len(groups[t]) >= entries_per_message:
+            flush(t)
+    for t in list(groups):
+        flush(t)
+    for t in list(pending_status):
+        flush(t)
+    plan.closed = [sid for sid, closed in ended.items() if closed]
+    return plan
