@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from json.encoder import encode_basestring as _quote
 from operator import itemgetter
 from typing import Any, Final
@@ -263,13 +263,17 @@ class EntryBuilder:
         return lambda: [(record[1], EVENTS[record[0]], record[4]) for record in records]
 
     @staticmethod
-    def kinds_later(records: list[Record]) -> Callable[[], tuple[set[str], set[str]]]:
-        """Return a function that gives the distinct session ids and events of ``records``
-        without a tuple per record, for a deferred :class:`Batch`."""
-        return lambda: (
-            set(map(_SESSION_OF, records)),
-            {EVENTS[kind] for kind in set(map(_KIND_OF, records))},
-        )
+    def kinds_later(records: list[Record]) -> Callable[[bool], tuple[Collection[str], set[str]]]:
+        """Return a deferred :class:`Batch`'s ``kinds(per_entry)``: the distinct events of
+        ``records`` with their distinct session ids, or each record's, without a tuple per
+        record."""
+
+        def kinds(per_entry: bool) -> tuple[Collection[str], set[str]]:
+            ids = map(_SESSION_OF, records)
+            events = {EVENTS[kind] for kind in set(map(_KIND_OF, records))}
+            return (list(ids) if per_entry else set(ids)), events
+
+        return kinds
 
     def build_later(self, records: list[Record]) -> Callable[[], list[dict[str, Any]]]:
         """Return a function that builds the dicts of ``records`` when called (a deferred

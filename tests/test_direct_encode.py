@@ -315,9 +315,10 @@ def test_heads_entry_and_level_filter_without_the_dicts() -> None:
 
 def test_sessions_and_events_without_a_tuple_per_entry() -> None:
     """A deferred batch from the writer (and a join of such) names its distinct sessions and
-    events without ``heads()``: the MQTT planner asks every batch, and the heads would keep
-    a tuple per entry alive while the sink waits for the broker (issue 15: the collections
-    that cost). Any other batch says the same from its heads or dicts."""
+    events, and each entry's session, without ``heads()``: the MQTT planner asks every
+    batch, and the heads would keep a tuple per entry alive while the sink waits for the
+    broker (issue 15: the collections that cost). Any other batch says the same from its
+    heads or dicts."""
     builder = EntryBuilder(None, Masker())
     now = 1_795_000_000_123_456_789
     records: list[Record] = [
@@ -355,6 +356,13 @@ def test_sessions_and_events_without_a_tuple_per_entry() -> None:
     assert full.sessions_and_events() == ({"a", "b"}, everything)  # from its heads
     assert full.select([1, 2]).sessions_and_events() == ({"a", "b"}, {"log"})
     assert Batch(full.entries, full.data).sessions_and_events() == ({"a", "b"}, everything)
+    # Each entry's session id, in order, the same four ways.
+    ids = ["a", "a", "b", "a"]
+    assert deferred(records).session_ids() == ids
+    assert joined.session_ids() == ["c"] * 5 + ids
+    assert full.session_ids() == ids and full.select([2, 0]).session_ids() == ["b", "a"]
+    assert Batch(full.entries, full.data).session_ids() == ids
+    assert joined._head_list is None and joined._entries is None
 
 
 @settings(max_examples=300, deadline=None)

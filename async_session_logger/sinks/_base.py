@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from itertools import chain
 from typing import Any, Literal, overload
 
 import orjson
@@ -15,6 +16,9 @@ from .._validate import resolve_level
 __all__ = ["Batch", "PartialWriteError", "Sink"]
 
 _LIFECYCLE = frozenset(("session_start", "session_close", "gap"))
+# A deferred batch's kinds(per_entry): its distinct events, with its distinct session ids (a
+# set), or with each entry's session id in order (a list) when per_entry.
+Kinds = Callable[[bool], tuple[Collection[Any], set[Any]]]
 
 
 class Batch(Sequence[dict[str, Any]]):
@@ -26,14 +30,23 @@ class Batch(Sequence[dict[str, Any]]):
     iteration): a file sink that writes ``data`` never pays for them.
     """
 
-    __slots__ = ("_build", "_entries", "_head_list", "_heads", "_kinds", "_lines", "_size", "data")
+    __slots__ = (
+        "_build",
+        "_entries",
+        "_head_list",
+        "_heads",
+        "_kinds",
+        "_lines",
+        "_size",
+        "data",
+    )
 
     def __init__(self, entries: list[dict[str, Any]], data: bytes) -> None:
         self._entries: list[dict[str, Any]] | None = entries
         self._build: Callable[[], list[dict[str, Any]]] | None = None
         self._heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None
         self._head_list: list[tuple[Any, Any, Any]] | None = None
-        self._kinds: Callable[[], tuple[set[Any], set[Any]]] | None = None
+        self._kinds: Kinds | None = None
         self._size = len(entries)
         self.data = data
         self._lines: list[bytes] | None = None
@@ -45,11 +58,12 @@ class Batch(Sequence[dict[str, Any]]):
         size: int,
         data: bytes,
         heads: Callable[[], list[tuple[Any, Any, Any]]] | None = None,
-        kinds: Callable[[], tuple[set[Any], set[Any]]] | None = None,
+        kinds: Kinds | None = None,
     ) -> Batch:
         """A batch of ``size`` entries whose dicts ``build()`` makes on first use;
         ``heads()``, if given, returns each entry's ``(session_id, event, levelno)`` without
-        them, and ``kinds()`` what :meth:`sessions_and_events` returns."""
+        them, and ``kinds(per_entry)`` the batch's distinct events with its distinct session
+        ids (a set), or with each entry's (a list) if ``per_entry``."""
         batch = cls.__new__(cls)
         batch._entries = None
         batch._build = build
@@ -90,10 +104,21 @@ class Batch(Sequence[dict[str, Any]]):
         that holds batches until the broker acknowledges them pays for in garbage collections.
         Raises ``TypeError`` for a formatter's unhashable session id.
         """
+        ids, events = self._kinds_of(False)
+        return (ids if isinstance(ids, set) else set(ids)), events
+
+    def session_ids(self) -> list[Any]:
+        """Return each entry's session id, in order: from the records for the writer's
+        batches (no tuple per entry), else from :meth:`heads`."""
+        ids = self._kinds_of(True)[0]
+        return ids if isinstance(ids, list) else list(ids)
+
+    def _kinds_of(self, per_entry: bool) -> tuple[Collection[Any], set[Any]]:
         if self._entries is None and self._kinds is not None:
-            return self._kinds()
+            return self._kinds(per_entry)
         heads = self.heads()
-        return {head[0] for head in heads}, {head[1] for head in heads}
+        ids = (head[0] for head in heads)
+        return (list(ids) if per_entry else set(ids)), {head[1] for head in heads}
 
     def entry(self, index: int) -> dict[str, Any]:
         """Return the entry at ``index``: its dict if built, else its line decoded (the same
@@ -161,17 +186,16 @@ class Batch(Sequence[dict[str, Any]]):
             sum(batch._size for batch in parts),
             b"".join(batch.data for batch in parts),
             lambda: [head for batch in parts for head in batch.heads()],
-            lambda: _union(batch.sessions_and_events() for batch in parts),
+            lambda per_entry: _joined_kinds(parts, per_entry),
         )
 
 
-def _union(kinds: Iterator[tuple[set[Any], set[Any]]]) -> tuple[set[Any], set[Any]]:
-    sessions: set[Any] = set()
-    events: set[Any] = set()
-    for more_sessions, more_events in kinds:
-        sessions |= more_sessions
-        events |= more_events
-    return sessions, events
+def _joined_kinds(parts: list[Batch], per_entry: bool) -> tuple[Collection[Any], set[Any]]:
+    kinds = [batch._kinds_of(per_entry) for batch in parts]
+    events: set[Any] = set().union(*(more for _, more in kinds))
+    if per_entry:
+        return list(chain.from_iterable(ids for ids, _ in kinds)), events
+    return set().union(*(ids for ids, _ in kinds)), events
 
 
 class PartialWriteError(Exception):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -20,6 +21,7 @@ MQTT_MAX_PACKET: Final = 1 + 4 + 268_435_455
 _MAX_TOPIC_BYTES: Final = 65_535
 # Open child sessions whose parent the close status must still name; past it, the oldest go.
 _MAX_PARENTS: Final = 65_536
+_PLACE: Final = itemgetter(0)
 
 
 class Message(NamedTuple):
@@ -199,7 +201,7 @@ def build_messages(
     """
     sizer = _Sizer(limit, qos, v5)
     if entries_per_message > 1 and not skip:
-        plan = _one_session_of_logs(batch, topic, entries_per_message, sizer)
+        plan = _logs_only(batch, topic, entries_per_message, sizer)
         if plan is not None:
             return plan
     lines = batch.lines()
@@ -302,35 +304,66 @@ def build_messages(
     return plan
 
 
-def _one_session_of_logs(
-    batch: Batch, template: str, entries_per_message: int, sizer: _Sizer
-) -> Plan | None:
-    """The packed messages of a batch of log entries of one session (the usual batch: no
-    start, no close), cut from its lines without a Python step per entry; ``None`` for any
-    other batch, and for one whose messages must be split to fit, which the loop of
-    :func:`build_messages` then plans. Both give the same messages."""
-    if not len(batch):
+def _logs_only(batch: Batch, template: str, entries_per_message: int, sizer: _Sizer) -> Plan | None:
+    """The packed messages of a batch of log entries only (the usual batch: no start, no
+    close), of one session or several, cut from its lines without a Python step per entry;
+    ``None`` for any other batch, and for one whose messages must be split to fit, which the
+    loop of :func:`build_messages` then plans. Both give the same messages in the same order:
+    a full message where the loop sends it (at its last entry), the rest at the end in the
+    order their first entries came."""
+    size = len(batch)
+    if not size:
         return None
     try:
         ids, events = batch.sessions_and_events()
     except TypeError:  # a formatter's unhashable session_id: the loop rejects it
         return None
-    if events != {"log"} or len(ids) != 1:
+    if events != {"log"}:
         return None
-    (sid,) = ids
-    topic, _why = _topic_for(template, sid)
-    if topic is None:
-        return None  # the loop rejects each entry, with the reason
+    topics: dict[Any, str] = {}
+    for sid in ids:
+        topic, _why = _topic_for(template, sid)
+        if topic is None:
+            return None  # the loop rejects each of its entries, with the reason
+        topics[sid] = topic
     lines = batch.lines()
     plan = Plan()
-    out = plan.messages
-    for start in range(0, len(lines), entries_per_message):
-        chunk = lines[start : start + entries_per_message]
-        payload = b"\n".join(chunk)
-        if not sizer.fits(topic, len(payload)):
-            return None
-        end = start + len(chunk)
-        out.append(Message(topic, payload, entries=len(chunk), indices=tuple(range(start, end))))
+    if len(topics) == 1:  # one session: its lines in order
+        (topic,) = topics.values()
+        cap = sizer.cap(topic)
+        for start in range(0, size, entries_per_message):
+            chunk = lines[start : start + entries_per_message]
+            payload = b"\n".join(chunk)
+            if len(payload) > cap:
+                return None
+            end = start + len(chunk)
+            plan.messages.append(
+                Message(topic, payload, entries=len(chunk), indices=tuple(range(start, end)))
+            )
+        return plan
+    # Several: each entry's topic as a small number (first seen, first numbered), the batch
+    # positions sorted by it (a stable sort keeps each session's order), each topic's
+    # positions one slice of that order.
+    numbers = {topic: n for n, topic in enumerate(dict.fromkeys(topics.values()))}
+    keys = list(map(numbers.__getitem__, map(topics.__getitem__, batch.session_ids())))
+    order = sorted(range(size), key=keys.__getitem__)
+    counts = Counter(keys)
+    placed: list[tuple[tuple[int, int], Message]] = []
+    taken = 0
+    for topic, n in numbers.items():
+        cap = sizer.cap(topic)
+        positions = order[taken : taken + counts[n]]
+        taken += counts[n]
+        for start in range(0, len(positions), entries_per_message):
+            picked = positions[start : start + entries_per_message]
+            payload = b"\n".join(map(lines.__getitem__, picked))
+            if len(payload) > cap:
+                return None
+            # The loop sends a full message at its last entry, the others once it is through.
+            at = (picked[-1], 0) if len(picked) == entries_per_message else (size, picked[0])
+            placed.append((at, Message(topic, payload, entries=len(picked), indices=tuple(picked))))
+    placed.sort(key=_PLACE)
+    plan.messages.extend(message for _, message in placed)
     return plan
 
 

@@ -40,49 +40,98 @@ def _plan(batch: Batch, per_message: int, **options: Any) -> Plan:
     return build_messages(batch, "fleet/{session_id}", per_message, status=True, **options)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.lists(_ENTRY, min_size=1, max_size=40),
-    st.booleans(),
+    st.sampled_from(["one session's logs", "logs of sessions", "any"]),
     st.integers(2, 9),
     st.sampled_from([None, 300, 900, 4_000]),
+    st.lists(st.sampled_from(["dev-1", "dev-2", "dev-3", "dev-4"]), min_size=40, max_size=40),
 )
 def test_the_cut_plans_what_the_loop_plans(
-    rows: list[tuple[str, str, str]], one_session: bool, per_message: int, limit: int | None
+    rows: list[tuple[str, str, str]],
+    shape: str,
+    per_message: int,
+    limit: int | None,
+    sessions: list[str],
 ) -> None:
-    """Same messages, rejections and closed sessions with the cut as entry by entry: for
-    one session's log entries, for mixed batches (which the cut leaves to the loop), for
-    ids that cannot be topics and for packet limits that split or refuse entries."""
-    if one_session:
+    """Same messages in the same order, rejections and closed sessions with the cut as
+    entry by entry: for one session's log entries, for log entries of several sessions in
+    any interleaving, for mixed batches (which the cut leaves to the loop), for ids that
+    cannot be topics and for packet limits that split or refuse entries."""
+    if shape == "one session's logs":
         rows = [("dev-1", "log", message) for _, _, message in rows]
+    elif shape == "logs of sessions":
+        rows = [(sid, "log", message) for sid, (_, _, message) in zip(sessions, rows, strict=False)]
     planned = _plan(_batch(rows), per_message, limit=limit)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_one_session_of_logs", lambda *args: None)
+        patch.setattr(payload, "_logs_only", lambda *args: None)
         looped = _plan(_batch(rows), per_message, limit=limit)
     assert planned == looped
 
 
-def test_the_cut_takes_one_sessions_logs_and_leaves_the_rest() -> None:
-    """The cut plans a batch of one session's log entries (packed as the loop would pack
-    them); a start, a second session or an entry to skip leave the batch to the loop."""
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(["dev-1", "dev-2", "dev-3"]), min_size=1, max_size=60),
+    st.integers(2, 6),
+)
+def test_the_cut_orders_several_sessions_messages_as_the_loop_does(
+    sessions: list[str], per_message: int
+) -> None:
+    """Log entries of several sessions in any interleaving, nothing too large: the cut
+    plans every batch, and sends each message where the loop sends it (a full one at its
+    last entry, however the sessions' entries cross; the rest at the end)."""
+    rows = [(sid, "log", f"m{i}") for i, sid in enumerate(sessions)]
+    cut = payload._logs_only(_batch(rows), "fleet/{session_id}", per_message, _sizer())
+    assert cut is not None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(payload, "_logs_only", lambda *args: None)
+        looped = build_messages(_batch(rows), "fleet/{session_id}", per_message, status=False)
+    assert cut == looped
+
+
+def test_the_cut_takes_log_entries_and_leaves_the_rest() -> None:
+    """The cut plans a batch of log entries, of one session or several (packed as the loop
+    would pack them, in its order); a start, an id that cannot be a topic or an entry to
+    skip leave the batch to the loop."""
     logs = [("dev-1", "log", f"m{i}") for i in range(25)]
-    cut = payload._one_session_of_logs(_batch(logs), "fleet/{session_id}", 10, _sizer())
+    cut = payload._logs_only(_batch(logs), "fleet/{session_id}", 10, _sizer())
     assert cut is not None
     assert [m.entries for m in cut.messages] == [10, 10, 5]
     assert cut.messages[2].indices == (20, 21, 22, 23, 24)
     assert cut.messages[0].payload.count(b"\n") == 9
     assert {m.topic for m in cut.messages} == {"fleet/dev-1"}
+    mixed = [(f"dev-{i % 3}", "log", f"m{i}") for i in range(25)] + [("dev-9", "log", "x")]
+    cut = payload._logs_only(_batch(mixed), "fleet/{session_id}", 4, _sizer())
+    assert cut is not None
+    # Full messages where their fourth entry came, then the rest in their first entries' order.
+    assert [m.indices for m in cut.messages] == [
+        (0, 3, 6, 9),
+        (1, 4, 7, 10),
+        (2, 5, 8, 11),
+        (12, 15, 18, 21),
+        (13, 16, 19, 22),
+        (14, 17, 20, 23),
+        (24,),
+        (25,),
+    ]
+    assert cut.messages[0].payload == b"\n".join(_batch(mixed).lines()[i] for i in (0, 3, 6, 9))
+    assert cut.messages[6].topic == "fleet/dev-0" and cut.messages[7].topic == "fleet/dev-9"
+    # dev-1's message starts first but fills last: dev-2's goes first, as the loop sends it.
+    crossing = [("dev-1", "log", "a"), *[("dev-2", "log", "b")] * 4, *[("dev-1", "log", "c")] * 3]
+    cut = payload._logs_only(_batch(crossing), "fleet/{session_id}", 4, _sizer())
+    assert cut is not None
+    assert [m.indices for m in cut.messages] == [(1, 2, 3, 4), (0, 5, 6, 7)]
     for other in (
         [("dev-1", "session_start", "s"), *logs],
-        [*logs, ("dev-2", "log", "m")],
+        [*logs, ("dev-2", "session_close", "m")],
         [("bad/topic", "log", "m")],
+        [*logs, ("bad/topic", "log", "m")],
     ):
-        assert (
-            payload._one_session_of_logs(_batch(other), "fleet/{session_id}", 10, _sizer()) is None
-        )
+        assert payload._logs_only(_batch(other), "fleet/{session_id}", 10, _sizer()) is None
     with pytest.MonkeyPatch.context() as patch:
         calls: list[int] = []
-        patch.setattr(payload, "_one_session_of_logs", lambda *a: calls.append(1))
+        patch.setattr(payload, "_logs_only", lambda *a: calls.append(1))
         _plan(_batch(logs), 10, skip=[3])
         assert calls == []  # an entry to skip: the loop plans the batch
 
@@ -168,7 +217,7 @@ def test_the_faster_loop_plans_what_the_loop_planned(
         **options,
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_one_session_of_logs", lambda *args: None)
+        patch.setattr(payload, "_logs_only", lambda *args: None)
         now = build_messages(
             _any_batch(rows),
             "fleet/{session_id}",
