@@ -185,7 +185,7 @@ class Batch(Sequence[dict[str, Any]]):
             lambda: [entry for batch in parts for entry in batch.entries],
             sum(batch._size for batch in parts),
             b"".join(batch.data for batch in parts),
-            lambda: [head for batch in parts for head in batch.heads()],
+            lambda: list(chain.from_iterable(batch.heads() for batch in parts)),
             lambda per_entry: _joined_kinds(parts, per_entry),
         )
 
