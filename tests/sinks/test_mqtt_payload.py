@@ -67,7 +67,7 @@ def test_the_cut_plans_what_the_loop_plans(
         rows = [(sid, "log", message) for sid, (_, _, message) in zip(sessions, rows, strict=False)]
     planned = _plan(_batch(rows), per_message, limit=limit)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_logs_only", lambda *args: None)
+        _loop_only(patch)
         looped = _plan(_batch(rows), per_message, limit=limit)
     assert planned == looped
 
@@ -87,7 +87,7 @@ def test_the_cut_orders_several_sessions_messages_as_the_loop_does(
     cut = payload._logs_only(_batch(rows), "fleet/{session_id}", per_message, _sizer())
     assert cut is not None
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_logs_only", lambda *args: None)
+        _loop_only(patch)
         looped = build_messages(_batch(rows), "fleet/{session_id}", per_message, status=False)
     assert cut == looped
 
@@ -192,7 +192,7 @@ def test_the_faster_loop_plans_what_the_loop_planned(
     positions = st.lists(st.integers(0, len(rows) - 1), max_size=5)
     skip, no_status = data.draw(positions), data.draw(positions)
     options = {"limit": limit, "qos": qos, "v5": v5, "skip": skip, "no_status": no_status}
-    books = payload.ParentBook(), payload.ParentBook()
+    books = payload.ParentBook(), payload.ParentBook(), payload.ParentBook()
 
     def planned(planner: Callable[..., Plan], book: payload.ParentBook) -> Plan:
         return planner(
@@ -201,10 +201,13 @@ def test_the_faster_loop_plans_what_the_loop_planned(
 
     was = planned(_loop_as_it_was, books[0])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_logs_only", lambda *args: None)
+        _loop_only(patch)
         now = planned(build_messages, books[1])
     assert now == was
     assert books[0]._parents == books[1]._parents
+    # And with the cuts, which take what they can of the same batches.
+    assert planned(build_messages, books[2]) == was
+    assert books[2]._parents == books[0]._parents
 
 
 @settings(max_examples=300, deadline=None)
@@ -229,6 +232,11 @@ def test_a_topics_payload_cap_is_the_largest_payload_that_fits(
         for size in (payload_bytes - 1, payload_bytes, payload_bytes + 1):
             if size >= 0:
                 assert sizer.fits(topic, size) == (size <= cap)
+
+
+def _loop_only(patch: pytest.MonkeyPatch) -> None:
+    """Leave every batch to the entry-by-entry loop (the cut's oracle)."""
+    patch.setattr(payload, "_logs_only", lambda *args: None)
 
 
 def _sizer() -> Any:
