@@ -205,7 +205,7 @@ def test_the_faster_loop_plans_what_the_loop_planned(
         now = planned(build_messages, books[1])
     assert now == was
     assert books[0]._parents == books[1]._parents
-    # And with the cuts, which take what they can of the same batches.
+    # And with the cut, which takes what it can of the same batches.
     assert planned(build_messages, books[2]) == was
     assert books[2]._parents == books[0]._parents
 
