@@ -227,8 +227,7 @@ def build_messages(
         out.extend(pending_status.pop(t, ()))
 
     # (session_id, event, levelno) per entry: the dicts are not built for this; the few entries a
-    # status needs are read from their lines. A log entry takes the short way (no status, no
-    # parent to note); every other event the long one.
+    # status needs are read from their lines.
     for i, (sid, event, _) in enumerate(batch.heads()):
         if i in skipped:
             continue
@@ -242,59 +241,41 @@ def build_messages(
         if t is None:
             plan.reject(i, why)
             continue
+        status_message: Message | None = None
+        if event == "session_start" or event == "session_close":  # read from its line
+            entry = batch.entry(i)
+            # Before any size check: a start too large to publish still has a parent to name.
+            if event == "session_start":
+                book.started(key, _parent_of(entry))
+                ended[key] = False
+            else:
+                ended[key] = True
+            if status and i not in silent:
+                status_message = _status_message(t, entry, i, sizer, book.get(key))
         line = lines[i]
         size = len(line)
-        if event == "log":
-            if size > cap:
-                plan.reject(i, f"entry of {size} bytes exceeds the broker's packet limit")
-            elif not packed:
-                out.append(Message(t, line, indices=(i,)))
-            else:
-                group = groups.get(t)
-                if group is None:
-                    groups[t] = [i]
-                    group_bytes[t] = size
-                elif group_bytes[t] + 1 + size > cap:  # one more line: its bytes and a newline
-                    flush(t)
-                    groups[t] = [i]
-                    group_bytes[t] = size
-                else:
-                    group.append(i)
-                    group_bytes[t] += 1 + size
-                    if len(group) >= entries_per_message:
-                        flush(t)
-            continue
-        entry: dict[str, Any] = {}  # read from its line for a start or a close only
-        # Before any size check: a start too large to publish still has a parent to name.
-        if event == "session_start":
-            entry = batch.entry(i)
-            book.started(key, _parent_of(entry))
-            ended[key] = False
-        elif event == "session_close":
-            entry = batch.entry(i)
-            ended[key] = True
         if size > cap:
             plan.reject(i, f"entry of {size} bytes exceeds the broker's packet limit")
             continue
-        wants_status = status and event in ("session_start", "session_close") and i not in silent
         if not packed:
             out.append(Message(t, line, indices=(i,)))
-            if wants_status:
-                out.append(_status_message(t, entry, i, sizer, book.get(key)))
+            if status_message is not None:
+                out.append(status_message)
             continue
-        if t in groups and group_bytes[t] + 1 + size > cap:
-            flush(t)
-        if t in groups:
-            groups[t].append(i)
-            group_bytes[t] += 1 + size
-        else:
-            groups[t] = [i]
+        group = groups.get(t)
+        if group is None:
+            group = groups[t] = [i]
             group_bytes[t] = size
-        if wants_status:
-            pending_status.setdefault(t, []).append(
-                _status_message(t, entry, i, sizer, book.get(key))
-            )
-        if event == "session_close" or len(groups[t]) >= entries_per_message:
+        elif group_bytes[t] + 1 + size > cap:  # one more line: its bytes and a newline
+            flush(t)
+            group = groups[t] = [i]
+            group_bytes[t] = size
+        else:
+            group.append(i)
+            group_bytes[t] += 1 + size
+        if status_message is not None:
+            pending_status.setdefault(t, []).append(status_message)
+        if event == "session_close" or len(group) >= entries_per_message:
             flush(t)
     for t in list(groups):
         flush(t)
