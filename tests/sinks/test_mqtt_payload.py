@@ -185,8 +185,8 @@ def test_the_faster_loop_plans_what_the_loop_planned(
     v5: bool,
     data: st.DataObject,
 ) -> None:
-    """The entry-by-entry planner, rewritten to cost half (a payload cap per topic, the log
-    entry's short way), plans exactly what it planned before: messages, rejections,
+    """The entry-by-entry planner, rewritten to cost half (a payload cap per topic, fewer
+    dict steps per entry), plans exactly what it planned before: messages, rejections,
     closed sessions and the parents it notes, for any mix of sessions, events, packet
     limits, QoS, entries to skip and statuses not to build again."""
     positions = st.lists(st.integers(0, len(rows) - 1), max_size=5)
