@@ -233,9 +233,10 @@ class AsyncSessionLogger:
             the queue has room it takes at most 256 a turn (~0.4 ms: the loop's other tasks
             are not held up for long); a full queue, whose callers wait, is taken
             ``batch_size`` at a time.
-        linger: seconds the writer waits for more entries after a wake-up or a batch of
-            fewer than 64 entries, so that a trickle of entries is written in batches (a
-            flush, a close or a full queue ends the wait at once); ``0``: never wait.
+        linger: seconds an entry that finds the writer idle (or follows a batch of fewer
+            than 64 entries) lets more gather before the writer runs, so that a trickle of
+            entries is written in batches (a flush, a close or a full queue ends the wait at
+            once); ``0``: never wait.
         mask_keys: key substrings whose values are masked in metadata and custom fields
             (``None`` turns masking off).
         on_error: called with a :class:`SinkError` once per sink incident (default: stderr).

@@ -78,7 +78,7 @@ class Engine:
         sessions: dict[str, Any],
     ) -> None:
         self.sinks = list(sinks)
-        self.intake = Intake(max_queue, overflow)
+        self.intake = Intake(max_queue, overflow, linger)
         # max_message_chars, buffer_level, buffer_max, idle_timeout, max_open_sessions.
         self.recorder = Recorder(self.intake, **sessions)
         self.recorder.use_builder(builder)
@@ -86,7 +86,7 @@ class Engine:
         self.on_error: ErrorHandler = on_error or print_error
         self.close_timeout = close_timeout
         self.lanes = [Lane(s, self.dead_letters, self.report_error) for s in self.sinks]
-        self.writer = Writer(self.intake, builder, self.lanes, batch_size, self.report, linger)
+        self.writer = Writer(self.intake, builder, self.lanes, batch_size, self.report)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.state = NEW
         # Called at interpreter exit and by multiprocessing's exit (os._exit children); a face

@@ -109,9 +109,14 @@ class Intake:
     past ``maxsize`` when nothing droppable is queued, and then their callers wait.
     """
 
-    def __init__(self, maxsize: int, overflow: Overflow = "block") -> None:
+    def __init__(self, maxsize: int, overflow: Overflow = "block", linger: float = 0.0) -> None:
         self.maxsize = maxsize
         self.overflow = overflow
+        # Seconds a record that finds the writer asleep lets others gather before the writer
+        # wakes (see wake()): a batch of one entry costs the writer and the sinks about as much
+        # as one of hundreds (benchmarks/sessions.py --trickle: a task that logs and yields,
+        # 77 us per entry without, 11 us with 2 ms).
+        self.linger = linger
         self.drops = overflow != "block"
         # Callers wait while len >= limit.
         self.limit = maxsize + 1 if self.drops else maxsize
@@ -133,10 +138,14 @@ class Intake:
         self.gaps = Gaps(self.overflow)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
-        self._data = asyncio.Event()
+        # The writer's wait (see wait()): a bare future, resolved by _set() on the loop's
+        # thread (an asyncio.Event costs a list of waiters and a context manager more).
+        self._waiter: asyncio.Future[None] | None = None
         # Whether the writer waits for a wake-up: a plain attribute, read by every verb.
         self.sleeping = False
-        self.lingering = False  # see linger()
+        # Whether the writer's wake-up is a timer ``linger`` seconds away (see wake()).
+        self.lingering = False
+        self._timer: asyncio.TimerHandle | None = None
         self._space_sync = threading.Event()
         self._sync_waiters = 0
         self._waiters_lock = threading.Lock()
@@ -152,9 +161,10 @@ class Intake:
         """Attach to the loop the writer runs on (called from that loop's thread)."""
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        self._data = asyncio.Event()  # loop-bound once waited on: a new loop needs a new one
+        self._waiter = None  # a previous loop's wait can never be resolved
         self.sleeping = False
         self.lingering = False
+        self._timer = None  # a previous loop's timer is dead with it
         self.waiters = deque()  # futures of a previous loop can never be resolved
         self.done = done_room(loop)
 
@@ -182,7 +192,7 @@ class Intake:
                 self._drop_queued(newest=self.overflow == "drop_newest")
             buf.append(item)
         if self.sleeping or (self.lingering and type(item) is not tuple):
-            self.wake()  # a marker (flush, stop) ends a linger at once
+            self.wake(type(item) is not tuple)  # a marker (flush, stop) wakes it at once
         return len(buf) >= self.limit
 
     def overflow_log(self, record: tuple[Any, ...]) -> None:
@@ -216,18 +226,50 @@ class Intake:
         self.gaps.note(item)
         return True
 
-    def wake(self) -> None:
-        """Wake the sleeping writer; call right after appending to ``buf`` (any thread)."""
+    def wake(self, now: bool = False) -> None:
+        """Wake the sleeping writer; call right after appending to ``buf`` (any thread).
+
+        With ``linger``, the wake-up of a record is a timer ``linger`` seconds away: the
+        records that come meanwhile go in the same batch, and the writer runs once for them
+        (a wake-up that then waited for the linger cost a turn of the loop more, ~35,000
+        instructions per batch). ``now`` (a marker, a producer waiting for room, a full
+        intake) wakes it at once, also from a linger.
+        """
         # The flag is cleared before waking, so concurrent pushers wake the loop once; a racing
         # extra wake-up is harmless, a missed one impossible (see wait()).
         self.sleeping = False
         if threading.get_ident() == self._loop_thread:
-            self._data.set()
+            self._rouse(now)
         elif self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._data.set)
+                self._loop.call_soon_threadsafe(self._rouse, now)
             except RuntimeError:  # the loop is gone: close() will report the entry
                 pass
+
+    def _rouse(self, now: bool = False) -> None:
+        # Loop thread: set the writer's event now, or arm the linger's timer to set it.
+        loop = self._loop
+        if now or not self.linger or self._sync_waiters or self.full or loop is None:
+            self._set()
+        elif self._timer is None:
+            try:
+                self._timer = loop.call_later(self.linger, self._lingered)
+            except RuntimeError:  # the loop is closed: nobody would run the writer anyway
+                self._set()
+                return
+            self.lingering = True
+
+    def _lingered(self) -> None:
+        self._timer = None
+        self._set()
+
+    def _set(self) -> None:
+        # Loop thread: end the writer's wait, if it waits.
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def take(self, limit: int) -> list[Any]:
         """Pop up to ``limit`` items (writer side), with ``gap`` records where due."""
@@ -274,7 +316,7 @@ class Intake:
         room = Room(loop=self._loop)
         self.waiters.append(room)
         if self.lingering:
-            self.wake()  # a full intake ends the writer's linger
+            self.wake(True)  # a full intake ends the writer's linger
         return room
 
     @property
@@ -292,43 +334,34 @@ class Intake:
                 count -= 1
 
     async def wait(self) -> None:
-        """Sleep until something is pushed (writer side)."""
-        self._data.clear()
+        """Sleep until something is pushed, then for the linger (writer side).
+
+        Queued records already (a producer in another thread, or what came during the last
+        batch): the linger starts now. Producers do not wake the writer during a linger (each
+        wake-up is a thread hop); a marker (flush, stop) or a producer that finds the intake
+        full ends it at once.
+        """
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         self.sleeping = True
         # Re-check after raising the flag: a push that saw the flag down has already appended.
         if self._buf:
             self.sleeping = False
-            return
-        await self._data.wait()
-
-    async def linger(self, seconds: float) -> None:
-        """Let records gather for up to ``seconds`` after the writer was woken (writer side).
-
-        Producers do not wake the writer meanwhile (each wake-up is a thread hop, and a batch
-        of one entry costs as much as one of hundreds); a marker (flush, stop) or a producer
-        that finds the intake full ends the linger at once.
-        """
-        self._data.clear()
-        self.lingering = True
+            self._rouse()
         try:
-            if self._sync_waiters or self.full:
-                return
-            # A timer that sets the event, not asyncio.timeout(): ~14,000 instructions against
-            # ~33,000, paid once per small batch (a web request's entries, a trickle).
-            timer = asyncio.get_running_loop().call_later(seconds, self._data.set)
-            try:
-                await self._data.wait()
-            finally:
-                timer.cancel()
+            await waiter
         finally:
             self.lingering = False
+            timer = self._timer
+            if timer is not None:  # woken before the linger's end, or cancelled
+                self._timer = None
+                timer.cancel()
 
     def wait_space_sync(self, timeout: float = 0.05) -> None:
         """Block the calling thread until the intake has room (never call from the loop)."""
         with self._waiters_lock:
             self._sync_waiters += 1
         if self.lingering:
-            self.wake()
+            self.wake(True)
         try:
             while len(self._buf) >= self.limit:
                 self._space_sync.clear()

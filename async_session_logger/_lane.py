@@ -66,14 +66,14 @@ class Lane:
         self._deadline: float | None = None  # loop time the write in flight must end by
         self._timed_out = False  # the watchdog cancelled the lane task for that write
         self._task: asyncio.Task[Any] | None = None  # the task delivering (the lane's)
-        self._wake = asyncio.Event()
+        # The lane task's wait for work: a bare future, set by _wake() (an asyncio.Event costs
+        # a list of waiters and a context manager more, twice per batch).
+        self._waiter: asyncio.Future[None] | None = None
         self._space = asyncio.Event()
         self._space.set()
         self._stopping = False
         self._requeue_inflight()
         self._queue = deque(item for item in self._queue if not isinstance(item, _Barrier))
-        if self._queue:
-            self._wake.set()
         return self._gen
 
     def after_fork(self) -> None:
@@ -108,19 +108,27 @@ class Lane:
                 self._space.clear()
             else:
                 self._shed()
-        self._wake.set()
+        self._wake()
 
     def put_barrier(self) -> asyncio.Future[None]:
         """Return a future that resolves once everything queued so far is written or failed."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Barrier(future))
-        self._wake.set()
+        self._wake()
         return future
 
     def put_stop(self) -> None:
         """Ask the lane to finish what is queued and close its sink."""
         self._queue.append(None)
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        # Wake the lane task if it waits for work (the loop's thread: the writer feeds lanes).
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_space(self) -> None:
         """Wait while a ``block``-overflow sink has more than ``max_pending`` entries waiting."""
@@ -176,11 +184,12 @@ class Lane:
         ``gen`` is the binding this task serves: a task of an older binding (its loop stopped,
         the engine moved to another loop) that ever resumes stops without touching anything.
         """
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if not self._queue:
-                    self._wake.clear()
-                    await self._wake.wait()
+                    self._waiter = waiter = loop.create_future()
+                    await waiter
                     if gen != self._gen:
                         return
                     continue

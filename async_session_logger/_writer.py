@@ -52,16 +52,11 @@ class Writer:
         lanes: Sequence[Lane],
         batch_size: int,
         report: Callable[[], DeliveryReport],
-        linger: float = 0.0,
     ) -> None:
         self.intake = intake
         self.builder = builder
         self.lanes = lanes
         self.batch_size = batch_size
-        # Seconds to let entries gather after a wake-up or a small batch: a batch of one entry
-        # costs the writer and the sinks about as much as one of hundreds (benchmarks/sessions.py
-        # --trickle: a task that logs and yields, 77 us per entry without, 11 us with 2 ms).
-        self.linger = linger
         # Set by a face whose writer runs on the application's loop (AsyncSessionLogger):
         # the most taken in one turn while the queue has room (None: batch_size).
         self.turn_batch: int | None = None
@@ -86,11 +81,9 @@ class Writer:
             limit = self.batch_size if turn is None or intake.full else turn
             items, plain = intake.take_batch(limit)
             if not items:
-                await intake.wait()
+                await intake.wait()  # and the linger: see Intake.wake()
                 if not current():
                     return
-                if self.linger:
-                    await intake.linger(self.linger)
                 continue
             if plain:  # records only (no flush or stop among them): the usual batch
                 self.dispatch(items)
@@ -113,8 +106,8 @@ class Writer:
             for lane in self.lanes:
                 if lane.congested:  # a "block" sink is behind: slow the callers, lose nothing
                     await lane.wait_space()
-            if self.linger and len(items) < SMALL_BATCH:
-                await intake.linger(self.linger)  # drained: let the next batch gather
+            if intake.linger and len(items) < SMALL_BATCH:
+                await intake.wait()  # drained: the next record and its linger bring the next
             else:
                 await asyncio.sleep(0)
             if not current():

@@ -21,6 +21,8 @@ from async_session_logger import (
     SessionLogger,
     read_entries,
 )
+from async_session_logger._intake import Intake
+from async_session_logger._writer import Flush
 from async_session_logger.sinks import Batch, FileSink, Sink
 
 MAX_QUEUE = 20
@@ -326,6 +328,87 @@ def test_a_thread_at_a_full_queue_ends_the_linger() -> None:
         log.save_logs()
         assert time.monotonic() - started < 0.5
     assert len([e for e in sink.got if e["event"] == "log"]) == 100
+
+
+async def test_a_flush_or_close_of_an_idle_logger_does_not_wait_for_the_linger() -> None:
+    """A flush marker that found the writer asleep woke it, and the writer then lingered
+    before taking it: ``save_logs()`` (and ``aclose()``) of an idle logger took the whole
+    linger (0.5 s here; 2 ms by default). A marker now wakes the writer at once."""
+    sink = Counting()
+    alog = AsyncSessionLogger(sinks=[sink], linger=0.5, dead_letter_path=None)
+    await alog.start()
+    await alog.start_session("s")
+    await alog.save_logs()
+    await asyncio.sleep(0.7)  # past the linger after that batch: the writer sleeps
+    started = time.monotonic()
+    report = await alog.save_logs()
+    assert time.monotonic() - started < 0.25 and report.ok
+    await asyncio.sleep(0.7)
+    started = time.monotonic()
+    report = await alog.aclose()
+    assert time.monotonic() - started < 0.25 and report.ok
+    assert [e["event"] for e in sink.got] == ["session_start", "session_close"]
+
+
+async def test_a_sparse_batch_wakes_the_writer_once() -> None:
+    """A web app at moderate load: a request's few entries, then a pause. The first entry
+    woke the writer, which then lingered (a turn of the loop to set a timer), took the
+    batch, lingered again and took nothing (another turn): three turns of the writer per
+    batch, ~50,000 instructions of an idle app's loop more than needed. Now the first entry
+    arms the linger's timer and the writer runs once per batch, when it fires."""
+    sink = Counting()
+    async with AsyncSessionLogger(sinks=[sink], linger=0.01, dead_letter_path=None) as alog:
+        await alog.save_logs()
+        before = sink.calls
+        intake = alog._engine.intake
+        take_batch = intake.take_batch
+        takes = 0
+
+        def counting(limit: int) -> tuple[list[Any], bool]:
+            nonlocal takes
+            takes += 1
+            return take_batch(limit)
+
+        intake.take_batch = counting  # type: ignore[method-assign]
+        try:
+            await asyncio.sleep(0.05)
+            for i in range(10):
+                async with alog.session(f"request-{i}") as s:
+                    await s.info("handled")
+                await asyncio.sleep(0.05)  # well past the linger: the writer sleeps again
+        finally:
+            del intake.take_batch  # type: ignore[method-assign]
+        batches = sink.calls - before
+    assert len(sink.got) == 30
+    assert 1 <= batches <= 10 and takes == batches, (takes, batches)
+
+
+async def test_a_records_wake_up_waits_for_the_linger_not_a_markers_or_a_full_intakes() -> None:
+    """The intake's side of it: a record that finds the writer asleep arms the linger's
+    timer (the writer does not run meanwhile); a marker, or a producer that must wait for
+    room, ends the linger at once."""
+    loop = asyncio.get_running_loop()
+    for end in ("marker", "room"):
+        intake = Intake(2, linger=60.0)
+        intake.bind(loop)
+        waiting = asyncio.ensure_future(intake.wait())
+        await asyncio.sleep(0)
+        assert intake.sleeping and not waiting.done()
+        assert not intake.push(("record",))  # room left
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert intake.lingering and not waiting.done()
+        if end == "marker":
+            intake.push(Flush())
+        else:
+            assert intake.push(("record",))  # full: this producer waits for room
+            room = intake.room()
+        await asyncio.wait_for(waiting, 5)
+        assert not intake.lingering
+        items, plain = intake.take_batch(10)
+        assert len(items) == 2 and plain == (end == "room")
+        if end == "room":
+            assert room.done()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 2.0])
