@@ -344,9 +344,10 @@ class Intake:
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         self.sleeping = True
         # Re-check after raising the flag: a push that saw the flag down has already appended.
+        # A queued marker must not wait for a linger's timer (one a late wake-up armed, say).
         if self._buf:
             self.sleeping = False
-            self._rouse()
+            self._rouse(self.markers > 0)
         try:
             await waiter
         finally:

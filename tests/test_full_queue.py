@@ -409,6 +409,16 @@ async def test_a_records_wake_up_waits_for_the_linger_not_a_markers_or_a_full_in
         assert len(items) == 2 and plain == (end == "room")
         if end == "room":
             assert room.done()
+    # A wake-up that comes late (another thread's, while the writer was busy) armed a
+    # timer; a marker queued then is taken at once when the writer next waits, not after it.
+    intake = Intake(10, linger=60.0)
+    intake.bind(loop)
+    intake.push(("record",))
+    intake.wake()
+    assert intake.lingering
+    intake.push(Flush())
+    await asyncio.wait_for(intake.wait(), 5)
+    assert intake.take_batch(10)[1] is False  # the marker is among them
 
 
 @pytest.mark.parametrize("bad", [-0.1, 2.0])
