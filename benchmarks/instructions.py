@@ -29,6 +29,10 @@ ones named):
 - ``asgi-session``: the same app under ``SessionMiddleware``, whose route logs one entry in
   the request's session (a start, that entry, ``Response`` and a close per request). Its ratio
   is to ``asgi-bare``; their difference is what the middleware and its session cost.
+- ``asgi-bare-paced`` and ``asgi-paced``: the same two with the default ``linger`` and a 5 ms
+  pause after each request (an app at a moderate request rate, idle in between: each
+  request's entries are a batch, and the writer's wake-ups are the app's to pay);
+  ``min(N, 500)`` requests, as the pauses are real time.
 
 ``--storm`` counts ``sessions.py --storm``'s two processes instead (10,000 tasks, each in its
 own session, 20 entries each, and the same app without logging), whole-process, start-up
@@ -51,7 +55,15 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 THROUGHPUT = ("floor", "asl-sync", "asl-async", "asl-async-y100", "stdlib", "structlog")
 BRIDGE = ("stdlib-file", "bridge-sync", "bridge-async")
-SESSIONS = ("session-verbs", "session-handle", "asgi-bare", "asgi-session")
+SESSIONS = (
+    "session-verbs",
+    "session-handle",
+    "asgi-bare",
+    "asgi-session",
+    "asgi-bare-paced",
+    "asgi-paced",
+)
+PACED_REQUESTS = 500
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -88,8 +100,11 @@ async def _sessions(name: str, n: int, path: Path) -> None:
     from async_session_logger.asgi import SessionMiddleware
 
     # linger=0: the writer takes what is queued whenever it gets a turn, so what it does does
-    # not depend on the clock (valgrind runs ~50x slower than the machine).
-    alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=1_000_000, linger=0)
+    # not depend on the clock (valgrind runs ~50x slower than the machine). The paced apps
+    # keep the default: their pauses are longer than it.
+    paced = name.endswith("-paced")
+    options: dict[str, Any] = {} if paced else {"linger": 0}
+    alog = AsyncSessionLogger(path=str(path), dead_letter_path=None, max_queue=1_000_000, **options)
     await alog.start()
     metadata = {"user": "u1", "method": "GET", "path": "/items/1"}
     if name == "session-verbs":
@@ -118,7 +133,7 @@ async def _sessions(name: str, n: int, path: Path) -> None:
             pass
 
         served: Any = app
-        if name == "asgi-session":
+        if name == "asgi-session" or name == "asgi-paced":
             served = SessionMiddleware(app, logger=alog, lifespan=False)
         scope = {
             "type": "http",
@@ -134,9 +149,10 @@ async def _sessions(name: str, n: int, path: Path) -> None:
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
         }
+        pause = 0.005 if paced else 0  # a server between requests: the writer gets its turn
         for _ in range(n):
             await served(dict(scope), receive, send)
-            await asyncio.sleep(0)  # as a server between requests: the writer gets its turn
+            await asyncio.sleep(pause)
     await alog.save_logs()
     await alog.aclose()
 
@@ -210,14 +226,23 @@ def main() -> None:
     per: dict[str, float] = {}
     for name in names:
         print(f"{name} ...", file=sys.stderr, flush=True)
-        per[name] = (count(name, n) - count(name, 0)) / n
+        runs = min(n, PACED_REQUESTS) if name.endswith("-paced") else n
+        per[name] = (count(name, runs) - count(name, 0)) / runs
     print(
         f"\ninstructions per entry, session or request ({n:,} of them; valgrind cachegrind, "
         "user space)\n"
     )
     print(f"{'contender':<16} {'instructions':>13}  ratio")
     for name in names:
-        base = "floor" if name in THROUGHPUT else "asgi-bare" if name in SESSIONS else "stdlib-file"
+        base = (
+            "floor"
+            if name in THROUGHPUT
+            else "asgi-bare-paced"
+            if name.endswith("-paced")
+            else "asgi-bare"
+            if name in SESSIONS
+            else "stdlib-file"
+        )
         ratio = ""
         if base in per and name != base:
             # For the loggers: floor / ours, the throughput targets' sense (higher is better).
@@ -226,9 +251,11 @@ def main() -> None:
                 ratio = f"{per[base] / per[name]:.2f}x floor's speed"
             elif base == "stdlib-file":
                 ratio = f"{per[name] / per[base]:.2f}x FileHandler's count"
-            elif name == "asgi-session":
+            elif name == "asgi-session" or name == "asgi-paced":
                 ratio = f"{per[name] - per[base]:,.0f} more than the bare app's"
         print(f"{name:<16} {per[name]:>13,.0f}  {ratio}")
+    if any(name.endswith("-paced") for name in names):
+        print(f"(the paced contenders: {min(n, PACED_REQUESTS):,} requests each)")
 
 
 if __name__ == "__main__":
