@@ -64,6 +64,13 @@ SESSIONS = (
     "asgi-paced",
 )
 PACED_REQUESTS = 500
+# What each contender's ratio is taken against (none: no ratio printed).
+BASELINE = {
+    **{name: "floor" for name in THROUGHPUT},
+    **{name: "stdlib-file" for name in BRIDGE},
+    "asgi-session": "asgi-bare",
+    "asgi-paced": "asgi-bare-paced",
+}
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -234,15 +241,7 @@ def main() -> None:
     )
     print(f"{'contender':<16} {'instructions':>13}  ratio")
     for name in names:
-        base = (
-            "floor"
-            if name in THROUGHPUT
-            else "asgi-bare-paced"
-            if name.endswith("-paced")
-            else "asgi-bare"
-            if name in SESSIONS
-            else "stdlib-file"
-        )
+        base = BASELINE.get(name)
         ratio = ""
         if base in per and name != base:
             # For the loggers: floor / ours, the throughput targets' sense (higher is better).
@@ -251,7 +250,7 @@ def main() -> None:
                 ratio = f"{per[base] / per[name]:.2f}x floor's speed"
             elif base == "stdlib-file":
                 ratio = f"{per[name] / per[base]:.2f}x FileHandler's count"
-            elif name == "asgi-session" or name == "asgi-paced":
+            else:  # a web app under the middleware, against the same app without it
                 ratio = f"{per[name] - per[base]:,.0f} more than the bare app's"
         print(f"{name:<16} {per[name]:>13,.0f}  {ratio}")
     if any(name.endswith("-paced") for name in names):
