@@ -247,7 +247,7 @@ class Intake:
                 pass
 
     def _rouse(self, now: bool = False) -> None:
-        # Loop thread: set the writer's event now, or arm the linger's timer to set it.
+        # Loop thread: end the writer's wait now, or arm the linger's timer to end it.
         loop = self._loop
         if now or not self.linger or self._sync_waiters or self.full or loop is None:
             self._set()
